@@ -1,0 +1,34 @@
+"""The unit that flows through passes: a model file plus what it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from edgehub.agent.protocol import TensorSpec
+
+Format = Literal["onnx", "tflite", "edgetpu", "coreml", "tensorrt"]
+Precision = Literal["fp32", "fp16", "int8", "int4", "int2", "mixed"]
+
+__all__ = ["Artifact", "Format", "Precision", "TensorSpec"]
+
+
+class Artifact(BaseModel):
+    """A model file produced or consumed by a pass.
+
+    `notes` carries what a pass measured or decided (e.g. which int8 kernel scheme it chose),
+    so the hub can record it in the variant's recipe.
+    """
+
+    path: Path
+    format: Format
+    precision: Precision
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    notes: dict = Field(default_factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size

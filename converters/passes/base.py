@@ -1,0 +1,115 @@
+"""Pass interface and registry.
+
+A pass is a pure function of (artifact, typed config, context) -> new artifact. Passes are
+registered by name so recipes (lists of {pass, config}) can be written as data, in the style of
+Olive's passes. Passes know nothing of the registry, devices or MQTT.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar, Generic, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgehub.converters.artifact import Artifact
+from edgehub.converters.errors import ConversionError
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: unknown keys are errors, so a typo in a recipe is caught."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may need besides its input: a scratch directory and sample data.
+
+    `calibration` maps input names to arrays (first axis = samples) for passes that calibrate.
+    `score` rates a candidate artifact against the parent (higher is better, e.g. agreement or
+    accuracy on the eval set); passes that choose between settings use it to measure, not guess.
+    """
+
+    workdir: Path
+    calibration: dict[str, np.ndarray] | None = None
+    score: Callable[[Artifact], float] | None = None
+    on_progress: Callable[[str], None] = field(default=lambda message: None)
+
+    def new_path(self, stem: str, suffix: str) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / f"{stem}{suffix}"
+        n = 1
+        while path.exists():
+            path = self.workdir / f"{stem}-{n}{suffix}"
+            n += 1
+        return path
+
+
+class Pass(ABC, Generic[C]):
+    """One transformation. Subclasses set `name`, `config_model` and `input_formats`."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[PassConfig]]
+    input_formats: ClassVar[tuple[str, ...]] = ("onnx",)
+
+    @abstractmethod
+    def run(self, artifact: Artifact, config: C, ctx: PassContext) -> Artifact:
+        """Return a new artifact; never modify the input file."""
+
+
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make a pass available to recipes under `cls.name`."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"pass name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_pass(name: str) -> type[Pass]:
+    _load_builtin_passes()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ConversionError(f"unknown pass {name!r}; known passes: {known}") from None
+
+
+def available_passes() -> dict[str, type[Pass]]:
+    _load_builtin_passes()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def parse_config(name: str, config: dict | None) -> PassConfig:
+    """Validate a recipe step's config against its pass's typed config."""
+    cls = get_pass(name)
+    try:
+        return cls.config_model.model_validate(config or {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConversionError(f"pass {name!r}: {where}: {first['msg']}") from None
+
+
+def run_pass(name: str, artifact: Artifact, config: dict | PassConfig | None, ctx: PassContext) -> Artifact:
+    """Look up, validate and run one pass."""
+    cls = get_pass(name)
+    if artifact.format not in cls.input_formats:
+        raise ConversionError(
+            f"pass {name!r} takes {'/'.join(cls.input_formats)} models, got {artifact.format}"
+        )
+    cfg = config if isinstance(config, PassConfig) else parse_config(name, config)
+    return cls().run(artifact, cfg, ctx)
+
+
+def _load_builtin_passes() -> None:
+    # Imported lazily so that importing the registry does not import onnxruntime.quantization.
+    from edgehub.converters.passes import onnx_graph, onnx_quantize  # noqa: F401

@@ -1,0 +1,3 @@
+from edgehub.hub.cli import main
+
+main()

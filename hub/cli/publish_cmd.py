@@ -1,0 +1,87 @@
+"""`edgehub publish`: build, measure, sign and register variants of a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from edgehub.hub.cli.common import err_console, console, home_option, json_option, one_line_errors, print_json
+from edgehub.hub.cli.variant_views import variant_json, variants_table
+
+
+class RichSink:
+    """Shows one progress bar per variant, advancing per pass."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def start(self, label: str, steps: int) -> None:
+        self.tasks[label] = self.progress.add_task(label, total=steps, status="")
+
+    def update(self, label: str, message: str) -> None:
+        self.progress.update(self.tasks[label], status=message)
+
+    def advance(self, label: str) -> None:
+        self.progress.advance(self.tasks[label])
+        task = self.progress.tasks[self.tasks[label]]
+        if task.finished:
+            self.progress.update(self.tasks[label], status="done")
+
+
+@click.command()
+@click.argument("source")
+@click.option("--name", required=True, help="Model name in the zoo (lower-case, digits, . _ -).")
+@click.option("--eval", "eval_path", required=True, type=click.Path(path_type=Path),
+              help=".npz with one array per model input (or 'x'), optional integer labels 'y'.")
+@click.option("--profile", "profiles", multiple=True, default=("x86-cpu",), show_default=True,
+              help="Device profile to build for; repeat for several (see `edgehub profiles list`).")
+@click.option("--calib", "calib_path", type=click.Path(path_type=Path),
+              help="Calibration .npz for static quantization (default: the eval set).")
+@click.option("--weights", type=click.Path(path_type=Path), help="state_dict for a PyTorch factory source.")
+@click.option("--profiles-file", type=click.Path(path_type=Path), help="TOML/YAML file with extra profiles.")
+@click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
+@home_option
+@json_option
+@one_line_errors
+def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, new_version, home, as_json):
+    """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
+
+    \b
+    Examples:
+      edgehub publish model.onnx --name fmnist-cnn --eval eval.npz --profile x86-cpu
+      edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --json
+    """
+    from edgehub.hub.publish import PublishOptions, publish as run_publish
+    from edgehub.zoo.home import HubPaths
+    from edgehub.zoo.registry import Registry
+
+    paths = HubPaths.from_home(home)
+    registry = Registry(paths.db_url)
+    options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
+                             calib_path=calib_path, weights=weights, new_version=new_version,
+                             profiles_file=profiles_file)
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                        console=err_console, transient=as_json)
+    try:
+        with progress:
+            outcome = run_publish(options, paths, registry, RichSink(progress))
+    finally:
+        registry.close()
+
+    if as_json:
+        print_json({
+            "model": outcome.version.name, "version": outcome.version.version,
+            "already_published": outcome.already_published,
+            "variants": [variant_json(v) for v in outcome.variants],
+            "skipped": [s.model_dump() for s in outcome.skipped],
+        })
+        return
+    if outcome.already_published:
+        console.print(f"{name} v{outcome.version.version} is already published with this content; nothing to do.")
+    console.print(variants_table(outcome.variants, title=f"{name} v{outcome.version.version}"))
+    for s in outcome.skipped:
+        console.print(f"[yellow]skipped[/] {s.format} for {s.profile}: {s.reason}")

@@ -1,0 +1,62 @@
+"""Running a variant on the eval set with ONNX Runtime and scoring it against its parent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def run_onnx(path: Path, inputs: dict[str, np.ndarray], batch_size: int = 256, threads: int = 0) -> list[np.ndarray]:
+    """All outputs of the model over all samples, computed in batches."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    n = len(next(iter(inputs.values())))
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        chunks.append(session.run(None, feed))
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def top1(output: np.ndarray) -> np.ndarray:
+    return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
+
+
+def is_classifier(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] > 1
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a2 = a.reshape(len(a), -1).astype(np.float64)
+    b2 = b.reshape(len(b), -1).astype(np.float64)
+    num = (a2 * b2).sum(1)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
+    sims = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(a2).sum(1) + np.abs(b2).sum(1) == 0, 1.0, 0.0))
+    return float(sims.mean())
+
+
+def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float | None]:
+    """Metrics of one variant: top-1 accuracy (with labels), agreement and cosine vs the fp32 parent.
+
+    The first output is the one scored (the logits, for a classifier).
+    """
+    out, ref = outputs[0].astype(np.float32), reference[0].astype(np.float32)
+    agreement = float((top1(out) == top1(ref)).mean())
+    metrics: dict[str, float | None] = {
+        "agreement": round(agreement, 6),
+        "cosine": round(cosine(out, ref), 6),
+        "accuracy": None,
+    }
+    if labels is not None and is_classifier(out):
+        metrics["accuracy"] = round(float((out.argmax(1) == labels).mean()), 6)
+    return metrics

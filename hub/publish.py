@@ -1,0 +1,245 @@
+"""The publish pipeline: source model -> planned variants -> built, measured, signed, registered.
+
+Nothing reaches the registry or the artifact store until every variant is built and measured;
+the commit is one registry transaction, and objects written for a failed commit are removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgehub.agent.protocol import Manifest
+from edgehub.converters.artifact import Artifact
+from edgehub.converters.errors import ConversionError
+from edgehub.converters.passes.base import PassContext, parse_config, run_pass
+from edgehub.hub.eval_data import EvalSet, bind_eval_set, example_batch, load_npz
+from edgehub.hub.evaluate import run_onnx, score_outputs
+from edgehub.hub.recipes import Plan, Skipped, VariantPlan, plan_for_profiles
+from edgehub.zoo.home import HubPaths
+from edgehub.zoo.profiles import get_profile, load_profiles
+from edgehub.zoo.records import ModelVersionRecord, VariantRecord
+from edgehub.zoo.registry import Registry
+from edgehub.zoo.signing import HubKey
+from edgehub.zoo.store import ArtifactStore, sha256_file
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+REFERENCE_SAMPLES = 8
+
+
+class PublishError(Exception):
+    """A publish request that cannot go ahead; the message says what to do."""
+
+
+@dataclass
+class PublishOptions:
+    source: str  # path to an .onnx file, or 'package.module:factory'
+    name: str
+    eval_path: Path
+    profiles: list[str] = field(default_factory=lambda: ["x86-cpu"])
+    calib_path: Path | None = None
+    weights: Path | None = None
+    new_version: bool = False
+    profiles_file: Path | None = None
+
+
+@dataclass
+class PublishOutcome:
+    version: ModelVersionRecord
+    variants: list[VariantRecord]
+    skipped: list[Skipped]
+    already_published: bool = False
+
+
+class ProgressSink:
+    """Where the pipeline reports progress; the CLI plugs in rich progress bars."""
+
+    def start(self, label: str, steps: int) -> None:
+        """A variant's build begins; it has `steps` units of work."""
+
+    def update(self, label: str, message: str) -> None:
+        """What the variant's build is doing now."""
+
+    def advance(self, label: str) -> None:
+        """One unit of the variant's work is done."""
+
+
+@dataclass
+class _Built:
+    plan: VariantPlan
+    artifact: Artifact
+    recipe: list[dict]
+    metrics: dict[str, float | None]
+    references: bytes
+
+
+def _source_identity(options: PublishOptions, is_torch: bool) -> str:
+    if not is_torch:
+        return sha256_file(Path(options.source))
+    digest = hashlib.sha256(options.source.encode())
+    if options.weights:
+        digest.update(sha256_file(options.weights).encode())
+    return digest.hexdigest()
+
+
+def _validate(options: PublishOptions) -> None:
+    if not NAME_RE.match(options.name):
+        raise PublishError(f"invalid model name {options.name!r}: use lower-case letters, digits, '.', '_' or '-' (max 64)")
+    if not options.profiles:
+        raise PublishError("give at least one --profile (see `edgehub profiles list`)")
+    for path, what in ((options.eval_path, "eval set"), (options.calib_path, "calibration set"), (options.weights, "weights")):
+        if path is not None and not Path(path).is_file():
+            raise PublishError(f"{what} {path}: no such file")
+
+
+def _load_source(options: PublishOptions, arrays: dict[str, np.ndarray], workdir: Path) -> tuple[Artifact, dict]:
+    """The fp32 ONNX model to start from, and the recipe step that produced it."""
+    from edgehub.converters.torch_export import export_onnx, forward_input_names, is_factory_ref, load_torch_model
+
+    if is_factory_ref(options.source):
+        model = load_torch_model(options.source, options.weights)
+        example = example_batch(arrays, forward_input_names(model), options.eval_path.name)
+        workdir.mkdir(parents=True, exist_ok=True)
+        artifact = export_onnx(model, example, workdir / "exported.onnx")
+        return artifact, {"pass": "export", "config": {"source": options.source, "weights": options.weights.name if options.weights else None}, "notes": artifact.notes}
+    path = Path(options.source)
+    if not path.is_file():
+        raise PublishError(f"{options.source}: no such file, and not a 'package.module:factory' reference")
+    from edgehub.converters.onnx_model import onnx_artifact
+
+    return onnx_artifact(path), {"pass": "source", "config": {"file": path.name}, "notes": {}}
+
+
+def _references(evalset: EvalSet, outputs: list[np.ndarray], artifact: Artifact) -> bytes:
+    """A few eval inputs and this variant's outputs for them, for the on-device check."""
+    buffer = io.BytesIO()
+    arrays = {f"input.{k}": v for k, v in evalset.head(REFERENCE_SAMPLES).items()}
+    arrays.update({f"output.{spec.name}": out[:REFERENCE_SAMPLES] for spec, out in zip(artifact.outputs, outputs)})
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib: dict[str, np.ndarray],
+           workdir: Path, sink: ProgressSink) -> list[_Built]:
+    built: dict[str, _Built] = {}
+    reference: list[np.ndarray] | None = None
+
+    def score(candidate: Artifact) -> float:
+        metrics = score_outputs(run_onnx(candidate.path, evalset.inputs), reference, evalset.labels)
+        return metrics["accuracy"] if metrics["accuracy"] is not None else metrics["agreement"]
+
+    for vp in plan.ordered():
+        sink.start(vp.label, len(vp.steps) + 1)
+        parent = built[vp.parent] if vp.parent else None
+        artifact = parent.artifact if parent else root
+        recipe = list(parent.recipe) if parent else [root_step]
+        ctx = PassContext(workdir=workdir / vp.label, calibration=calib,
+                          score=score if reference is not None else None,
+                          on_progress=lambda message, label=vp.label: sink.update(label, message))
+        for step in vp.steps:
+            sink.update(vp.label, step.pass_name)
+            config = parse_config(step.pass_name, step.config)
+            artifact = run_pass(step.pass_name, artifact, config, ctx)
+            recipe.append({"pass": step.pass_name, "config": config.model_dump(mode="json"), "notes": artifact.notes})
+            sink.advance(vp.label)
+        sink.update(vp.label, "evaluating")
+        outputs = run_onnx(artifact.path, evalset.inputs)
+        if reference is None:
+            reference = outputs
+        built[vp.label] = _Built(vp, artifact, recipe, score_outputs(outputs, reference, evalset.labels),
+                                 _references(evalset, outputs, artifact))
+        sink.advance(vp.label)
+    return list(built.values())
+
+
+def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: HubPaths,
+            registry: Registry) -> list[VariantRecord]:
+    store = ArtifactStore(paths.artifacts_dir)
+    key = HubKey.load_or_create(paths.keys_dir)
+    written: list[str] = []
+
+    def put(write: Callable[[], tuple[str, int]]) -> tuple[str, int]:
+        sha, size = write()
+        if sha not in written:
+            written.append(sha)
+        return sha, size
+
+    ids = {b.plan.label: f"{name}-v{version.version}-{b.plan.label}" for b in built}
+    records: list[VariantRecord] = []
+    preexisting = set(store.list())
+    try:
+        for b in built:
+            sha, size = put(lambda: store.put_file(b.artifact.path))
+            ref_sha, _ = put(lambda: store.put_bytes(b.references))
+            now = datetime.now(timezone.utc)
+            manifest = Manifest(
+                variant_id=ids[b.plan.label], model=name, version=version.version,
+                format=b.artifact.format, precision=b.artifact.precision, sha256=sha, size_bytes=size,
+                inputs=b.artifact.inputs, outputs=b.artifact.outputs, references_sha256=ref_sha,
+                recipe=b.recipe, created_at=now.isoformat(),
+            )
+            records.append(VariantRecord(
+                id=ids[b.plan.label], model=name, version=version.version,
+                parent=ids[b.plan.parent] if b.plan.parent else None, label=b.plan.label,
+                profiles=b.plan.profiles, recipe=b.recipe, format=b.artifact.format,
+                precision=b.artifact.precision, size_bytes=size, sha256=sha,
+                inputs=b.artifact.inputs, outputs=b.artifact.outputs, metrics=b.metrics,
+                references_sha256=ref_sha, signed_manifest=key.sign(manifest), created_at=now,
+            ))
+        registry.register(version, records)
+    except BaseException:
+        for sha in written:
+            if sha not in preexisting:
+                store.remove(sha)
+        raise
+    return records
+
+
+def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
+            sink: ProgressSink | None = None) -> PublishOutcome:
+    """Build, measure, sign and register the variants of one model for the given profiles."""
+    sink = sink or ProgressSink()
+    _validate(options)
+    known = load_profiles(options.profiles_file)
+    profiles = [get_profile(p, known) for p in dict.fromkeys(options.profiles)]
+    arrays = load_npz(options.eval_path)
+    calib_arrays = load_npz(options.calib_path) if options.calib_path else None
+
+    workdir = paths.work_dir / f"publish-{uuid.uuid4().hex[:12]}"
+    try:
+        root, root_step = _load_source(options, arrays, workdir / "source")
+        evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name)
+        calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
+
+        source_sha = _source_identity(options, root_step["pass"] == "export")
+        latest = registry.latest_version(options.name)
+        if latest is not None and not options.new_version:
+            if latest.source_sha256 == source_sha:
+                return PublishOutcome(latest, registry.variants(options.name, latest.version), [], already_published=True)
+            raise PublishError(
+                f"model '{options.name}' v{latest.version} exists with different content; "
+                f"use another --name, or --new-version to publish it as v{latest.version + 1}"
+            )
+        version = ModelVersionRecord(
+            name=options.name, version=(latest.version + 1) if latest else 1,
+            source_kind="torch" if root_step["pass"] == "export" else "onnx",
+            source_ref=options.source if root_step["pass"] == "export" else Path(options.source).name,
+            source_sha256=source_sha,
+        )
+        plan = plan_for_profiles(profiles)
+        built = _build(plan, root, root_step, evalset, calib, workdir, sink)
+        records = _commit(options.name, version, built, paths, registry)
+        return PublishOutcome(version, records, plan.skipped)
+    except ConversionError as exc:
+        raise PublishError(str(exc)) from None
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
