@@ -243,3 +243,16 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
         raise PublishError(str(exc)) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def deploy(fleet, outcome: PublishOutcome, profiles: list[str]) -> list[str]:
+    """Target the published version at these profiles' devices; returns the profiles changed.
+
+    The hub's fleet loop turns a deployment into desired states (candidates) for every device
+    of the profile, now and when devices enrol later.
+    """
+    target = (outcome.version.name, outcome.version.version)
+    changed = [p for p in dict.fromkeys(profiles) if fleet.deployment_for(p) != target]
+    if changed:
+        fleet.deploy(target[0], target[1], changed)
+    return changed

@@ -12,6 +12,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "publish": ("edgehub.hub.cli.publish_cmd", "publish", "hub"),
     "zoo": ("edgehub.hub.cli.zoo_cmd", "zoo", "hub"),
     "profiles": ("edgehub.hub.cli.profiles_cmd", "profiles", "hub"),
+    "agent": ("edgehub.agent.cli", "agent", "agent"),
+    "hub": ("edgehub.hub.cli.hub_cmd", "hub", "hub"),
+    "fleet": ("edgehub.hub.cli.fleet_cmd", "fleet", "hub"),
+    "demo": ("edgehub.hub.cli.demo_cmd", "demo", "all"),
 }
 
 

@@ -27,9 +27,14 @@ def known_errors() -> tuple[type[Exception], ...]:
     from edgehub.hub.eval_data import EvalSetError
     from edgehub.hub.publish import PublishError
     from edgehub.zoo.profiles import ProfileError
+    from edgehub.zoo.fleet import FleetError
     from edgehub.zoo.registry import RegistryError
 
-    return (ConversionError, EvalSetError, PublishError, ProfileError, RegistryError)
+    known: list[type[Exception]] = [ConversionError, EvalSetError, PublishError, ProfileError, RegistryError, FleetError]
+    from edgehub.hub.broker import BrokerError
+
+    known.append(BrokerError)
+    return tuple(known)
 
 
 def one_line_errors(fn: Callable) -> Callable:

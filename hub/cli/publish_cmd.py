@@ -43,10 +43,12 @@ class RichSink:
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict for a PyTorch factory source.")
 @click.option("--profiles-file", type=click.Path(path_type=Path), help="TOML/YAML file with extra profiles.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
+@click.option("--no-deploy", is_flag=True, help="Register only; do not send candidates to enrolled devices.")
 @home_option
 @json_option
 @one_line_errors
-def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, new_version, home, as_json):
+def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, new_version, no_deploy, home,
+            as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
@@ -54,7 +56,8 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
       edgehub publish model.onnx --name fmnist-cnn --eval eval.npz --profile x86-cpu
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --json
     """
-    from edgehub.hub.publish import PublishOptions, publish as run_publish
+    from edgehub.hub.publish import PublishOptions, deploy, publish as run_publish
+    from edgehub.zoo.fleet import FleetStore
     from edgehub.zoo.home import HubPaths
     from edgehub.zoo.registry import Registry
 
@@ -71,6 +74,15 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
             outcome = run_publish(options, paths, registry, RichSink(progress))
     finally:
         registry.close()
+    deployed: list[str] = []
+    devices = 0
+    if not no_deploy:
+        fleet = FleetStore(paths.db_url)
+        try:
+            deployed = deploy(fleet, outcome, list(profiles))
+            devices = sum(len(fleet.devices(p)) for p in profiles)
+        finally:
+            fleet.close()
 
     if as_json:
         print_json({
@@ -78,6 +90,7 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
             "already_published": outcome.already_published,
             "variants": [variant_json(v) for v in outcome.variants],
             "skipped": [s.model_dump() for s in outcome.skipped],
+            "deployed_profiles": deployed, "enrolled_devices": devices,
         })
         return
     if outcome.already_published:
@@ -85,3 +98,6 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     console.print(variants_table(outcome.variants, title=f"{name} v{outcome.version.version}"))
     for s in outcome.skipped:
         console.print(f"[yellow]skipped[/] {s.format} for {s.profile}: {s.reason}")
+    if deployed:
+        console.print(f"deployed to profiles {', '.join(deployed)}: {devices} enrolled device(s) will benchmark "
+                      "the candidates (`edgehub fleet status`)")

@@ -1,0 +1,51 @@
+"""Activating a variant atomically, with a health check and automatic rollback."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from edgehub.agent.benchmark import run_benchmark
+from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
+from edgehub.agent.messages import BenchmarkSettings
+
+# A short run on the reference inputs, in a child process so a bad model cannot take the agent.
+HEALTH_SETTINGS = BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3, timeout_s=60)
+HEALTH_MIN_AGREEMENT = 0.99
+
+
+def health_check(variant: InstalledVariant) -> str | None:
+    """None if the variant loads, runs and matches its reference outputs; else the reason."""
+    result = run_benchmark(variant.path, variant.format, variant.references_path, HEALTH_SETTINGS)
+    if not result.ok:
+        return result.error or "failed to run"
+    if result.agreement is not None and result.agreement < HEALTH_MIN_AGREEMENT:
+        return f"outputs disagree with the reference (agreement {result.agreement:.3f})"
+    return None
+
+
+@dataclass
+class ActivationOutcome:
+    ok: bool
+    error: str | None = None
+    rolled_back_to: str | None = None
+
+
+def activate(state: LocalState, store: StateFile, variant: InstalledVariant,
+             check: Callable[[InstalledVariant], str | None] = health_check) -> ActivationOutcome:
+    """Make `variant` active (one atomic state write), check it, roll back if it is unhealthy.
+
+    The previous active variant is kept as `previous` for rollback.
+    """
+    before_active, before_previous = state.active, state.previous
+    if before_active is not None and before_active.variant_id == variant.variant_id:
+        return ActivationOutcome(ok=True)
+    state.active, state.previous = variant, before_active
+    store.save(state)
+    problem = check(variant)
+    if problem is None:
+        return ActivationOutcome(ok=True)
+    state.active, state.previous = before_active, before_previous
+    store.save(state)
+    return ActivationOutcome(ok=False, error=f"health check failed: {problem}",
+                             rolled_back_to=before_active.variant_id if before_active else None)

@@ -1,0 +1,243 @@
+"""The benchmark child: `python -m edgehub.agent.bench_child`, one JSON job on stdin (a BenchJob),
+one JSON BenchResult on stdout. It runs in its own process so that a model which crashes, hangs
+or exhausts memory takes down only this process (see edgehub.agent.benchmark for the limits).
+
+Method (the same on every device, so numbers compare):
+  load_ms    creating the session (the library is imported before, and not timed);
+  warmup_ms  `warmup_runs` runs of the timing input;
+  latency    back-to-back runs of one batch-1 input, timed each with perf_counter_ns, until
+             `time_budget_s` has passed and at least `min_runs` were made;
+  peak RSS   high-water mark after timing (load + serving batch 1, not the reference batches);
+  agreement  top-1 along the last axis of the first output vs the references, all samples.
+The timing input is the first reference sample, else a deterministic random one (dynamic dims 1).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from edgehub.agent.benchmark import BenchJob, BenchResult
+from edgehub.agent.messages import Latency
+from edgehub.agent.protocol import TensorSpec
+from edgehub.agent.runtimes import Session, runtime_for
+
+REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
+_MAX_ERROR_CHARS = 500
+
+
+class Stage:
+    """What the child is doing, to say where a failure happened."""
+
+    def __init__(self) -> None:
+        self.name = "reading the job"
+
+
+def _claim_stdout() -> TextIO:
+    """Keep the real stdout for the result; everything else written to fd 1 (C libraries too)
+    goes to stderr, so the parent always reads exactly one JSON document."""
+    sys.stdout.flush()
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(result_fd, "w")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def _as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
+    try:
+        return np.ascontiguousarray(array, dtype=np.dtype(dtype))
+    except TypeError:
+        return np.ascontiguousarray(array)  # a dtype numpy lacks (bfloat16): feed as stored
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KB
+
+
+# ---- inputs ---------------------------------------------------------------------------------
+
+def _random_feed(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """A deterministic input; dynamic dims are 1, non-float inputs (ids, masks) are zeros."""
+    rng = np.random.default_rng(0)
+    feed = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        try:
+            dtype = np.dtype(spec.dtype)
+        except TypeError:
+            raise ValueError(f"cannot make a {spec.dtype} input for {spec.name}: give references") from None
+        if np.issubdtype(dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feed
+
+
+def _match(specs: list[TensorSpec], arrays: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """Reference arrays in the model's order: by name, else by position (names can change when a
+    variant is converted)."""
+    if all(spec.name in arrays for spec in specs):
+        return [arrays[spec.name] for spec in specs]
+    if len(arrays) == len(specs):
+        return list(arrays.values())
+    raise ValueError(
+        f"references have {what} {sorted(arrays)} but the model has {[s.name for s in specs]}"
+    )
+
+
+class References:
+    """Reference inputs/outputs, stacked along a leading sample axis."""
+
+    def __init__(self, path: Path, session: Session):
+        with np.load(path, allow_pickle=False) as npz:
+            inputs = {k[len("input."):]: npz[k] for k in npz.files if k.startswith("input.")}
+            outputs = {k[len("output."):]: npz[k] for k in npz.files if k.startswith("output.")}
+        if not inputs or not outputs:
+            raise ValueError(f"{path.name} needs input.<name> and output.<name> arrays")
+        self.specs = session.inputs
+        self.inputs = _match(session.inputs, inputs, "inputs")
+        first_output = session.outputs[0].name
+        # By name, else the first stored output (names can change when a variant is converted).
+        self.output = outputs.get(first_output, next(iter(outputs.values())))
+        self.count = len(self.inputs[0])
+        first, rank = self.inputs[0], len(self.specs[0].shape)
+        if first.ndim not in (rank, rank + 1):
+            raise ValueError(f"reference input of shape {first.shape} does not fit {self.specs[0].shape}")
+        self.unbatched = first.ndim == rank + 1  # the model takes one sample without a batch axis
+        batch = None if self.unbatched else self.specs[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    def feed(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """Samples [start, start+count) as a feed; padded with the last one to a fixed batch."""
+        feed = {}
+        for spec, array in zip(self.specs, self.inputs):
+            part = array[start] if self.unbatched else array[start:start + count]
+            if self.fixed_batch and count < self.fixed_batch:
+                pad = np.repeat(part[-1:], self.fixed_batch - count, axis=0)
+                part = np.concatenate([part, pad])
+            feed[spec.name] = _as_dtype(part, spec.dtype)
+        return feed
+
+    def chunks(self) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        size = 1 if self.unbatched else (self.fixed_batch or REFERENCE_CHUNK)
+        for start in range(0, self.count, size):
+            count = min(size, self.count - start)
+            yield self.feed(start, count), count
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+def _time_runs(session: Session, feed: dict[str, np.ndarray], budget_s: float, min_runs: int) -> tuple[list[int], int]:
+    """Per-run latencies in ns, and the loop's wall time in ns."""
+    clock, run = time.perf_counter_ns, session.run
+    times: list[int] = []
+    start = clock()
+    deadline = start + int(budget_s * 1e9)
+    while True:
+        t0 = clock()
+        run(feed)
+        t1 = clock()
+        times.append(t1 - t0)
+        if t1 >= deadline and len(times) >= min_runs:
+            return times, t1 - start
+
+
+def _latency(times_ns: list[int]) -> Latency:
+    ms = np.asarray(times_ns, dtype=np.float64) / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return Latency(p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=float(ms.mean()), runs=len(ms))
+
+
+def _compare(session: Session, refs: References) -> tuple[float, float]:
+    """(top-1 agreement, max |output - reference|) on the first output over all samples."""
+    parts = []
+    for feed, count in refs.chunks():
+        out = np.asarray(session.run(feed)[0])
+        parts.append(out[None] if refs.unbatched else out[:count])
+    got = np.concatenate(parts).astype(np.float64)
+    want = np.asarray(refs.output).astype(np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"output shape {got.shape} does not match the references' {want.shape}")
+    if want.ndim >= 2:
+        agreement = float(np.mean(got.argmax(axis=-1) == want.argmax(axis=-1)))
+    else:  # one value per sample (a label or a score): no axis to take a top-1 along
+        agreement = float(np.mean(np.isclose(got, want, rtol=1e-3, atol=1e-5)))
+    diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+    # JSON has no NaN/Inf: a non-finite difference (NaN outputs) is reported as the largest float.
+    return agreement, diff if np.isfinite(diff) else sys.float_info.max
+
+
+def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
+    """Measure; `known` collects what is known so far, for the failure report."""
+    settings = job.settings
+    stage.name = "finding a runtime"
+    runtime = runtime_for(job.format)
+    runtime.prepare()
+    known.update(runtime=runtime.name, runtime_version=runtime.version(), threads=settings.threads)
+    path = Path(job.model_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    stage.name = f"loading {path.name}"
+    t0 = time.perf_counter_ns()
+    session = runtime.load(path, threads=settings.threads)
+    load_ms = (time.perf_counter_ns() - t0) / 1e6
+    known.update(load_ms=load_ms, threads=int(session.describe().get("threads", settings.threads)))
+    print(f"bench_child: {session.describe()}", file=sys.stderr)
+
+    stage.name = "reading the references"
+    refs = References(Path(job.references_path), session) if job.references_path else None
+    feed = refs.feed(0, 1) if refs else _random_feed(session.inputs)
+
+    stage.name = "warming up"
+    t0 = time.perf_counter_ns()
+    for _ in range(settings.warmup_runs):
+        session.run(feed)
+    warmup_ms = (time.perf_counter_ns() - t0) / 1e6
+
+    stage.name = "timing runs"
+    times, wall_ns = _time_runs(session, feed, settings.time_budget_s, settings.min_runs)
+    peak_rss_mb = _peak_rss_mb()
+
+    agreement = max_abs_diff = None
+    if refs is not None:
+        stage.name = "comparing with the references"
+        agreement, max_abs_diff = _compare(session, refs)
+    return BenchResult(
+        ok=True, warmup_ms=warmup_ms, latency=_latency(times),
+        throughput_per_s=len(times) / (wall_ns / 1e9), peak_rss_mb=peak_rss_mb,
+        agreement=agreement, max_abs_diff=max_abs_diff, **known,
+    )
+
+
+def main() -> int:
+    out = _claim_stdout()
+    stage, known = Stage(), {}
+    try:
+        job = BenchJob.model_validate_json(sys.stdin.buffer.read())
+        if job.memory_limit_bytes:
+            # Before the runtime is imported, so every allocation of its counts (benchmark.py).
+            resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
+        result = run_job(job, stage, known)
+    except Exception as exc:  # any failure of the model or runtime becomes the report's error
+        error = f"{stage.name} failed: {_one_line(exc)}"[:_MAX_ERROR_CHARS]
+        result = BenchResult(ok=False, error=error, **known)
+    out.write(result.model_dump_json())
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The agent's configuration file (TOML), as written by `edgehub fleet enroll`."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from edgehub.agent.messages import ID_PATTERN
+
+
+class ConfigError(Exception):
+    """An agent config that cannot be used; the message names the file and the problem."""
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device_id: str = Field(pattern=ID_PATTERN)
+    fleet: str = Field("default", pattern=ID_PATTERN)
+    profile: str
+    broker_url: str  # mqtt://host:port or mqtts://host:port
+    username: str
+    password: SecretStr
+    ca_file: Path | None = None  # for mqtts:// and https:// with the hub's own CA
+    hub_public_key: str  # base64 raw ed25519 key: only artifacts signed with it are used
+    data_dir: Path
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(8765, ge=0, le=65535)  # local POST /predict; 0 picks a free port
+    cache_limit_mb: int = Field(2048, gt=0)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+
+
+def load_config(path: Path) -> AgentConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (make one with `edgehub fleet enroll`)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        config = AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+    if not config.data_dir.is_absolute():
+        config.data_dir = (path.parent / config.data_dir).resolve()
+    return config
+
+
+def dump_config(config: AgentConfig) -> str:
+    """TOML text for a config (the few types it uses need no TOML writer library)."""
+    lines = []
+    for key, value in config.model_dump(mode="json").items():
+        if key == "password":
+            value = config.password.get_secret_value()
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, int):
+            lines.append(f"{key} = {value}")
+        else:
+            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{key} = "{escaped}"')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""The agent daemon: MQTT link + reconcile loop + local serving, until told to stop."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from importlib.metadata import PackageNotFoundError, version
+
+from edgehub.agent.config import AgentConfig
+from edgehub.agent.hardware import hardware
+from edgehub.agent.local_state import CorruptState, StateFile
+from edgehub.agent.messages import DesiredState, DeviceState
+from edgehub.agent.mqtt_link import MqttLink
+from edgehub.agent.outbox import Outbox
+from edgehub.agent.reconciler import Reconciler
+from edgehub.agent.runtimes import available_runtimes
+from edgehub.agent.serving import LocalServer, ModelHolder
+
+log = logging.getLogger("edgehub.agent")
+
+RETRY_S = 15.0  # how soon an incomplete reconcile (e.g. a failed download) is tried again
+
+
+def agent_version() -> str:
+    try:
+        return version("edgehub")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.stopping = threading.Event()
+        self._desired: queue.Queue[DesiredState] = queue.Queue()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = StateFile(config.data_dir / "state.json")
+        try:
+            store.load()
+        except CorruptState as exc:
+            log.error("%s", exc)
+        self.outbox = Outbox(config.data_dir / "outbox.db")
+        self.link = MqttLink(config, self.outbox, self._desired.put)
+        self.reconciler = Reconciler(config, store, self.link.publish_event)
+        self.server = LocalServer(ModelHolder(lambda: self.reconciler.state.active), config.serve_host,
+                                  config.serve_port)
+        self._runtimes = available_runtimes()
+        self._hardware = hardware()
+
+    def device_state(self, online: bool = True) -> DeviceState:
+        s = self.reconciler.state
+        return DeviceState(
+            device_id=self.config.device_id, online=online, profile=self.config.profile,
+            agent_version=agent_version(), runtimes=self._runtimes, hardware=self._hardware,
+            active_variant=s.active.variant_id if s.active else None,
+            previous_variant=s.previous.variant_id if s.previous else None,
+            cached_variants=self.reconciler.cached_variants(), generation_seen=s.generation_seen,
+        )
+
+    def _newest(self, current: DesiredState | None, timeout: float) -> DesiredState | None:
+        """Wait for desired states; keep only the newest generation (level-triggered)."""
+        try:
+            item = self._desired.get(timeout=timeout)
+        except queue.Empty:
+            return current
+        while True:
+            if current is None or item.generation >= current.generation:
+                current = item
+            try:
+                item = self._desired.get_nowait()
+            except queue.Empty:
+                return current
+
+    def run(self) -> None:
+        self.server.start()
+        log.info("serving the active model on http://%s:%d/predict", self.config.serve_host, self.server.port)
+        self.link.publish_state(self.device_state())
+        self.link.start()
+        desired: DesiredState | None = None
+        done_generation = -1
+        try:
+            while not self.stopping.is_set():
+                incomplete = desired is not None and done_generation != desired.generation
+                newest = self._newest(desired, timeout=RETRY_S if incomplete else 1.0)
+                if newest is None or self.stopping.is_set():
+                    continue
+                if newest is desired and done_generation == desired.generation:
+                    continue
+                desired = newest
+                if self.reconciler.reconcile(desired):
+                    done_generation = desired.generation
+                self.link.publish_state(self.device_state())
+        finally:
+            self.link.stop(final_state=self.device_state(online=False))
+            self.server.stop()
+            self.outbox.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def run_forever(config: AgentConfig) -> None:
+    """Run until SIGTERM/SIGINT."""
+    agent = Agent(config)
+
+    def _stop(signum, frame) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    agent.run()

@@ -1,0 +1,33 @@
+"""Facts about the device the agent runs on, reported in its state."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+from edgehub.agent.messages import Hardware
+
+
+def ram_mb() -> int:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return int(pages * page_size / (1024 * 1024))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def accelerators() -> list[str]:
+    found = []
+    if Path("/dev/apex_0").exists():
+        found.append("edgetpu-pcie")
+    if Path("/dev/nvhost-ctrl-gpu").exists() or Path("/dev/nvidia0").exists():
+        found.append("nvidia-gpu")
+    if platform.system() == "Darwin" and platform.machine() == "arm64":
+        found.append("apple-neural-engine")
+    return found
+
+
+def hardware() -> Hardware:
+    return Hardware(arch=platform.machine() or "unknown", cores=os.cpu_count() or 1,
+                    ram_mb=max(ram_mb(), 1), accelerators=accelerators())

@@ -1,0 +1,68 @@
+"""What the agent remembers across restarts: active and previous variant, what it benchmarked.
+
+Kept in one JSON file replaced atomically (write temp, fsync, rename), so a power cut leaves
+either the old or the new state, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from edgehub.agent.protocol import SignedManifest
+
+
+class InstalledVariant(BaseModel):
+    """A downloaded, verified variant in the agent's cache."""
+
+    variant_id: str
+    sha256: str
+    format: str
+    path: Path
+    references_path: Path | None = None
+    manifest: SignedManifest
+
+
+class LocalState(BaseModel):
+    active: InstalledVariant | None = None
+    previous: InstalledVariant | None = None
+    installed: dict[str, InstalledVariant] = Field(default_factory=dict)  # by variant id
+    benchmarked: dict[str, str] = Field(default_factory=dict)  # variant id -> sha256 reported
+    generation_seen: int = 0
+
+
+class StateFile:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> LocalState:
+        if not self.path.exists():
+            return LocalState()
+        try:
+            return LocalState.model_validate_json(self.path.read_bytes())
+        except (ValidationError, ValueError) as exc:
+            # A state file we cannot read must not brick the device: keep it aside, start clean.
+            aside = self.path.with_suffix(".corrupt")
+            os.replace(self.path, aside)
+            raise CorruptState(f"{self.path} was unreadable ({exc.__class__.__name__}); moved to {aside.name}") from None
+
+    def save(self, state: LocalState) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".state-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(state.model_dump(mode="json"), indent=1))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class CorruptState(Exception):
+    """The state file could not be read; it was moved aside."""

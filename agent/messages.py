@@ -1,0 +1,247 @@
+"""MQTT bodies and topics of the wire protocol (schema version 1). See DESIGN.md.
+
+Topic root: edgehub/v1/<fleet>/. Every body is JSON validated by these models; a body that
+does not validate, is over MAX_BODY_BYTES, or names another device than its topic is rejected
+by `parse_body` with a MessageError (callers log it and go on).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Annotated, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgehub.agent.protocol import SCHEMA_VERSION, SignedManifest
+
+B = TypeVar("B", bound=BaseModel)
+
+MAX_BODY_BYTES = 256 * 1024
+ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class MessageError(ValueError):
+    """A body that must be rejected; the message is one line, safe to log (no secrets)."""
+
+
+class Topics:
+    """Topic names for one fleet."""
+
+    def __init__(self, fleet: str):
+        if not _ID_RE.match(fleet):
+            raise ValueError(f"invalid fleet name {fleet!r}")
+        self.fleet = fleet
+        self.root = f"edgehub/v1/{fleet}"
+
+    def state(self, device: str) -> str:
+        return f"{self.root}/devices/{device}/state"
+
+    def desired(self, device: str) -> str:
+        return f"{self.root}/devices/{device}/desired"
+
+    def events(self, device: str) -> str:
+        return f"{self.root}/devices/{device}/events"
+
+    @property
+    def hub_state(self) -> str:
+        return f"{self.root}/hub/state"
+
+    def device_of(self, topic: str) -> tuple[str, str]:
+        """(device id, kind) of a device topic, or MessageError."""
+        parts = topic.split("/")
+        if len(parts) != 6 or "/".join(parts[:3]) != self.root or parts[3] != "devices":
+            raise MessageError(f"not a device topic of fleet {self.fleet}: {topic[:120]!r}")
+        device, kind = parts[4], parts[5]
+        if not _ID_RE.match(device) or kind not in ("state", "desired", "events"):
+            raise MessageError(f"bad device topic {topic[:120]!r}")
+        return device, kind
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+# ---- agent -> hub: state (retained) --------------------------------------------------------
+
+class Hardware(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(max_length=32)
+    cores: int = Field(ge=1, le=4096)
+    ram_mb: int = Field(ge=1)
+    accelerators: list[str] = Field(default_factory=list, max_length=16)
+
+
+class DeviceState(Body):
+    device_id: DeviceId
+    online: bool
+    profile: str | None = Field(None, max_length=64)
+    agent_version: str | None = Field(None, max_length=32)
+    runtimes: dict[str, str] = Field(default_factory=dict, max_length=16)  # name -> version
+    hardware: Hardware | None = None
+    active_variant: str | None = Field(None, max_length=200)
+    previous_variant: str | None = Field(None, max_length=200)
+    cached_variants: list[str] = Field(default_factory=list, max_length=256)
+    generation_seen: int = Field(0, ge=0)
+    at: datetime = Field(default_factory=now_utc)
+
+
+# ---- hub -> agent: desired (retained) ------------------------------------------------------
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant_id: str = Field(max_length=200)
+    url: str = Field(max_length=2048)
+    references_url: str | None = Field(None, max_length=2048)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    format: str = Field(max_length=32)
+    precision: str = Field(max_length=16)
+    manifest: SignedManifest
+
+
+class BenchmarkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time_budget_s: float = Field(2.0, gt=0, le=600)
+    warmup_runs: int = Field(5, ge=0, le=10_000)
+    min_runs: int = Field(20, ge=1, le=1_000_000)
+    threads: int = Field(0, ge=0, le=256)  # 0: the runtime's default
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+    memory_limit_mb: int | None = Field(None, gt=0)
+
+
+class DesiredState(Body):
+    device_id: DeviceId
+    generation: int = Field(ge=0)
+    model: str | None = Field(None, max_length=64)
+    version: int | None = None
+    candidates: list[Candidate] = Field(default_factory=list, max_length=64)
+    activate: str | None = Field(None, max_length=200)
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    at: datetime = Field(default_factory=now_utc)
+
+
+# ---- agent -> hub: events (QoS 1, not retained, de-duplicated by event_id) -----------------
+
+class Latency(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    p50_ms: float = Field(ge=0)
+    p90_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+    mean_ms: float = Field(ge=0)
+    runs: int = Field(ge=0)
+
+
+class BenchmarkReport(Body):
+    kind: Literal["benchmark"] = "benchmark"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: int = Field(ge=0)
+    variant_id: str = Field(max_length=200)
+    ok: bool
+    error: str | None = Field(None, max_length=2000)
+    runtime: str | None = Field(None, max_length=64)
+    runtime_version: str | None = Field(None, max_length=64)
+    threads: int | None = None
+    load_ms: float | None = None
+    warmup_ms: float | None = None
+    latency: Latency | None = None
+    throughput_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference outputs
+    max_abs_diff: float | None = None
+    at: datetime = Field(default_factory=now_utc)
+
+
+class ActivationResult(Body):
+    kind: Literal["activation"] = "activation"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: int = Field(ge=0)
+    variant_id: str = Field(max_length=200)
+    ok: bool
+    rolled_back_to: str | None = Field(None, max_length=200)
+    error: str | None = Field(None, max_length=2000)
+    at: datetime = Field(default_factory=now_utc)
+
+
+class AgentError(Body):
+    kind: Literal["error"] = "error"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: int = Field(ge=0)
+    variant_id: str | None = Field(None, max_length=200)
+    error: str = Field(max_length=2000)
+    at: datetime = Field(default_factory=now_utc)
+
+
+Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError], Field(discriminator="kind")]
+
+
+_EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
+
+
+class HubState(Body):
+    online: bool
+    version: str = Field(max_length=32)
+    public_key: str | None = Field(None, max_length=128)
+    at: datetime = Field(default_factory=now_utc)
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+def encode(body: BaseModel) -> bytes:
+    return body.model_dump_json().encode()
+
+
+def _load(payload: bytes) -> object:
+    if len(payload) > MAX_BODY_BYTES:
+        raise MessageError(f"body of {len(payload)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"body is not JSON ({exc.__class__.__name__})") from None
+
+
+def _validate(adapter: TypeAdapter, data: object, what: str):
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise MessageError(f"invalid {what}: {where}: {first['msg']}") from None
+
+
+def _check_device(body: BaseModel, device: str | None) -> None:
+    named = getattr(body, "device_id", None)
+    if device is not None and named != device:
+        raise MessageError(f"body names device {named!r} but came on the topic of {device!r}")
+
+
+def parse_body(payload: bytes, model: type[B], *, device: str | None = None) -> B:
+    """Validate a payload as `model`; if `device` is given, the body must name that device."""
+    body = _validate(TypeAdapter(model), _load(payload), model.__name__)
+    _check_device(body, device)
+    return body
+
+
+def parse_event(payload: bytes, *, device: str) -> BenchmarkReport | ActivationResult | AgentError:
+    """Validate an event body from `device`'s events topic."""
+    event = _validate(_EVENT_ADAPTER, _load(payload), "event")
+    _check_device(event, device)
+    return event

@@ -1,0 +1,55 @@
+"""Enrolling and revoking devices: credentials in the broker and the registry, an agent config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgehub.agent.config import AgentConfig
+from edgehub.hub.broker import free_port, reload_running_broker
+from edgehub.hub.credentials import hash_password, new_password
+from edgehub.hub.hub_settings import load_settings, save_settings
+from edgehub.hub.service import broker_dir, managed_broker
+from edgehub.zoo.fleet import FleetStore
+from edgehub.zoo.home import HubPaths
+from edgehub.zoo.profiles import get_profile, load_profiles
+from edgehub.zoo.signing import HubKey
+
+
+def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Path, serve_port: int = 8765,
+                  tags: list[str] | None = None, replace: bool = False,
+                  profiles_file: Path | None = None) -> AgentConfig:
+    """Issue credentials for a device and return its agent config (with the password in it)."""
+    get_profile(profile, load_profiles(profiles_file))
+    settings = load_settings(paths.root)
+    password = new_password()
+    fleet = FleetStore(paths.db_url)
+    try:
+        fleet.enroll(device_id, profile, hash_password(password), tags=tags, replace=replace)
+    finally:
+        fleet.close()
+    if settings.broker_url is None:
+        if settings.mqtt_port is None:  # fix the managed broker's port now: the config names it
+            settings.mqtt_port = free_port(settings.mqtt_host)
+            save_settings(paths.root, settings)
+        managed_broker(paths, settings).files.set_password(device_id, password)
+        reload_running_broker(broker_dir(paths))
+        broker_url = f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}"
+    else:
+        broker_url = settings.broker_url
+    key = HubKey.load_or_create(paths.keys_dir)
+    return AgentConfig(device_id=device_id, fleet=settings.fleet, profile=profile, broker_url=broker_url,
+                       username=device_id, password=password, hub_public_key=key.public_b64,
+                       data_dir=data_dir, serve_port=serve_port)
+
+
+def revoke_device(paths: HubPaths, device_id: str) -> None:
+    """Remove a device's credentials; the managed broker reloads without dropping other devices."""
+    settings = load_settings(paths.root)
+    fleet = FleetStore(paths.db_url)
+    try:
+        fleet.revoke(device_id)
+    finally:
+        fleet.close()
+    if settings.broker_url is None:
+        managed_broker(paths, settings).files.remove_user(device_id)
+        reload_running_broker(broker_dir(paths))
