@@ -8,17 +8,19 @@ by `parse_body` with a MessageError (callers log it and go on).
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime, timezone
 from typing import Annotated, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from edgehub.agent.protocol import SCHEMA_VERSION, SignedManifest
 
 B = TypeVar("B", bound=BaseModel)
 
 MAX_BODY_BYTES = 256 * 1024
+MAX_DEPTH = 32  # JSON nesting; real bodies use under 10
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
 
@@ -35,7 +37,7 @@ class Topics:
     """Topic names for one fleet."""
 
     def __init__(self, fleet: str):
-        if not _ID_RE.match(fleet):
+        if not _ID_RE.fullmatch(fleet):  # fullmatch: `$` alone would accept a trailing newline
             raise ValueError(f"invalid fleet name {fleet!r}")
         self.fleet = fleet
         self.root = f"edgehub/v1/{fleet}"
@@ -59,7 +61,7 @@ class Topics:
         if len(parts) != 6 or "/".join(parts[:3]) != self.root or parts[3] != "devices":
             raise MessageError(f"not a device topic of fleet {self.fleet}: {topic[:120]!r}")
         device, kind = parts[4], parts[5]
-        if not _ID_RE.match(device) or kind not in ("state", "desired", "events"):
+        if not _ID_RE.fullmatch(device) or kind not in ("state", "desired", "events"):
             raise MessageError(f"bad device topic {topic[:120]!r}")
         return device, kind
 
@@ -71,6 +73,23 @@ class Body(BaseModel):
 
 
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
+# Generations are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger one from a
+# device would fail the hub's whole event batch at INSERT time instead of being rejected here.
+Generation = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The hub stores and compares these times as aware UTC: a naive time (read as UTC) or one
+    # that cannot be expressed in UTC (year 1 at +05:00) must not reach the database.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("time out of range in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
 
 
 # ---- agent -> hub: state (retained) --------------------------------------------------------
@@ -94,8 +113,8 @@ class DeviceState(Body):
     active_variant: str | None = Field(None, max_length=200)
     previous_variant: str | None = Field(None, max_length=200)
     cached_variants: list[str] = Field(default_factory=list, max_length=256)
-    generation_seen: int = Field(0, ge=0)
-    at: datetime = Field(default_factory=now_utc)
+    generation_seen: Generation = 0
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 # ---- hub -> agent: desired (retained) ------------------------------------------------------
@@ -126,13 +145,13 @@ class BenchmarkSettings(BaseModel):
 
 class DesiredState(Body):
     device_id: DeviceId
-    generation: int = Field(ge=0)
+    generation: Generation
     model: str | None = Field(None, max_length=64)
     version: int | None = None
     candidates: list[Candidate] = Field(default_factory=list, max_length=64)
     activate: str | None = Field(None, max_length=200)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
-    at: datetime = Field(default_factory=now_utc)
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 # ---- agent -> hub: events (QoS 1, not retained, de-duplicated by event_id) -----------------
@@ -151,7 +170,7 @@ class BenchmarkReport(Body):
     kind: Literal["benchmark"] = "benchmark"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId
-    generation: int = Field(ge=0)
+    generation: Generation
     variant_id: str = Field(max_length=200)
     ok: bool
     error: str | None = Field(None, max_length=2000)
@@ -165,29 +184,29 @@ class BenchmarkReport(Body):
     peak_rss_mb: float | None = None
     agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference outputs
     max_abs_diff: float | None = None
-    at: datetime = Field(default_factory=now_utc)
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 class ActivationResult(Body):
     kind: Literal["activation"] = "activation"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId
-    generation: int = Field(ge=0)
+    generation: Generation
     variant_id: str = Field(max_length=200)
     ok: bool
     rolled_back_to: str | None = Field(None, max_length=200)
     error: str | None = Field(None, max_length=2000)
-    at: datetime = Field(default_factory=now_utc)
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 class AgentError(Body):
     kind: Literal["error"] = "error"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId
-    generation: int = Field(ge=0)
+    generation: Generation
     variant_id: str | None = Field(None, max_length=200)
     error: str = Field(max_length=2000)
-    at: datetime = Field(default_factory=now_utc)
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError], Field(discriminator="kind")]
@@ -200,7 +219,7 @@ class HubState(Body):
     online: bool
     version: str = Field(max_length=32)
     public_key: str | None = Field(None, max_length=128)
-    at: datetime = Field(default_factory=now_utc)
+    at: UtcTime = Field(default_factory=now_utc)
 
 
 # ---- parsing --------------------------------------------------------------------------------
@@ -209,13 +228,51 @@ def encode(body: BaseModel) -> bytes:
     return body.model_dump_json().encode()
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("non-finite number")
+    return value
+
+
+def _check_structure(data: object) -> None:
+    # PostgreSQL text columns cannot hold NUL: a "\u0000" in an id would fail the hub's INSERT.
+    # Deep nesting (only a manifest's recipe may nest at all) would parse but not re-encode.
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise MessageError("body contains a NUL character")
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
 def _load(payload: bytes) -> object:
+    if isinstance(payload, str):
+        payload = payload.encode()
     if len(payload) > MAX_BODY_BYTES:
         raise MessageError(f"body of {len(payload)} bytes is over the {MAX_BODY_BYTES}-byte limit")
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # Decode as UTF-8 ourselves: json.loads(bytes) would also guess UTF-16/32.
+        # ValueError covers JSONDecodeError, UnicodeDecodeError, non-finite numbers (NaN,
+        # Infinity, 1e999: not JSON, and PostgreSQL's json type refuses them) and integers of
+        # over 4300 digits; RecursionError is deeply nested arrays or objects.
+        data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
         raise MessageError(f"body is not JSON ({exc.__class__.__name__})") from None
+    _check_structure(data)
+    return data
 
 
 def _validate(adapter: TypeAdapter, data: object, what: str):

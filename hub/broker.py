@@ -33,7 +33,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgehub.agent.messages import Topics
@@ -60,6 +60,7 @@ OUT_NAME = "mosquitto.out"
 DB_NAME = "mosquitto.db"
 HUB_SECRET_NAME = "hub.secret"
 _LOCK_NAME = ".lock"
+_START_LOCK_NAME = ".start.lock"
 _RELOAD_MARK = "Reloading config"
 
 
@@ -182,10 +183,10 @@ def _tail(path: Path, lines: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path):
+def _locked(directory: Path, name: str = _LOCK_NAME):
     """An exclusive lock over the broker directory's files (across processes)."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / _LOCK_NAME, "a") as fh:
+    with open(directory / name, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -244,7 +245,14 @@ class BrokerSettings:
     autosave_on_changes: bool = False
     # A body is at most 256 KiB (agent.messages.MAX_BODY_BYTES); leave room for topic and properties.
     max_packet_size: int = 1024 * 1024
-    max_keepalive: int = 600
+    # None: Mosquitto's default (65535). A lower value makes Mosquitto refuse MQTT 3.1.1 clients
+    # that ask for a longer keepalive (or none), so it is left alone unless asked for.
+    max_keepalive: int | None = None
+    # The client id becomes the user name, whatever the client sent: a device cannot disconnect
+    # another device or take over its persistent session by connecting with that device's id.
+    # (Mosquitto's ACLs cannot tie the client id to the user otherwise.) Each connection of the
+    # hub needs its own user name then: see BrokerFiles(extra_hub_users=...).
+    use_username_as_clientid: bool = True
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
 
     def __post_init__(self):
@@ -253,6 +261,8 @@ class BrokerSettings:
         for name in ("max_queued_messages", "max_inflight_messages", "autosave_interval",
                      "max_packet_size", "max_keepalive"):
             value = getattr(self, name)
+            if name == "max_keepalive" and value is None:
+                continue
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int")
         allowed = {"debug", "error", "warning", "notice", "information", "subscribe", "unsubscribe",
@@ -266,11 +276,15 @@ class BrokerFiles:
     """The files of a managed broker inside `directory`: config, ACL, password file, state."""
 
     def __init__(self, directory: Path | str, fleet: str, *, hub_user: str = HUB_USER,
-                 settings: BrokerSettings | None = None, tls: TLSFiles | None = None):
+                 settings: BrokerSettings | None = None, tls: TLSFiles | None = None,
+                 extra_hub_users: tuple[str, ...] = ()):
         self.directory = Path(directory).expanduser().resolve()
         self.topics = Topics(fleet)  # validates the fleet name
         self.fleet = fleet
         self.hub_user = validate_username(hub_user)
+        # More hub connections (workers): with use_username_as_clientid every connection needs its
+        # own user name, else they would keep disconnecting each other.
+        self.extra_hub_users = tuple(validate_username(u) for u in extra_hub_users)
         self.settings = settings or BrokerSettings()
         self.tls = tls
 
@@ -328,10 +342,8 @@ class BrokerFiles:
             "# (Mosquitto warns that the hub/state pattern has no %u: it is meant for every device.)",
             "",
             "# The hub: everything in the fleet, and the broker's statistics.",
-            f"user {self.hub_user}",
-            f"topic readwrite {root}/#",
-            "topic read $SYS/#",
-            "",
+            *[line for user in (self.hub_user, *self.extra_hub_users)
+              for line in (f"user {user}", f"topic readwrite {root}/#", "topic read $SYS/#", "")],
         ])
 
     def render_config(self, port: int, host: str = "127.0.0.1") -> str:
@@ -348,6 +360,7 @@ class BrokerFiles:
             f"acl_file {_conf_path_value(self.acl_path)}",
             "",
             f"listener {port} {host}",
+            f"use_username_as_clientid {'true' if self.settings.use_username_as_clientid else 'false'}",
         ]
         if self.tls is not None:
             lines += [
@@ -370,7 +383,7 @@ class BrokerFiles:
             "max_queued_bytes 0",
             f"max_inflight_messages {s.max_inflight_messages}",
             f"max_packet_size {s.max_packet_size}",
-            f"max_keepalive {s.max_keepalive}",
+            *([f"max_keepalive {s.max_keepalive}"] if s.max_keepalive is not None else []),
             "set_tcp_nodelay true",
             "",
             f"log_dest file {_conf_path_value(self.log_path)}",
@@ -543,6 +556,13 @@ class BrokerFiles:
 # ---- the process ----------------------------------------------------------------------------
 
 def _cmdline(pid: int) -> list[str]:
+    if not Path("/proc/self").exists():  # macOS and friends: ask ps
+        try:
+            out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
+                                 text=True, timeout=5, check=False).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        return out.split() if out else []
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -563,7 +583,24 @@ def _is_our_broker(pid: int, conf_path: Path) -> bool:
     argv = _cmdline(pid)
     if not argv:  # gone, or a zombie
         return False
-    return Path(argv[0]).name.startswith("mosquitto") and str(conf_path) in argv
+    return Path(argv[0]).name.startswith("mosquitto") and str(conf_path) in " ".join(argv)
+
+
+def _process_gone(pid: int) -> bool:
+    """True once `pid` has exited (gone, or a zombie): not merely "on its way out", which still
+    holds its sockets and files."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0] if ")" in stat else "?"
+    return state in ("Z", "X")
 
 
 def _read_pid(pid_path: Path) -> int | None:
@@ -634,8 +671,10 @@ class ManagedBroker:
     def __init__(self, directory: Path | str, fleet: str, port: int | None = None,
                  host: str = "127.0.0.1", *, tls: TLSFiles | None = None,
                  settings: BrokerSettings | None = None, hub_user: str = HUB_USER,
-                 start_timeout: float = 10.0, mosquitto: str | None = None):
-        self.files = BrokerFiles(directory, fleet, hub_user=hub_user, settings=settings, tls=tls)
+                 extra_hub_users: tuple[str, ...] = (), start_timeout: float = 10.0,
+                 mosquitto: str | None = None):
+        self.files = BrokerFiles(directory, fleet, hub_user=hub_user, settings=settings, tls=tls,
+                                 extra_hub_users=extra_hub_users)
         self.host = _validate_host(host)
         if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
             raise ValueError(f"invalid port {port!r}")
@@ -705,31 +744,34 @@ class ManagedBroker:
         if self.running:
             return self
         self.files.ensure_directory()
-        existing = running_broker_pid(self.directory)
-        if existing is not None:
-            return self._adopt(existing)
-        mosquitto = self._mosquitto or find_mosquitto()
-        find_mosquitto_passwd()
-        attempts = 3
-        for attempt in range(attempts):
+        with _locked(self.directory, _START_LOCK_NAME):  # two hubs starting at once: one broker
+            existing = running_broker_pid(self.directory)
+            if existing is not None:
+                return self._adopt(existing)
+            mosquitto = self._mosquitto or find_mosquitto()
+            find_mosquitto_passwd()
             port, picked_now = self._choose_port()
-            self.files.write(port, self.host)
-            if _port_in_use(self.host, port):
-                if picked_now and attempt + 1 < attempts:
-                    continue
-                raise BrokerError(
-                    f"port {port} on {self.host} is already in use by another process; stop it, "
-                    f"or give the broker another port (the devices are told {self.host}:{port})")
-            self._port = port
-            self.files.write_state(port=port, host=self.host)
-            try:
-                self._spawn(mosquitto, port)
-            except _PortRace:
-                if picked_now and attempt + 1 < attempts:
-                    continue
-                raise BrokerError(f"mosquitto could not listen on {self.host}:{port}: "
-                                  f"{self._failure_detail()}") from None
-            return self
+            attempts = 3 if picked_now else 1
+            for attempt in range(attempts):
+                if attempt:
+                    port = free_port(_local_host(self.host))
+                self.files.write(port, self.host)
+                if _port_in_use(self.host, port):
+                    if attempt + 1 < attempts:
+                        continue
+                    raise BrokerError(
+                        f"port {port} on {self.host} is already in use by another process; stop it, "
+                        f"or give the broker another port (the devices are told {self.host}:{port})")
+                self._port = port
+                self.files.write_state(port=port, host=self.host)
+                try:
+                    self._spawn(mosquitto, port)
+                except _PortRace:
+                    if attempt + 1 < attempts:
+                        continue
+                    raise BrokerError(f"mosquitto could not listen on {self.host}:{port}: "
+                                      f"{self._failure_detail()}") from None
+                return self
         raise BrokerError("could not find a free port for the broker")  # pragma: no cover
 
     def rotate_log(self, max_bytes: int = MAX_LOG_BYTES) -> bool:
@@ -829,8 +871,11 @@ class ManagedBroker:
         self._proc = None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (Mosquitto saves its database), wait; SIGKILL if it does not exit in `timeout`."""
-        pid = self.pid
+        """SIGTERM (Mosquitto saves its database), wait; SIGKILL if it does not exit in `timeout`.
+
+        Also stops a broker of this directory that another process started (found by its pid file).
+        """
+        pid = self.pid or running_broker_pid(self.directory)
         if pid is None:
             self._reap()
             return
@@ -859,9 +904,9 @@ class ManagedBroker:
                     return True
                 except subprocess.TimeoutExpired:
                     continue
-            if not _is_our_broker(pid, self.files.conf_path):
+            if _process_gone(pid):
                 return True
-            time.sleep(0.05)
+            time.sleep(0.02)
         return False
 
     def _reap(self) -> None:

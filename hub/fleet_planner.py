@@ -7,7 +7,7 @@ the desired state as it is, so repeated reconciles publish nothing.
 
 from __future__ import annotations
 
-from edgehub.agent.messages import BenchmarkSettings, Candidate, DesiredState
+from edgehub.agent.messages import BenchmarkSettings, Candidate, DesiredState, now_utc
 
 
 def next_desired(device_id: str, current: DesiredState | None, deployment: tuple[str, int] | None,
@@ -26,5 +26,6 @@ def next_desired(device_id: str, current: DesiredState | None, deployment: tuple
                             candidates=candidates, activate=current.activate if current else None,
                             benchmark=settings)
     if winner is not None and winner != current.activate and winner in wanted_ids:
-        return current.model_copy(update={"generation": generation, "activate": winner})
+        # A fresh `at`: the copy would otherwise carry the previous generation's time.
+        return current.model_copy(update={"generation": generation, "activate": winner, "at": now_utc()})
     return None

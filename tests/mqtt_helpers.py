@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Callable
@@ -53,13 +54,15 @@ def wait_for(predicate: Callable[[], object], timeout: float = 5.0, interval: fl
 def connect(url_or_port: str | int, username: str | None, password: str | None,
             client_id: str | None = None, v5: bool = True, *, clean_start: bool = True,
             session_expiry: int | None = None, will: tuple[str, bytes, int, bool] | None = None,
-            timeout: float = 5.0) -> mqtt.Client:
+            timeout: float = 5.0, loop: bool = True) -> mqtt.Client:
     """A paho client connected (or refused) with its network loop started.
 
     Waits for the CONNACK: `client.connect_rc` is its reason code (0 = accepted; 134/135 =
     bad credentials / not authorized; -1 = no answer, e.g. the connection was dropped). A refused
     client has its loop stopped already (no reconnect attempts). `client.session_present` tells
     whether the broker kept a session. Client id defaults to the user name (device id == client id).
+    With `loop=False` no network thread runs (the CONNACK is read in this thread): such a client
+    can be cut off abruptly with `drop()`, as a crashed device would be.
     """
     host, port = _host_port(url_or_port)
     client_id = client_id if client_id is not None else (username or "")
@@ -125,11 +128,24 @@ def connect(url_or_port: str | int, username: str | None, password: str | None,
     except OSError:
         client.connect_rc = -1
         return client
-    client.loop_start()
-    wait_connect(client, timeout)
+    if loop:
+        client.loop_start()
+        wait_connect(client, timeout)
+    else:
+        deadline = time.monotonic() + timeout
+        while not client.connected_event.is_set() and time.monotonic() < deadline:
+            client.loop(timeout=0.05)
     if client.connect_rc != 0:
         close(client)
     return client
+
+
+def drop(client: mqtt.Client) -> None:
+    """Cut a `loop=False` client's connection without DISCONNECT (the broker sends its will)."""
+    sock = client.socket()
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
 
 
 def wait_connect(client: mqtt.Client, timeout: float = 5.0) -> int:

@@ -36,8 +36,9 @@ from mqtt_helpers import (
     NO_MATCHING_SUBSCRIBERS,
     NOT_AUTHORIZED,
     Clients,
+    close,
     collect,
-    connect,
+    drop,
     publish,
     try_connect,
     wait_for,
@@ -118,6 +119,7 @@ def test_generated_files(shared_broker):
         f"persistence_location {files.directory}/",
         "autosave_interval 1",
         "max_queued_messages 100000",
+        "use_username_as_clientid true",
         "persistent_client_expiration 30d",
         f"log_dest file {files.log_path}",
     ]:
@@ -150,7 +152,8 @@ def test_tls_listener_config(tmp_path):
     files = BrokerFiles(tmp_path / "broker", FLEET, tls=tls)
     lines = files.render_config(8883, "0.0.0.0").splitlines()
     at = lines.index("listener 8883 0.0.0.0")
-    assert lines[at + 1:at + 6] == [
+    assert lines[at + 1] == "use_username_as_clientid true"
+    assert lines[at + 2:at + 7] == [
         f"cafile {tmp_path / 'ca.pem'}", f"certfile {tmp_path / 'server.pem'}",
         f"keyfile {tmp_path / 'server.key'}", "require_certificate true", "tls_version tlsv1.2",
     ]
@@ -158,6 +161,16 @@ def test_tls_listener_config(tmp_path):
     assert broker.url == "mqtts://127.0.0.1:8883"
     with pytest.raises(ValueError):
         TLSFiles(tmp_path / "a", tmp_path / "b", tmp_path / "c", tls_version="tlsv1")
+
+
+def test_extra_hub_users_get_the_hub_rights(tmp_path):
+    files = BrokerFiles(tmp_path / "broker", FLEET, extra_hub_users=("edgehub-hub.2",))
+    acl = files.render_acl().splitlines()
+    for user in (HUB_USER, "edgehub-hub.2"):
+        at = acl.index(f"user {user}")
+        assert acl[at + 1] == "topic readwrite edgehub/v1/f1/#"
+    with pytest.raises(ValueError):
+        BrokerFiles(tmp_path / "broker", FLEET, extra_hub_users=("bad/user",))
 
 
 @pytest.mark.parametrize("bad", ["a/b", "#", "+", "", "dev a", "Dev-A", "-dev", ".dev", "dev\n", "dev:x",
@@ -258,6 +271,7 @@ def test_device_writes_only_its_own_state_and_events(shared_broker, clients):
     assert states == [(T.state("dev-a"), b"a-state-1")]
 
     # Under MQTT 3.1.1 the broker drops the denied publish silently.
+    close(a)  # the broker makes the client id "dev-a" again: one connection per device
     a3 = clients.connect(shared_broker.url, "dev-a", PASSWORDS["dev-a"], client_id="dev-a-v3", v5=False)
     assert a3.connect_rc == 0
     publish(a3, T.events("dev-b"), b"forged-v3")
@@ -288,7 +302,8 @@ def test_device_reads_only_its_own_desired(shared_broker, clients):
     # Its own desired does arrive; and a new subscription does not get dev-b's retained desired.
     assert publish(hub, T.desired("dev-a"), b"desired-a-1", retain=True) in ACCEPTED
     assert wait_for(lambda: (T.desired("dev-a"), b"desired-a-1") in a_all)
-    a2 = _device(clients, shared_broker, "dev-a", client_id="dev-a-2")
+    close(a)
+    a2 = _device(clients, shared_broker, "dev-a")
     late = collect(a2, f"{T.root}/#")
     _settle(hub, late)
     assert {t for t, _ in late} >= {T.desired("dev-a"), T.hub_state}
@@ -325,18 +340,41 @@ def test_forged_last_will_is_not_delivered(shared_broker, clients):
     hub = _hub(clients, shared_broker)
     states = collect(hub, f"{T.root}/devices/+/state")
     for v5 in (True, False):
-        forger = clients.connect(shared_broker.url, "dev-b", PASSWORDS["dev-b"], client_id=f"dev-b-w{v5}", v5=v5,
-                                 will=(T.state("dev-a"), b"forged-will", 1, False))
+        forger = clients.connect(shared_broker.url, "dev-b", PASSWORDS["dev-b"], v5=v5,
+                                 will=(T.state("dev-a"), b"forged-will", 1, False), loop=False)
         assert forger.connect_rc == 0
-        forger.loop_stop()
-        forger.socket().close()  # dies without DISCONNECT: the broker sends the will
+        drop(forger)  # dies without DISCONNECT: the broker sends the will
     honest = clients.connect(shared_broker.url, "dev-b", PASSWORDS["dev-b"],
-                             will=(T.state("dev-b"), b"offline", 1, False))
-    honest.loop_stop()
-    honest.socket().close()
+                             will=(T.state("dev-b"), b"offline", 1, False), loop=False)
+    assert honest.connect_rc == 0
+    drop(honest)
     assert wait_for(lambda: (T.state("dev-b"), b"offline") in states)
     time.sleep(0.1)
     assert (T.state("dev-a"), b"forged-will") not in states
+
+
+def test_device_cannot_take_over_another_devices_client_id(shared_broker, clients):
+    """The broker replaces the client id by the user name: dev-a connecting as client "dev-b"
+    neither disconnects dev-b nor gets (or destroys) dev-b's persistent session."""
+    hub = _hub(clients, shared_broker)
+    b = _device(clients, shared_broker, "dev-b", clean_start=False, session_expiry=3600)
+    collect(b, f"{T.root}/devices/dev-b/events-for-test")  # any subscription, kept in the session
+    collect(b, T.desired("dev-b"))
+    close(b)
+    assert publish(hub, T.desired("dev-b"), b"queued-for-b") in ACCEPTED  # not retained: queued
+
+    thief = _device(clients, shared_broker, "dev-a", client_id="dev-b", clean_start=False, session_expiry=3600)
+    assert not thief.session_present
+    b = _device(clients, shared_broker, "dev-b", clean_start=False, session_expiry=3600)
+    assert b.session_present
+    assert wait_for(lambda: (T.desired("dev-b"), b"queued-for-b") in b.received)
+    # While dev-b is online, the same trick does not kick it off.
+    close(thief)
+    thief2 = _device(clients, shared_broker, "dev-a", client_id="dev-b", clean_start=True)
+    assert publish(hub, T.desired("dev-b"), b"live-for-b") in ACCEPTED
+    assert wait_for(lambda: (T.desired("dev-b"), b"live-for-b") in b.received)
+    assert b.is_connected() and b.disconnects == []
+    assert all(topic != T.desired("dev-b") for topic, _ in thief.received + thief2.received)
 
 
 # ---- reload ---------------------------------------------------------------------------------
@@ -520,3 +558,16 @@ def test_context_manager_and_settings(tmp_path):
         os.kill(pid, 0)
     with pytest.raises(ValueError):
         BrokerSettings(persistent_client_expiration="30 days")
+
+
+def test_auto_port_taken_meanwhile_picks_another(tmp_path, monkeypatch):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        real_free_port = broker_mod.free_port
+        picks = iter([taken])
+        monkeypatch.setattr(broker_mod, "free_port", lambda host="127.0.0.1": next(picks, None) or real_free_port(host))
+        with ManagedBroker(tmp_path / "broker", FLEET) as broker:
+            assert broker.port != taken and broker.running
+            assert broker.files.read_state()["port"] == broker.port

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 # Tables and progress go to stderr when --json is on, so stdout stays machine-readable.
 console = Console()
@@ -21,20 +22,38 @@ home_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 
 
+_ERROR_CLASSES = (
+    ("edgehub.converters.errors", "ConversionError"),
+    ("edgehub.hub.eval_data", "EvalSetError"),
+    ("edgehub.hub.publish", "PublishError"),
+    ("edgehub.zoo.profiles", "ProfileError"),
+    ("edgehub.zoo.registry", "RegistryError"),
+    ("edgehub.zoo.fleet", "FleetError"),
+    ("edgehub.hub.broker", "BrokerError"),
+    ("edgehub.agent.config", "ConfigError"),
+)
+
+
 def known_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input, not a bug: printed as one line, exit code 1."""
-    from edgehub.converters.errors import ConversionError
-    from edgehub.hub.eval_data import EvalSetError
-    from edgehub.hub.publish import PublishError
-    from edgehub.zoo.profiles import ProfileError
-    from edgehub.zoo.fleet import FleetError
-    from edgehub.zoo.registry import RegistryError
+    """Errors that mean bad input, not a bug: printed as one line, exit code 1.
 
-    known: list[type[Exception]] = [ConversionError, EvalSetError, PublishError, ProfileError, RegistryError, FleetError]
-    from edgehub.hub.broker import BrokerError
+    Modules whose extra is not installed cannot have raised theirs, so they are skipped.
+    """
+    import importlib
 
-    known.append(BrokerError)
-    return tuple(known)
+    found = []
+    for module, name in _ERROR_CLASSES:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except ImportError:
+            continue
+    return tuple(found)
+
+
+def fail(message: str) -> None:
+    """Print one error line (no markup interpretation of the message) and exit 1."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(1)
 
 
 def one_line_errors(fn: Callable) -> Callable:
@@ -42,9 +61,12 @@ def one_line_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == "edgehub":
+                raise
+            fail(f"this command needs the 'hub' extra ({exc.name} is not installed): pip install 'edgehub[hub]'")
         except known_errors() as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            sys.exit(1)
+            fail(str(exc))
 
     return wrapper
 

@@ -80,6 +80,8 @@ def status_rows(paths) -> list[dict]:
             rows.append({
                 "device": d.id, "profile": d.profile, "online": d.online,
                 "active_variant": d.active_variant,
+                "model": f"{variant.model} v{variant.version}" if variant else None,
+                "variant": variant.label if variant else None,
                 "selected_variant": selection.winner if selection else None,
                 "p50_ms": report.latency.p50_ms if report and report.latency else None,
                 "accuracy": variant.metrics.get("accuracy") if variant else None,
@@ -95,12 +97,13 @@ def status_rows(paths) -> list[dict]:
 
 def status_table(rows: list[dict]) -> Table:
     table = Table(title="fleet")
-    for column in ("device", "profile", "online", "active variant", "p50 ms", "accuracy", "last seen"):
-        table.add_column(column)
+    for column in ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "last seen"):
+        table.add_column(column, no_wrap=column in ("device", "variant"))
     for r in rows:
         table.add_row(r["device"], r["profile"], "[green]yes[/]" if r["online"] else "[red]no[/]",
-                      r["active_variant"] or "-", f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
-                      percent(r["accuracy"]), (r["last_seen"] or "-")[:19].replace("T", " "))
+                      r["model"] or "-", r["variant"] or "-",
+                      f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
+                      percent(r["accuracy"]), (r["last_seen"] or "-")[11:19] or "-")
     return table
 
 

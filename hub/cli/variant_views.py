@@ -6,7 +6,10 @@ from rich.table import Table
 from rich.tree import Tree
 
 from edgehub.hub.cli.common import human_size, percent
-from edgehub.zoo.records import VariantRecord
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the CLI must load on an agent-only install
+    from edgehub.zoo.records import VariantRecord
 
 
 def variant_json(v: VariantRecord) -> dict:

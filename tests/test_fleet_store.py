@@ -1,0 +1,354 @@
+"""FleetStore on SQLite and PostgreSQL: devices, idempotent events, reports, desired states."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from edgehub.agent.messages import (
+    ActivationResult,
+    AgentError,
+    BenchmarkReport,
+    DesiredState,
+    DeviceState,
+    Hardware,
+    Latency,
+    encode,
+    parse_event,
+)
+from edgehub.zoo.fleet import FleetError, FleetStore, SelectionRecord
+
+PG_URL = os.environ.get("EDGEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> None:
+    """Skip (with the reason) when the test PostgreSQL cannot be reached."""
+    engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {str(exc.orig).splitlines()[0]}")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(pg_available: None) -> Iterator[str]:
+    """A fresh schema per test, dropped afterwards, so tests never see each other's rows."""
+    schema = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetStore]:
+    if request.param == "sqlite":
+        fleet = FleetStore(f"sqlite:///{tmp_path}/fleet.db")
+    else:
+        schema = request.getfixturevalue("pg_schema")
+        fleet = FleetStore(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+def bench(event_id: str, variant: str = "v-int8", device: str = "dev-1", *, at: datetime = T0, p50: float = 2.0,
+          ok: bool = True, error: str | None = None, generation: int = 1) -> BenchmarkReport:
+    latency = Latency(p50_ms=p50, p90_ms=p50, p99_ms=p50 * 2, mean_ms=p50, runs=50) if ok else None
+    return BenchmarkReport(event_id=event_id, device_id=device, generation=generation, variant_id=variant, ok=ok,
+                           error=error, latency=latency, peak_rss_mb=100.0, agreement=1.0, at=at)
+
+
+def online_state(device: str = "dev-1", active: str | None = "v-int8") -> DeviceState:
+    return DeviceState(device_id=device, online=True, profile="x86-cpu", agent_version="0.1.0",
+                       runtimes={"onnxruntime": "1.20.1"}, hardware=Hardware(arch="x86_64", cores=4, ram_mb=8000),
+                       active_variant=active, cached_variants=[active] if active else [], generation_seen=2, at=T0)
+
+
+# ---- devices -------------------------------------------------------------------------------------
+
+def test_enroll_and_read(store: FleetStore):
+    rec = store.enroll("dev-1", "x86-cpu", "hash-1", tags=["lab", "b", "lab"])
+    assert rec.id == "dev-1" and rec.profile == "x86-cpu" and rec.tags == ["b", "lab"]
+    assert rec.online is False and rec.state is None and rec.last_seen is None and rec.active_variant is None
+    assert rec.enrolled_at.tzinfo is not None
+    assert store.get_device("dev-1") == rec
+    assert store.password_hash("dev-1") == "hash-1"
+    assert store.get_device("nope") is None and store.password_hash("nope") is None
+
+
+def test_duplicate_enroll_is_an_error_replace_issues_new_credentials(store: FleetStore):
+    first = store.enroll("dev-1", "x86-cpu", "hash-1")
+    with pytest.raises(FleetError, match="already enrolled"):
+        store.enroll("dev-1", "rpi-4", "hash-2")
+    assert store.password_hash("dev-1") == "hash-1" and store.get_device("dev-1").profile == "x86-cpu"
+    store.update_state(online_state())
+    again = store.enroll("dev-1", "rpi-4", "hash-2", tags=["new"], replace=True)
+    assert again.profile == "rpi-4" and again.tags == ["new"] and store.password_hash("dev-1") == "hash-2"
+    assert again.enrolled_at == first.enrolled_at
+    assert again.state is not None  # what the device reported is kept
+    assert len(store.devices()) == 1
+
+
+def test_replace_of_unknown_device_enrolls_it(store: FleetStore):
+    assert store.enroll("dev-9", "x86-cpu", "h", replace=True).id == "dev-9"
+
+
+def test_devices_listed_by_id_and_filtered_by_profile(store: FleetStore):
+    store.enroll("dev-b", "x86-cpu", "h")
+    store.enroll("dev-a", "rpi-4", "h")
+    store.enroll("dev-c", "x86-cpu", "h")
+    assert [d.id for d in store.devices()] == ["dev-a", "dev-b", "dev-c"]
+    assert [d.id for d in store.devices("x86-cpu")] == ["dev-b", "dev-c"]
+    assert store.devices("coral-edgetpu") == []
+
+
+def test_revoke(store: FleetStore):
+    store.enroll("dev-1", "x86-cpu", "h")
+    store.enroll("dev-2", "x86-cpu", "h")
+    store.set_desired(DesiredState(device_id="dev-1", generation=1))
+    store.revoke("dev-1")
+    assert store.get_device("dev-1") is None and store.password_hash("dev-1") is None
+    assert store.desired("dev-1") is None
+    assert [d.id for d in store.devices()] == ["dev-2"]
+    with pytest.raises(FleetError, match="no device"):
+        store.revoke("dev-1")
+    # A revoked device can be enrolled again.
+    assert store.enroll("dev-1", "x86-cpu", "h2").id == "dev-1"
+
+
+# ---- state ----------------------------------------------------------------------------------------
+
+def test_state_of_unknown_device_returns_false(store: FleetStore):
+    assert store.update_state(online_state("ghost")) is False
+    assert store.get_device("ghost") is None and store.devices() == []
+
+
+def test_online_state_stored(store: FleetStore):
+    store.enroll("dev-1", "x86-cpu", "h")
+    before = datetime.now(timezone.utc) - timedelta(seconds=1)
+    assert store.update_state(online_state()) is True
+    rec = store.get_device("dev-1")
+    assert rec.online is True and rec.active_variant == "v-int8"
+    assert rec.state == online_state()
+    assert rec.last_seen is not None and rec.last_seen >= before
+
+
+def test_last_will_keeps_what_was_known_and_flips_online(store: FleetStore):
+    store.enroll("dev-1", "x86-cpu", "h")
+    store.update_state(online_state())
+    will = DeviceState(device_id="dev-1", online=False, profile="x86-cpu")  # what the Last Will carries
+    assert store.update_state(will) is True
+    rec = store.get_device("dev-1")
+    assert rec.online is False
+    assert rec.state.online is False
+    assert rec.state.runtimes == {"onnxruntime": "1.20.1"} and rec.state.hardware.cores == 4
+    assert rec.state.active_variant == "v-int8" and rec.active_variant == "v-int8"
+    # Back online with a new variant: everything is replaced.
+    assert store.update_state(online_state(active="v-fp32"))
+    rec = store.get_device("dev-1")
+    assert rec.online is True and rec.active_variant == "v-fp32" and rec.state.active_variant == "v-fp32"
+
+
+def test_last_will_as_first_state_is_stored(store: FleetStore):
+    store.enroll("dev-1", "x86-cpu", "h")
+    assert store.update_state(DeviceState(device_id="dev-1", online=False))
+    rec = store.get_device("dev-1")
+    assert rec.online is False and rec.state is not None and rec.state.runtimes == {}
+
+
+# ---- events ---------------------------------------------------------------------------------------
+
+def mixed_batch() -> list:
+    return [
+        bench("evt-bench-0001"),
+        ActivationResult(event_id="evt-act-00001", device_id="dev-1", generation=2, variant_id="v-int8", ok=True,
+                         at=T0 + timedelta(seconds=5)),
+        AgentError(event_id="evt-err-00001", device_id="dev-1", generation=2, error="download failed", at=T0),
+    ]
+
+
+def test_record_events_once_each_when_redelivered(store: FleetStore):
+    assert store.record_events(mixed_batch()) == 3
+    assert store.record_events(mixed_batch()) == 0
+    assert store.count_events() == 3
+    # A batch mixing old and new events counts only the new ones.
+    assert store.record_events([*mixed_batch(), bench("evt-bench-0002", variant="v-fp32")]) == 1
+    assert store.count_events() == 4
+
+
+def test_record_events_repeated_inside_one_batch(store: FleetStore):
+    batch = mixed_batch()
+    assert store.record_events([batch[0], batch[0], batch[1], batch[0], batch[2], batch[1]]) == 3
+    assert store.count_events() == 3
+    assert len(store.reports("dev-1", ["v-int8"])) == 1
+
+
+def test_record_no_events(store: FleetStore):
+    assert store.record_events([]) == 0
+    assert store.record_events(iter([])) == 0
+    assert store.count_events() == 0
+
+
+def test_record_events_accepts_a_generator(store: FleetStore):
+    assert store.record_events(e for e in mixed_batch()) == 3
+
+
+def test_events_read_back_by_device(store: FleetStore):
+    store.record_events([*mixed_batch(), bench("evt-other-0001", device="dev-2")])
+    bodies = store.events("dev-1")
+    assert sorted(b["event_id"] for b in bodies) == ["evt-act-00001", "evt-bench-0001", "evt-err-00001"]
+    assert {b["kind"] for b in bodies} == {"benchmark", "activation", "error"}
+    assert len(store.events()) == 4 and [b["event_id"] for b in store.events("dev-2")] == ["evt-other-0001"]
+    assert parse_event(json.dumps(store.events("dev-2")[0]).encode(), device="dev-2") == bench("evt-other-0001",
+                                                                                              device="dev-2")
+
+
+def test_first_delivery_wins_for_a_repeated_event_id(store: FleetStore):
+    store.record_events([bench("evt-bench-0001", p50=2.0)])
+    store.record_events([bench("evt-bench-0001", p50=9.0)])  # same id, different body: a duplicate
+    assert [b["latency"]["p50_ms"] for b in store.events()] == [2.0]
+
+
+def test_events_survive_reopening(tmp_path: Path):
+    url = f"sqlite:///{tmp_path}/fleet.db"
+    first = FleetStore(url)
+    assert first.record_events(mixed_batch()) == 3
+    first.close()
+    second = FleetStore(url)
+    try:
+        assert second.record_events(mixed_batch()) == 0 and second.count_events() == 3
+        assert "v-int8" in second.reports("dev-1", ["v-int8"])
+    finally:
+        second.close()
+
+
+# ---- benchmark rows -------------------------------------------------------------------------------
+
+def test_reports_keep_newest_per_device_and_variant(store: FleetStore):
+    store.record_events([bench("evt-new-00001", at=T0 + timedelta(minutes=5), p50=3.0)])
+    store.record_events([bench("evt-old-00001", at=T0, p50=9.0)])  # late delivery of an older report
+    assert store.reports("dev-1", ["v-int8"])["v-int8"].event_id == "evt-new-00001"
+    store.record_events([bench("evt-newer-0001", at=T0 + timedelta(minutes=10), p50=1.0)])
+    got = store.reports("dev-1", ["v-int8"])["v-int8"]
+    assert got.event_id == "evt-newer-0001" and got.latency.p50_ms == 1.0
+    assert got == bench("evt-newer-0001", at=T0 + timedelta(minutes=10), p50=1.0)
+
+
+def test_reports_newest_within_one_batch(store: FleetStore):
+    store.record_events([bench("evt-b-000002", at=T0 + timedelta(seconds=2)), bench("evt-b-000001", at=T0),
+                         bench("evt-b-000003", at=T0 + timedelta(seconds=1))])
+    assert store.reports("dev-1", ["v-int8"])["v-int8"].event_id == "evt-b-000002"
+
+
+def test_reports_are_per_device_and_filtered_by_variant(store: FleetStore):
+    store.record_events([bench("evt-d1-int8-1", "v-int8", "dev-1", p50=2.0),
+                         bench("evt-d1-fp32-1", "v-fp32", "dev-1", p50=4.0),
+                         bench("evt-d2-int8-1", "v-int8", "dev-2", p50=7.0)])
+    d1 = store.reports("dev-1", ["v-int8", "v-fp32", "v-missing"])
+    assert set(d1) == {"v-int8", "v-fp32"} and d1["v-int8"].latency.p50_ms == 2.0
+    assert store.reports("dev-2", ["v-int8"])["v-int8"].latency.p50_ms == 7.0
+    assert store.reports("dev-1", ["v-fp32"]).keys() == {"v-fp32"}
+    assert store.reports("dev-1", []) == {}
+    assert store.reports("dev-3", ["v-int8"]) == {}
+
+
+def test_non_benchmark_events_make_no_report(store: FleetStore):
+    store.record_events(mixed_batch()[1:])  # an ok activation and an error
+    assert store.reports("dev-1", ["v-int8"]) == {}
+
+
+def test_failed_activation_turns_the_report_into_a_failure(store: FleetStore):
+    store.record_events([bench("evt-bench-0001", at=T0)])
+    ok = ActivationResult(event_id="evt-act-00001", device_id="dev-1", generation=2, variant_id="v-int8", ok=True,
+                          at=T0 + timedelta(seconds=1))
+    store.record_events([ok])
+    assert store.reports("dev-1", ["v-int8"])["v-int8"].ok is True
+    failed = ActivationResult(event_id="evt-act-00002", device_id="dev-1", generation=3, variant_id="v-int8",
+                              ok=False, rolled_back_to="v-fp32", error="health check: NaN outputs",
+                              at=T0 + timedelta(seconds=2))
+    assert store.record_events([failed]) == 1
+    report = store.reports("dev-1", ["v-int8"])["v-int8"]
+    assert report.ok is False and report.latency is None
+    assert "after activation" in report.error and "NaN outputs" in report.error
+    assert report.generation == 3 and report.event_id == "evt-act-00002"
+    assert store.count_events() == 3
+    assert [b["kind"] for b in store.events() if b["event_id"] == "evt-act-00002"] == ["activation"]
+
+
+def test_failed_activation_without_earlier_report(store: FleetStore):
+    store.record_events([ActivationResult(event_id="evt-act-00009", device_id="dev-1", generation=1,
+                                          variant_id="v-fp16", ok=False)])
+    report = store.reports("dev-1", ["v-fp16"])["v-fp16"]
+    assert report.ok is False and "unknown error" in report.error
+
+
+def test_wire_edge_values_store_on_every_backend(store: FleetStore):
+    # What parse_event accepts, the database must take: a naive time, the largest generation.
+    raw = json.loads(encode(bench("evt-edge-00001")))
+    raw.update(at="2025-03-01T12:00:00", generation=2**31 - 1, error="line\nbreak \u2603")
+    event = parse_event(json.dumps(raw).encode(), device="dev-1")
+    assert store.record_events([event]) == 1
+    assert store.record_events([bench("evt-edge-00002", at=T0 + timedelta(days=1))]) == 1  # compares times
+    got = store.reports("dev-1", ["v-int8"])["v-int8"]
+    assert got.event_id == "evt-edge-00002"
+
+
+# ---- desired, deployments, selections -------------------------------------------------------------
+
+def test_desired_set_get_overwrite(store: FleetStore):
+    store.enroll("dev-1", "x86-cpu", "h")
+    assert store.desired("dev-1") is None
+    d1 = DesiredState(device_id="dev-1", generation=1, model="mnist", version=1, at=T0)
+    store.set_desired(d1)
+    assert store.desired("dev-1") == d1
+    d2 = d1.model_copy(update={"generation": 2, "activate": "v-int8"})
+    store.set_desired(d2)
+    assert store.desired("dev-1") == d2
+    assert store.desired("dev-2") is None
+
+
+def test_deployments_newest_per_profile_wins(store: FleetStore):
+    assert store.deployment_for("x86-cpu") is None
+    store.deploy("mnist", 1, ["x86-cpu", "rpi-4", "x86-cpu"])
+    assert store.deployment_for("x86-cpu") == ("mnist", 1) and store.deployment_for("rpi-4") == ("mnist", 1)
+    store.deploy("mnist", 2, ["x86-cpu"])
+    assert store.deployment_for("x86-cpu") == ("mnist", 2) and store.deployment_for("rpi-4") == ("mnist", 1)
+    store.deploy("mnist", 1, ["x86-cpu"])  # a rollback to an older version is a newer deployment
+    assert store.deployment_for("x86-cpu") == ("mnist", 1)
+    store.deploy("resnet", 3, ("rpi-4",))
+    assert store.deployment_for("rpi-4") == ("resnet", 3)
+    assert store.deployment_for("coral-edgetpu") is None
+
+
+def test_selections_save_overwrite_read(store: FleetStore):
+    assert store.selection("dev-1") is None
+    first = SelectionRecord(device_id="dev-1", model="mnist", version=1, winner="v-int8",
+                            explanation={"winner": "v-int8", "verdicts": [{"variant_id": "v-int8", "reason": "x"}]},
+                            decided_at=T0)
+    store.save_selection(first)
+    assert store.selection("dev-1") == first
+    second = SelectionRecord(device_id="dev-1", model="mnist", version=2, winner=None,
+                             explanation={"winner": None, "verdicts": []}, decided_at=T0 + timedelta(hours=1))
+    store.save_selection(second)
+    assert store.selection("dev-1") == second
+    assert store.selection("dev-2") is None
