@@ -49,7 +49,7 @@ def train_model(workdir: Path, console: Console, epochs: int) -> tuple[Path, Pat
     torch.manual_seed(0)
     model = small_cnn()
     console.print(f"[bold]1/5[/] training SmallCNN on Fashion-MNIST (60,000 images, {epochs} epoch(s))")
-    train_classifier(model, x_train, y_train, epochs=epochs, progress=True)
+    train_classifier(model, x_train, y_train, epochs=epochs, progress=True, console=console)
     accuracy = evaluate_accuracy(model, x_test, y_test)
     onnx_path, eval_path = workdir / "fmnist-cnn.onnx", workdir / "eval.npz"
     export_onnx(model.eval(), {"x": x_test[:2]}, onnx_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgehub.hub.cli.common import console, print_json
+from edgehub.hub.cli.common import console, err_console, print_json
 
 
 @click.command()
@@ -26,7 +26,8 @@ def demo(home, epochs, timeout_s, as_json):
     home = Path(tempfile.mkdtemp(prefix="edgehub-demo-")) if temporary else home
     try:
         try:
-            result = run_demo(home, console, epochs=epochs, timeout_s=timeout_s)
+            # With --json the story goes to stderr so stdout holds only the JSON.
+            result = run_demo(home, err_console if as_json else console, epochs=epochs, timeout_s=timeout_s)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:

@@ -14,6 +14,7 @@ from typing import Union
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -67,6 +68,7 @@ def train_classifier(
     val: tuple[Inputs, np.ndarray] | None = None,
     seed: int = 0,
     progress: bool = True,
+    console: "Console | None" = None,
 ) -> dict:
     """Train ``model`` in place on CPU with Adam and cross-entropy.
 
@@ -103,7 +105,7 @@ def train_classifier(
         TextColumn("{task.fields[val]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, disable=not progress) as bar:
+    with Progress(*columns, disable=not progress, console=console) as bar:
         for epoch in range(epochs):
             task = bar.add_task(f"epoch {epoch + 1}/{epochs}", total=steps_per_epoch, loss=float("nan"), val="")
             model.train()
