@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgehub.agent.messages import BenchmarkReport, BenchmarkSettings, Latency
+from edgehub.agent.messages import BenchmarkReport, BenchmarkSettings, Measurement
 
 # Tests monkeypatch this to simulate children that crash or misbehave.
 CHILD_COMMAND: list[str] = [sys.executable, "-m", "edgehub.agent.bench_child"]
@@ -52,23 +52,8 @@ class BenchJob(BaseModel):
     memory_limit_bytes: int | None = None  # the RLIMIT_AS the child applies (after the floor)
 
 
-class BenchResult(BaseModel):
+class BenchResult(Measurement):
     """The measurement fields of a BenchmarkReport (what the child writes on stdout)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ok: bool
-    error: str | None = Field(None, max_length=2000)
-    runtime: str | None = None
-    runtime_version: str | None = None
-    threads: int | None = None
-    load_ms: float | None = None
-    warmup_ms: float | None = None
-    latency: Latency | None = None
-    throughput_per_s: float | None = None
-    peak_rss_mb: float | None = None
-    agreement: float | None = Field(None, ge=0, le=1)
-    max_abs_diff: float | None = None
 
 
 def memory_floor_mb(threads: int) -> int:

@@ -166,12 +166,12 @@ class Latency(BaseModel):
     runs: int = Field(ge=0)
 
 
-class BenchmarkReport(Body):
-    kind: Literal["benchmark"] = "benchmark"
-    event_id: str = Field(min_length=8, max_length=64)
-    device_id: DeviceId
-    generation: Generation
-    variant_id: str = Field(max_length=200)
+class Measurement(BaseModel):
+    """What one benchmark of a variant measured: the benchmark child's result, and the body
+    of a BenchmarkReport."""
+
+    model_config = ConfigDict(extra="forbid")
+
     ok: bool
     error: str | None = Field(None, max_length=2000)
     runtime: str | None = Field(None, max_length=64)
@@ -184,6 +184,14 @@ class BenchmarkReport(Body):
     peak_rss_mb: float | None = None
     agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference outputs
     max_abs_diff: float | None = None
+
+
+class BenchmarkReport(Body, Measurement):
+    kind: Literal["benchmark"] = "benchmark"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: Generation
+    variant_id: str = Field(max_length=200)
     at: UtcTime = Field(default_factory=now_utc)
 
 

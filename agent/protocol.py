@@ -1,7 +1,7 @@
 """The contract between hub and agent: tensor specs, signed variant manifests, MQTT bodies.
 
-Every side may import this module (it needs only pydantic and cryptography); it must never
-import torch, onnx, or anything from the hub or converters.
+Every side may import this module: it needs only pydantic and cryptography, and stays free
+of torch, onnx, and anything from the hub or converters.
 """
 
 from __future__ import annotations

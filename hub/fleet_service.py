@@ -23,7 +23,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgehub.agent.messages import (
-    ActivationResult, BenchmarkSettings, Candidate, DeviceState, HubState, MessageError, Topics, encode,
+    BenchmarkSettings, Candidate, DeviceState, HubState, MessageError, Topics, encode,
     parse_body, parse_event,
 )
 from edgehub.agent.mqtt_link import broker_address

@@ -3,12 +3,58 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+PG_URL = os.environ.get("EDGEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> None:
+    """Skip (with the reason) when the test PostgreSQL cannot be reached."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {str(exc.orig).splitlines()[0]}")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def pg_schema(pg_available: None) -> Iterator[str]:
+    """A fresh schema per test, dropped afterwards, so tests never see each other's rows."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"edgehub_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]:
+    """(SQLAlchemy URL, connect_args) of an empty database: SQLite, then the system PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/edgehub.db", {}
+    schema = request.getfixturevalue("pg_schema")
+    return PG_URL, {"options": f"-csearch_path={schema}"}
 
 
 @pytest.fixture

@@ -172,3 +172,33 @@ def test_tampered_artifact_is_never_activated(fleet, tiny_mlp):
     verdict = next(v for v in fleet.hub.fleet.selection("cam-01").explanation["verdicts"] if v["variant_id"] == tampered.id)
     assert not verdict["eligible"] and "failed on the device" in verdict["reason"]
     assert not list((fleet.paths.root / "agents" / "cam-01" / "cache").glob(f"{tampered.sha256}*"))
+
+
+def test_hub_restart_loses_nothing_and_last_will_marks_offline(fleet, tiny_mlp, fmnist_cnn):
+    fleet.add_agent("cam-01")
+    first = publish(PublishOptions(source=str(tiny_mlp["onnx"]), name="digits", eval_path=tiny_mlp["eval"]),
+                    fleet.paths, fleet.hub.registry)
+    deploy(fleet.hub.fleet, first, ["x86-cpu"])
+    assert wait_for(lambda: settled(fleet, "cam-01"), timeout=120), fleet.log("cam-01")[-2000:]
+    before = fleet.hub.fleet.events("cam-01")
+
+    # Restart the hub (and its managed broker) on the same home while the agent keeps running.
+    fleet.hub.stop()
+    fleet.hub = HubService(fleet.paths, options=HubOptions(benchmark=FAST_BENCH, tick_s=0.3)).start()
+    second = publish(PublishOptions(source=str(fmnist_cnn["onnx"]), name="fmnist", eval_path=fmnist_cnn["eval"]),
+                     fleet.paths, fleet.hub.registry)
+    deploy(fleet.hub.fleet, second, ["x86-cpu"])
+    assert wait_for(lambda: settled(fleet, "cam-01") and fleet.device("cam-01").active_variant.startswith("fmnist"),
+                    timeout=180), fleet.log("cam-01")[-2000:]
+    after = fleet.hub.fleet.events("cam-01")
+    ids = [e["event_id"] for e in after]
+    assert len(ids) == len(set(ids)), "an event was stored twice"
+    assert {e["event_id"] for e in before} <= set(ids)
+    assert {e["variant_id"] for e in after if e["kind"] == "benchmark"} >= {v.id for v in second.variants}
+    assert fleet.device("cam-01").state.previous_variant.startswith("digits")
+
+    # A device that dies without saying goodbye is marked offline by its Last Will.
+    fleet.agents["cam-01"].send_signal(signal.SIGKILL)
+    fleet.agents["cam-01"].wait()
+    assert wait_for(lambda: not fleet.device("cam-01").online, timeout=90)
+    assert fleet.device("cam-01").active_variant.startswith("fmnist")  # what we knew is kept

@@ -182,3 +182,21 @@ def test_real_entry_point_runs(fmnist_cnn, hub_home):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "int8-static" in proc.stdout and "vs fp32" in proc.stdout
+
+
+def test_publish_pipeline_on_sqlite_and_postgresql(database, tiny_mlp, tmp_path):
+    """The same publish code against both databases (the registry URL is all that changes)."""
+    from edgehub.hub.publish import PublishOptions, publish
+    from edgehub.zoo.registry import Registry
+
+    url, connect_args = database
+    registry = Registry(url, connect_args=connect_args)
+    try:
+        outcome = publish(PublishOptions(source=str(tiny_mlp["onnx"]), name="digits", eval_path=tiny_mlp["eval"]),
+                          HubPaths.from_home(tmp_path / "home"), registry)
+        stored = registry.variants("digits")
+        assert [v.id for v in stored] == [v.id for v in outcome.variants]
+        assert stored[0].signed_manifest == outcome.variants[0].signed_manifest
+        assert registry.list_models()[0].variants == len(outcome.variants) == 4
+    finally:
+        registry.close()

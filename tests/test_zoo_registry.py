@@ -3,62 +3,26 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from edgehub.agent.protocol import Manifest, TensorSpec, verify_manifest
 from edgehub.zoo.records import ModelVersionRecord, VariantRecord
 from edgehub.zoo.registry import Registry, RegistryError
 from edgehub.zoo.signing import HubKey
 
-PG_URL = os.environ.get("EDGEHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 
 REGISTRY_TABLES = ("models", "model_versions", "variants", "variant_profiles")
 
 
-@pytest.fixture(scope="session")
-def pg_available() -> None:
-    """Skip (with the reason) when the test PostgreSQL cannot be reached."""
-    engine = create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-    except OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {PG_URL} unreachable: {str(exc.orig).splitlines()[0]}")
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
-def pg_schema(pg_available: None) -> Iterator[str]:
-    """A fresh schema per test, dropped afterwards, so tests never see each other's rows."""
-    schema = f"zoo_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield schema
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Registry]:
-    if request.param == "sqlite":
-        reg = Registry(f"sqlite:///{tmp_path}/registry.db")
-    else:
-        schema = request.getfixturevalue("pg_schema")
-        reg = Registry(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+def registry(database: tuple[str, dict]) -> Iterator[Registry]:
+    url, connect_args = database
+    reg = Registry(url, connect_args=connect_args)
     try:
         yield reg
     finally:
