@@ -202,3 +202,40 @@ def test_hub_restart_loses_nothing_and_last_will_marks_offline(fleet, tiny_mlp, 
     fleet.agents["cam-01"].wait()
     assert wait_for(lambda: not fleet.device("cam-01").online, timeout=90)
     assert fleet.device("cam-01").active_variant.startswith("fmnist")  # what we knew is kept
+
+
+def test_hub_with_an_external_broker(tmp_path, tiny_mlp):
+    """--broker: the hub manages no Mosquitto of its own and uses the one it is given."""
+    from edgehub.hub.broker import ManagedBroker
+    from edgehub.hub.hub_settings import HubSettings
+
+    with ManagedBroker(tmp_path / "external-broker", "default") as external:
+        paths = HubPaths.from_home(tmp_path / "home")
+        (paths.root / "hub-mqtt-password").write_text(external.files.hub_password() + "\n")
+        external.reload()
+        hub = HubService(paths, HubSettings(broker_url=external.url),
+                         HubOptions(benchmark=FAST_BENCH, tick_s=0.3)).start()
+        try:
+            assert hub.broker is None
+            assert wait_for(hub.service.connected.is_set, timeout=10)
+            config = enroll_device(paths, "cam-01", "x86-cpu", data_dir=tmp_path / "agent")
+            assert config.broker_url == external.url
+            # With an external broker the operator adds the device's credentials there.
+            external.files.set_password("cam-01", config.password.get_secret_value())
+            external.reload()
+            (tmp_path / "agent.toml").write_text(dump_config(config.model_copy(update={"serve_port": 0})))
+            agent = subprocess.Popen([sys.executable, "-m", "edgehub.hub.cli", "agent", "run", "--config",
+                                      str(tmp_path / "agent.toml")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            try:
+                outcome = publish(PublishOptions(source=str(tiny_mlp["onnx"]), name="digits",
+                                                 eval_path=tiny_mlp["eval"]), paths, hub.registry)
+                deploy(hub.fleet, outcome, ["x86-cpu"])
+                assert wait_for(lambda: (d := hub.fleet.get_device("cam-01")).active_variant is not None,
+                                timeout=120)
+            finally:
+                agent.terminate()
+                agent.wait(timeout=15)
+        finally:
+            hub.stop()
+        assert external.running  # the hub did not stop a broker it does not own
