@@ -231,7 +231,7 @@ def test_hub_with_an_external_broker(tmp_path, tiny_mlp):
                 outcome = publish(PublishOptions(source=str(tiny_mlp["onnx"]), name="digits",
                                                  eval_path=tiny_mlp["eval"]), paths, hub.registry)
                 deploy(hub.fleet, outcome, ["x86-cpu"])
-                assert wait_for(lambda: (d := hub.fleet.get_device("cam-01")).active_variant is not None,
+                assert wait_for(lambda: hub.fleet.get_device("cam-01").active_variant is not None,
                                 timeout=120)
             finally:
                 agent.terminate()
