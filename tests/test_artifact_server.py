@@ -180,6 +180,10 @@ def test_logs_one_line_per_request_without_secrets(
     with socket.create_connection(("127.0.0.1", srv.server.port), timeout=5) as sock:
         sock.sendall(f"GET {target} EXTRA JUNK\r\n\r\n".encode())  # unparsable request line
         sock.recv(4096)
+    # The server thread logs after it has answered: give the last line a moment to land.
+    deadline = time.monotonic() + 5
+    while len([r for r in caplog.records if r.levelno == logging.INFO]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(lines) == 3
     for text in [r.getMessage() for r in caplog.records]:
