@@ -14,9 +14,18 @@ HEALTH_SETTINGS = BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3
 HEALTH_MIN_AGREEMENT = 0.99
 
 
-def health_check(variant: InstalledVariant) -> str | None:
+def health_settings(limits: BenchmarkSettings | None) -> BenchmarkSettings:
+    """A short run, under the hub's memory limit and thread count when it gave them (an
+    activated model must not get more memory than its benchmark had)."""
+    if limits is None:
+        return HEALTH_SETTINGS
+    return HEALTH_SETTINGS.model_copy(update={"memory_limit_mb": limits.memory_limit_mb, "threads": limits.threads,
+                                              "timeout_s": min(HEALTH_SETTINGS.timeout_s, limits.timeout_s)})
+
+
+def health_check(variant: InstalledVariant, limits: BenchmarkSettings | None = None) -> str | None:
     """None if the variant loads, runs and matches its reference outputs; else the reason."""
-    result = run_benchmark(variant.path, variant.format, variant.references_path, HEALTH_SETTINGS)
+    result = run_benchmark(variant.path, variant.format, variant.references_path, health_settings(limits))
     if not result.ok:
         return result.error or "failed to run"
     if result.agreement is not None and result.agreement < HEALTH_MIN_AGREEMENT:

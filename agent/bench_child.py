@@ -27,7 +27,7 @@ import numpy as np
 from edgehub.agent.benchmark import BenchJob, BenchResult
 from edgehub.agent.messages import Latency
 from edgehub.agent.protocol import TensorSpec
-from edgehub.agent.runtimes import Session, runtime_for
+from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
 
 REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
 _MAX_ERROR_CHARS = 500
@@ -63,6 +63,16 @@ def _as_dtype(array: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own high-water mark. On Linux ru_maxrss also keeps the RSS of the process
+    that forked us (the kernel carries it across exec), which would charge the agent's (or a test
+    runner's) memory to the model: VmHWM belongs to this process image alone."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass  # not Linux: fall back to getrusage
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes vs KB
 
@@ -222,12 +232,21 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
     )
 
 
+def _limits_address_space(format: str) -> bool:
+    """Whether RLIMIT_AS may enforce the memory limit: CUDA runtimes (TensorRT) reserve far more
+    virtual address space than they use, so for them it would only break CUDA's start."""
+    try:
+        return bool(getattr(runtime_for(format), "limits_address_space", True))
+    except RuntimeUnavailable:
+        return True  # run_job reports the missing runtime
+
+
 def main() -> int:
     out = _claim_stdout()
     stage, known = Stage(), {}
     try:
         job = BenchJob.model_validate_json(sys.stdin.buffer.read())
-        if job.memory_limit_bytes:
+        if job.memory_limit_bytes and _limits_address_space(job.format):
             # Before the runtime is imported, so every allocation of its counts (benchmark.py).
             resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
         result = run_job(job, stage, known)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import tomllib
 from pathlib import Path
 
@@ -23,12 +24,16 @@ class AgentConfig(BaseModel):
     broker_url: str  # mqtt://host:port or mqtts://host:port
     username: str
     password: SecretStr
-    ca_file: Path | None = None  # for mqtts:// and https:// with the hub's own CA
-    hub_public_key: str  # base64 raw ed25519 key: only artifacts signed with it are used
+    ca_file: Path | None = None  # for mqtts:// and https:// with the hub's own CA (relative: to this file)
+    hub_public_key: str  # base64 raw ed25519 key: only artifacts signed with it (or a trusted_keys one) are used
+    # More keys whose manifests verify (key rotation, see docs/RELIABILITY.md): the hub's next
+    # key before it signs, or its previous key while old manifests are still in use.
+    trusted_keys: list[str] = Field(default_factory=list, max_length=16)
     data_dir: Path
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(8765, ge=0, le=65535)  # local POST /predict; 0 picks a free port
-    cache_limit_mb: int = Field(2048, gt=0)
+    cache_limit_mb: int = Field(2048, gt=0)  # downloaded variants; least recently used evicted first
+    min_free_mb: int = Field(256, ge=0)  # never fill the disk past this much free space
     keepalive_s: int = Field(30, ge=5, le=3600)
 
 
@@ -48,7 +53,24 @@ def load_config(path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: {where}: {first['msg']}") from None
     if not config.data_dir.is_absolute():
         config.data_dir = (path.parent / config.data_dir).resolve()
+    if config.ca_file is not None and not config.ca_file.is_absolute():
+        config.ca_file = (path.parent / config.ca_file).resolve()
     return config
+
+
+def public_keys(config: AgentConfig) -> list[bytes]:
+    """The raw ed25519 keys the agent trusts: the hub's key first, then `trusted_keys`."""
+    keys = []
+    for text in (config.hub_public_key, *config.trusted_keys):
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError:
+            raise ConfigError(f"hub key {text[:12]}... is not base64") from None
+        if len(raw) != 32:
+            raise ConfigError(f"hub key {text[:12]}... is not a 32-byte ed25519 key")
+        if raw not in keys:
+            keys.append(raw)
+    return keys
 
 
 def dump_config(config: AgentConfig) -> str:
@@ -59,11 +81,17 @@ def dump_config(config: AgentConfig) -> str:
             value = config.password.get_secret_value()
         if value is None:
             continue
-        if isinstance(value, bool):
+        if isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(_toml_string(str(v)) for v in value)}]")
+        elif isinstance(value, bool):
             lines.append(f"{key} = {'true' if value else 'false'}")
         elif isinstance(value, int):
             lines.append(f"{key} = {value}")
         else:
-            escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-            lines.append(f'{key} = "{escaped}"')
+            lines.append(f"{key} = {_toml_string(str(value))}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'

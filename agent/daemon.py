@@ -34,7 +34,8 @@ class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
         self.stopping = threading.Event()
-        self._desired: queue.Queue[DesiredState] = queue.Queue()
+        # SimpleQueue: put() is reentrant, so the SIGTERM handler may call stop() at any moment.
+        self._desired: queue.SimpleQueue[DesiredState | None] = queue.SimpleQueue()  # None: wake up to stop
         config.data_dir.mkdir(parents=True, exist_ok=True)
         store = StateFile(config.data_dir / "state.json")
         try:
@@ -66,7 +67,7 @@ class Agent:
         except queue.Empty:
             return current
         while True:
-            if current is None or item.generation >= current.generation:
+            if item is not None and (current is None or item.generation >= current.generation):
                 current = item
             try:
                 item = self._desired.get_nowait()
@@ -99,6 +100,7 @@ class Agent:
 
     def stop(self) -> None:
         self.stopping.set()
+        self._desired.put(None)  # the loop may be waiting minutes for a retry: wake it now
 
 
 def run_forever(config: AgentConfig) -> None:

@@ -17,11 +17,12 @@ import os
 import re
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgehub.agent.protocol import Manifest, SignatureError, SignedManifest, verify_manifest
+from edgehub.agent.tls import describe as describe_tls
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,9 @@ def _fetch_once(
         resp = conn.getresponse()
         start, total = _check_response(resp, url, offset, size, limit, part)
         _stream(resp, part, start, total if total is not None else size, limit, chunk, progress)
+    except ssl.SSLCertVerificationError as exc:
+        # Not transient: retrying cannot make an untrusted server trusted.
+        raise DownloadError(f"{_safe(url)}: {describe_tls(exc)}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise _Retry(f"{type(exc).__name__}: {exc}") from None
     finally:
@@ -247,10 +251,10 @@ def _stream(
         raise _Retry(f"connection closed at byte {done} of {total}")
 
 
-def verify_artifact(path: Path, signed: SignedManifest, public_key_raw: bytes) -> Manifest:
-    """Return the manifest if it is signed by the trusted key and `path` matches it exactly."""
+def verify_artifact(path: Path, signed: SignedManifest, public_keys: bytes | Sequence[bytes]) -> Manifest:
+    """Return the manifest if it is signed by a trusted key and `path` matches it exactly."""
     try:
-        manifest = verify_manifest(signed, public_key_raw)
+        manifest = verify_manifest(signed, public_keys)
     except SignatureError as exc:
         raise VerificationError(f"manifest rejected: {exc}") from exc
     path = Path(path)

@@ -25,6 +25,7 @@ class InstalledVariant(BaseModel):
     path: Path
     references_path: Path | None = None
     manifest: SignedManifest
+    last_used: float = 0.0  # unix time of the last download, benchmark or activation (cache LRU)
 
 
 class LocalState(BaseModel):

@@ -289,7 +289,13 @@ def _validate(adapter: TypeAdapter, data: object, what: str):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise MessageError(f"invalid {what}: {where}: {first['msg']}") from None
+        raise MessageError(f"invalid {what}: {_one_line(where)}: {_one_line(first['msg'])}") from None
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """Text from a body (a key name, a value in a message) made safe to log: escapes instead of
+    newlines and control characters, so a device cannot write lines into the hub's log."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]
 
 
 def _check_device(body: BaseModel, device: str | None) -> None:

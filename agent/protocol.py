@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,20 +68,24 @@ class SignatureError(Exception):
     """A manifest whose signature does not verify against the trusted key."""
 
 
-def verify_manifest(signed: SignedManifest, public_key_raw: bytes) -> Manifest:
-    """Return the manifest if its signature checks out with `public_key_raw`, else raise."""
+def verify_manifest(signed: SignedManifest, public_keys: bytes | Sequence[bytes]) -> Manifest:
+    """Return the manifest if its signature checks out with one of the trusted keys, else raise.
+
+    `public_keys` is one raw ed25519 key or several (key rotation: the hub's current key and the
+    keys it used before or will use next); the manifest's `key_id` picks the key to check with.
+    """
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    if signed.key_id != key_id_of(public_key_raw):
-        raise SignatureError(
-            f"manifest signed by key {signed.key_id}, trusted key is {key_id_of(public_key_raw)}"
-        )
+    keys = [public_keys] if isinstance(public_keys, (bytes, bytearray)) else list(public_keys)
+    by_id = {key_id_of(bytes(k)): bytes(k) for k in keys}
+    key = by_id.get(signed.key_id)
+    if key is None:
+        trusted = ", ".join(by_id) or "none"
+        raise SignatureError(f"manifest signed by key {signed.key_id}, trusted keys are {trusted}")
     try:
         signature = base64.b64decode(signed.signature, validate=True)
-        Ed25519PublicKey.from_public_bytes(public_key_raw).verify(
-            signature, signed.manifest.canonical_bytes()
-        )
+        Ed25519PublicKey.from_public_bytes(key).verify(signature, signed.manifest.canonical_bytes())
     except (InvalidSignature, ValueError) as exc:
         raise SignatureError(f"bad signature on manifest of {signed.manifest.variant_id}") from exc
     return signed.manifest

@@ -7,28 +7,39 @@ desired state does nothing the second time.
 
 from __future__ import annotations
 
-import base64
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Callable
 
-from edgehub.agent.activation import activate
+from edgehub.agent.activation import activate, health_check
 from edgehub.agent.benchmark import run_benchmark, to_report
-from edgehub.agent.config import AgentConfig
-from edgehub.agent.download import DownloadError, VerificationError, download, verify_artifact
+from edgehub.agent.cache import make_room, touch
+from edgehub.agent.config import AgentConfig, public_keys
+from edgehub.agent.download import DownloadError, VerificationError, download, file_sha256, verify_artifact
 from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
 from edgehub.agent.messages import ActivationResult, AgentError, BenchmarkReport, Candidate, DesiredState
-from edgehub.agent.protocol import SignatureError
+from edgehub.agent.protocol import SignatureError, verify_manifest
 from edgehub.agent.runtimes import RuntimeUnavailable, runtime_for
+from edgehub.agent.tls import client_context
 
 log = logging.getLogger("edgehub.agent")
 
+REFERENCES_MAX_BYTES = 64 * 1024 * 1024  # reference inputs/outputs of a few samples: far less in practice
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "edgetpu": ".tflite", "coreml": ".mlpackage.zip"}
 
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
+
+
+def verify_artifact_signature(c: Candidate, keys: list[bytes]) -> None:
+    """The candidate's manifest is signed by a trusted key, or VerificationError."""
+    try:
+        verify_manifest(c.manifest, keys)
+    except SignatureError as exc:
+        raise VerificationError(f"manifest rejected: {exc}") from exc
 
 
 class Reconciler:
@@ -37,37 +48,67 @@ class Reconciler:
         self.store = store
         self.state: LocalState = store.load()
         self.publish_event = publish_event
-        self.public_key = base64.b64decode(config.hub_public_key)
+        self.public_keys = public_keys(config)
         self.cache_dir = config.data_dir / "cache"
+        self._ssl = None  # made on the first https download
 
     # -- fetching ---------------------------------------------------------------------------
 
     def _fetch(self, c: Candidate) -> InstalledVariant:
-        """Download and verify a candidate (and its reference outputs); raise on any mismatch."""
+        """Download and verify a candidate (and its reference outputs); raise on any mismatch.
+
+        A variant already in the cache is verified again (sha256 and signature) before it is
+        used: a file changed on disk since it was downloaded is never loaded."""
         installed = self.state.installed.get(c.variant_id)
         if installed is not None and installed.sha256 == c.sha256 and installed.path.exists():
-            return installed
+            try:
+                verify_artifact(installed.path, installed.manifest, self.public_keys)
+                refs, refs_sha = installed.references_path, installed.manifest.manifest.references_sha256
+                if refs is not None and (not refs.exists() or file_sha256(refs) != refs_sha):
+                    raise VerificationError(f"reference file {refs.name} changed on disk")
+                touch(self.state, c.variant_id)
+                return installed
+            except VerificationError as exc:
+                log.warning("cached %s failed verification (%s); downloading it again", c.variant_id, exc)
+                installed.path.unlink(missing_ok=True)
+                if installed.references_path is not None:
+                    installed.references_path.unlink(missing_ok=True)
         manifest = c.manifest.manifest
-        if manifest.variant_id != c.variant_id or manifest.sha256 != c.sha256:
+        if manifest.variant_id != c.variant_id or manifest.sha256 != c.sha256 or manifest.size_bytes != c.size_bytes:
             raise VerificationError(f"manifest is for {manifest.variant_id}/{manifest.sha256[:12]}, "
                                     f"not {c.variant_id}/{c.sha256[:12]}")
-        credentials = dict(username=self.config.username, password=self.config.password.get_secret_value())
-        path = download(c.url, self.cache_dir / f"{c.sha256}{SUFFIX.get(c.format, '.bin')}",
-                        sha256=c.sha256, size=c.size_bytes, **credentials)
+        # The signature first: an unsigned or foreign manifest costs no download.
+        verify_artifact_signature(c, self.public_keys)
+        dest = self.cache_dir / f"{c.sha256}{SUFFIX.get(c.format, '.bin')}"
+        make_room(self.state, self.cache_dir, dest, c.size_bytes, limit_mb=self.config.cache_limit_mb,
+                  min_free_mb=self.config.min_free_mb)
+        self.store.save(self.state)  # evictions, if any, before the bytes arrive
+        options = dict(username=self.config.username, password=self.config.password.get_secret_value(),
+                       ssl_context=self._tls_context(c.url))
+        path = download(c.url, dest, sha256=c.sha256, size=c.size_bytes, **options)
         try:
-            verify_artifact(path, c.manifest, self.public_key)
+            verify_artifact(path, c.manifest, self.public_keys)
         except (VerificationError, SignatureError):
             path.unlink(missing_ok=True)  # never keep what failed verification
             raise
         references = None
         if c.references_url and manifest.references_sha256:
+            # Its size is not in the manifest: cap it, so a lying server cannot fill the disk.
             references = download(c.references_url, self.cache_dir / f"{manifest.references_sha256}.npz",
-                                  sha256=manifest.references_sha256, size=None, **credentials)
+                                  sha256=manifest.references_sha256, size=None, max_bytes=REFERENCES_MAX_BYTES,
+                                  **options)
         installed = InstalledVariant(variant_id=c.variant_id, sha256=c.sha256, format=c.format, path=path,
-                                     references_path=references, manifest=c.manifest)
+                                     references_path=references, manifest=c.manifest, last_used=time.time())
         self.state.installed[c.variant_id] = installed
         self.store.save(self.state)
         return installed
+
+    def _tls_context(self, url: str):
+        if not url.startswith("https:"):
+            return None
+        if self._ssl is None:
+            self._ssl = client_context(self.config.ca_file)
+        return self._ssl
 
     # -- one reconcile pass -----------------------------------------------------------------------
 
@@ -93,6 +134,7 @@ class Reconciler:
                                           error=f"download failed, will retry: {exc}"))
             return False
         log.info("benchmarking %s", c.variant_id)
+        touch(self.state, c.variant_id)
         result = run_benchmark(installed.path, c.format, installed.references_path, desired.benchmark)
         report = to_report(result, new_event_id(), self.config.device_id, desired.generation, c.variant_id)
         self._report(desired, c, report)
@@ -122,7 +164,8 @@ class Reconciler:
         except DownloadError as exc:
             log.warning("download for activation failed, will retry: %s", exc)
             return False
-        outcome = activate(self.state, self.store, installed)
+        outcome = activate(self.state, self.store, installed,
+                           check=lambda variant: health_check(variant, desired.benchmark))
         self.publish_event(ActivationResult(ok=outcome.ok, error=outcome.error,
                                             rolled_back_to=outcome.rolled_back_to, **event))
         log.info("activation of %s: %s", wanted, "ok" if outcome.ok else outcome.error)

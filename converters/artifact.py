@@ -28,6 +28,10 @@ class Artifact(BaseModel):
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     notes: dict = Field(default_factory=dict)
+    # The PyTorch module (a file written by edgehub.converters.torch_passes.model_io) that this
+    # ONNX model was exported from and computes the same function; training passes start from
+    # it. None for models that exist only as ONNX, or once a pass changed the ONNX alone.
+    torch_model: Path | None = None
 
     @property
     def size_bytes(self) -> int:

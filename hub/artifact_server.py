@@ -1,6 +1,7 @@
 """HTTP server for the artifact store: authorized, resumable downloads for agents.
 
-`GET|HEAD /artifacts/<sha256>?device=<id>&exp=<unix>&sig=<hex>` needs, in this order:
+Plain HTTP or HTTPS (`ssl_context`, from `edgehub.hub.certs`; the handshake happens in each
+connection's own thread). `GET|HEAD /artifacts/<sha256>?device=<id>&exp=<unix>&sig=<hex>` needs, in this order:
 HTTP Basic credentials accepted by `authenticate` (401), a username equal to `device` (403:
 an authenticated device using another device's URL), a valid unexpired signature from
 `url_signing` (403), and the object in the store (404). Single byte ranges are honoured (206 /
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -70,7 +72,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.app.idle_timeout_s  # drops idle or stalled clients
+        context = self.server.app.ssl_context
+        if context is not None:
+            # The handshake runs here, in this connection's thread: a slow or hostile client
+            # cannot stall the accept loop.
+            self.request.settimeout(self.timeout)
+            self.request = context.wrap_socket(self.request, server_side=True)
         super().setup()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self.server.app.ssl_context is not None:
+                self.request.close()  # the TLS socket; the server only closes the plain one
 
     def handle_one_request(self) -> None:
         self._in_serve = self._responded = False  # per request on a keep-alive connection
@@ -203,6 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         cut_after = app.fault(sha) if app.fault is not None else None
         fh.seek(first)
         remaining = length
+        pace = _Pace(app.max_bytes_per_s)
         try:
             while remaining > 0:
                 step = min(app.chunk_bytes, remaining)
@@ -217,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._sent += len(data)
                 app._count(len(data))
                 remaining -= len(data)
+                pace.wait(self._sent)
         except (ConnectionError, TimeoutError):
             self.close_connection = True  # the client went away; it will resume with a Range
 
@@ -229,13 +246,30 @@ class _Handler(BaseHTTPRequestHandler):
             log.debug("fault cut on a closed socket: %s", exc)
 
 
+class _Pace:
+    """Keeps one response at or under `rate` bytes per second (None: no limit), so a hub on a
+    thin uplink can cap what each device download takes."""
+
+    def __init__(self, rate: float | None):
+        self.rate, self.started = rate, time.monotonic()
+
+    def wait(self, sent: int) -> None:
+        if self.rate:
+            ahead = sent / self.rate - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     app: ArtifactServer
 
     def handle_error(self, request: object, client_address: tuple) -> None:
         # A client hanging up mid-request is routine on edge networks: no traceback on stderr.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        error = sys.exc_info()[1]
+        if isinstance(error, ssl.SSLError):
+            log.info("%s - TLS handshake failed: %s", client_address[0], getattr(error, "reason", None) or error)
+        elif isinstance(error, (ConnectionError, TimeoutError)):
             log.debug("connection from %s ended abruptly", client_address[0])
         else:
             log.exception("error on connection from %s", client_address[0])
@@ -256,10 +290,14 @@ class ArtifactServer:
     def __init__(self, store: ArtifactStore, secret: bytes,
                  authenticate: Callable[[str, str], bool], host: str = "127.0.0.1",
                  port: int = 0, *, fault: Callable[[str], int | None] | None = None,
-                 chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 30.0) -> None:
+                 chunk_bytes: int = CHUNK_BYTES, idle_timeout_s: float = 30.0,
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_bytes_per_s: float | None = None) -> None:
         self.store, self.secret, self.authenticate = store, secret, authenticate
         self.host, self._port, self.fault = host, port, fault
         self.chunk_bytes, self.idle_timeout_s = chunk_bytes, idle_timeout_s
+        self.ssl_context = ssl_context  # HTTPS (see edgehub.hub.certs.server_context)
+        self.max_bytes_per_s = max_bytes_per_s  # per connection; None: as fast as the link goes
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -276,7 +314,8 @@ class ArtifactServer:
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def start(self) -> ArtifactServer:
         if self._httpd is not None:

@@ -1,8 +1,10 @@
 """Device passwords: generated at enrolment, stored only as salted PBKDF2 hashes.
 
 The broker checks passwords against its own password file (mosquitto_passwd); the hub's HTTP
-artifact server checks the same passwords against these hashes. Verified passwords are cached
-briefly so ranged downloads (many requests) do not pay PBKDF2 each time.
+artifact server checks the same passwords against these hashes. A verified (password, stored
+hash) pair is cached briefly so ranged downloads (many requests) do not pay PBKDF2 each time;
+the stored hash is looked up on every request, so a revoked or re-enrolled device is refused at
+once, even by a hub process other than the one that revoked it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from typing import Callable
 
 ITERATIONS = 120_000
-CACHE_S = 30.0  # a revoked device keeps download access at most this long
+CACHE_S = 30.0  # how long a verified password skips PBKDF2 (revocation is immediate regardless)
 
 
 def new_password() -> str:
@@ -45,19 +47,22 @@ class PasswordChecker:
 
     def __init__(self, lookup: Callable[[str], str | None]):
         self._lookup = lookup
-        self._cache: dict[tuple[str, str], float] = {}
+        self._cache: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
 
     def __call__(self, user: str, password: str) -> bool:
-        key = (user, hashlib.sha256(password.encode()).hexdigest())
+        stored = self._lookup(user)  # every time: a revoked device has no hash any more
+        if stored is None:
+            return False
+        key = (user, hashlib.sha256(password.encode()).hexdigest(), stored)
         now = time.monotonic()
         with self._lock:
             if self._cache.get(key, 0) > now:
                 return True
-        stored = self._lookup(user)  # looked up every time the cache misses: revocation is prompt
-        if stored is None or not check_password(password, stored):
+        if not check_password(password, stored):
             return False
         with self._lock:
+            self._cache = {k: v for k, v in self._cache.items() if v > now}  # stays small
             self._cache[key] = now + CACHE_S
         return True
 

@@ -1,4 +1,11 @@
-"""Enrolling and revoking devices: credentials in the broker and the registry, an agent config."""
+"""Enrolling and revoking devices: credentials in the broker and the registry, an agent config.
+
+Each device gets its own user name (= its id = its MQTT client id) and a random password; the
+registry keeps only a PBKDF2 hash, the broker's password file a mosquitto_passwd hash. The
+agent config carries what the device needs to trust the hub: the CA when the hub runs TLS, and
+every ed25519 key whose manifests it may accept (the active key, a staged next key, earlier
+keys still trusted).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +13,23 @@ from pathlib import Path
 
 from edgehub.agent.config import AgentConfig
 from edgehub.hub.broker import free_port, reload_running_broker
+from edgehub.hub.certs import TlsPaths
 from edgehub.hub.credentials import hash_password, new_password
 from edgehub.hub.hub_settings import load_settings, save_settings
 from edgehub.hub.service import broker_dir, managed_broker
 from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import get_profile, load_profiles
-from edgehub.zoo.signing import HubKey
+from edgehub.zoo.signing import HubKey, trusted_public_keys
 
 
 def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Path, serve_port: int = 8765,
                   tags: list[str] | None = None, replace: bool = False,
                   profiles_file: Path | None = None) -> AgentConfig:
-    """Issue credentials for a device and return its agent config (with the password in it)."""
+    """Issue credentials for a device and return its agent config (with the password in it).
+
+    With a managed broker the password is added to its password file and a running broker
+    reloads it (SIGHUP: no other device is disconnected)."""
     get_profile(profile, load_profiles(profiles_file))
     settings = load_settings(paths.root)
     password = new_password()
@@ -27,23 +38,31 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
         fleet.enroll(device_id, profile, hash_password(password), tags=tags, replace=replace)
     finally:
         fleet.close()
+    tls = TlsPaths(paths.root)
+    tls_on = tls.enabled()
     if settings.broker_url is None:
         if settings.mqtt_port is None:  # fix the managed broker's port now: the config names it
             settings.mqtt_port = free_port(settings.mqtt_host)
             save_settings(paths.root, settings)
         managed_broker(paths, settings).files.set_password(device_id, password)
         reload_running_broker(broker_dir(paths))
-        broker_url = f"mqtt://{settings.mqtt_host}:{settings.mqtt_port}"
+        scheme = "mqtts" if tls_on else "mqtt"
+        broker_url = f"{scheme}://{settings.mqtt_host}:{settings.mqtt_port}"
     else:
         broker_url = settings.broker_url
     key = HubKey.load_or_create(paths.keys_dir)
+    others = [k for k in trusted_public_keys(paths.keys_dir) if k != key.public_b64]
     return AgentConfig(device_id=device_id, fleet=settings.fleet, profile=profile, broker_url=broker_url,
                        username=device_id, password=password, hub_public_key=key.public_b64,
+                       trusted_keys=others, ca_file=tls.ca_cert if tls_on and settings.broker_url is None else None,
                        data_dir=data_dir, serve_port=serve_port)
 
 
 def revoke_device(paths: HubPaths, device_id: str) -> None:
-    """Remove a device's credentials; the managed broker reloads without dropping other devices."""
+    """Remove a device's credentials; the managed broker reloads without dropping other devices.
+
+    The broker disconnects the revoked device at the reload (its password no longer checks
+    out), and the artifact server refuses its downloads from the next request on."""
     settings = load_settings(paths.root)
     fleet = FleetStore(paths.db_url)
     try:

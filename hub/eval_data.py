@@ -116,3 +116,26 @@ def example_batch(arrays: dict[str, np.ndarray], names: list[str], source: str, 
                            f"inputs {', '.join(names)}; the file has {', '.join(sorted(keyed)) or 'nothing'}")
     return {name: keyed[name][:n].astype(np.float32) if keyed[name].dtype == np.float64 else keyed[name][:n]
             for name in names}
+
+
+# Held out from --train for the validation accuracy that training passes report: a tenth of
+# the set, at most this many samples.
+MAX_VALIDATION = 2000
+
+
+def bind_training_set(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str):
+    """A labelled training set for the passes that train, with a held-out validation slice."""
+    from edgehub.converters.passes.base import TrainingSet
+
+    bound = bind_eval_set(arrays, inputs, source)
+    if bound.labels is None:
+        raise EvalSetError(f"{source}: a training set needs integer labels '{LABEL_KEY}'")
+    n = bound.size
+    n_val = min(MAX_VALIDATION, n // 10)
+    if n - n_val < 2:
+        raise EvalSetError(f"{source}: {n} sample(s) are too few to train on")
+    # A fixed shuffle, so the held-out slice is not one class when the file is sorted by label.
+    order = np.random.default_rng(0).permutation(n)
+    train, val = order[: n - n_val], order[n - n_val:]
+    return TrainingSet(inputs={k: v[train] for k, v in bound.inputs.items()}, labels=bound.labels[train],
+                       val_inputs={k: v[val] for k, v in bound.inputs.items()}, val_labels=bound.labels[val])

@@ -27,6 +27,21 @@ def run_onnx(path: Path, inputs: dict[str, np.ndarray], batch_size: int = 256, t
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
+def run_variant(artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """All outputs of a variant over the eval inputs, or None where this machine cannot run its
+    format (an Edge TPU binary needs the TPU; Core ML predicts only on macOS)."""
+    if artifact.format == "onnx":
+        return run_onnx(artifact.path, inputs)
+    if artifact.format == "tensorrt":  # TensorRT-ready ONNX: ONNX Runtime computes the same graph
+        batch = artifact.inputs[0].shape[0] if artifact.inputs else "batch"
+        return run_onnx(artifact.path, inputs, batch_size=batch if isinstance(batch, int) else 256)
+    if artifact.format == "tflite":
+        from edgehub.converters.tflite_model import run_tflite
+
+        return run_tflite(artifact.path, inputs, layout=artifact.notes.get("layout"))
+    return None
+
+
 def top1(output: np.ndarray) -> np.ndarray:
     return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
 

@@ -1,45 +1,70 @@
 """The hub's fleet loop: MQTT in (device state, events), desired states out.
 
 One worker thread owns all database work. paho's network thread only queues messages; the
-worker drains the queue in batches (one transaction per batch of events), then reconciles the
-devices those messages touched, and every `tick_s` reconciles all devices (new deployments).
+worker drains the queue in batches: one transaction stores a batch's states, events, newest
+benchmark results and rollout outcomes, and only then are the batch's messages acknowledged to
+the broker (hub/mqtt_inbox.py: a hub killed mid-batch loses nothing, the broker sends them again);
+then the devices the batch touched are reconciled together
+(hub/fleet_reconcile.py: a fixed number of queries per 500 devices). Nothing is reconciled on a
+timer: every `tick_s` the worker reads the change log (deployments, aliases, tags, rollout steps,
+cohort decisions written elsewhere) and reconciles only the devices those changes name. The
+per-report cost therefore stays the same whatever the fleet's size.
 
-Device state is read with a plain subscription, because brokers do not deliver retained
-messages on MQTT 5 shared subscriptions; events use `$share/edgehub/...` so several hub workers
-can split them.
+Several workers can share a fleet (`worker_count`): events arrive on an MQTT 5 shared
+subscription (`$share/edgehub/...`), so the broker splits them; each device is reconciled by one
+worker (a hash of its id), and a worker that stores an event of another worker's device names it
+in the change log. Worker 0 also reads device states (a plain subscription: brokers do not deliver
+retained messages on shared subscriptions), publishes the hub state, and steps the rollouts.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import queue
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from edgehub.agent.messages import (
-    BenchmarkSettings, Candidate, DeviceState, HubState, MessageError, Topics, encode,
-    parse_body, parse_event,
+    BenchmarkSettings,
+    Candidate,
+    DeviceState,
+    HubState,
+    MessageError,
+    Topics,
+    encode,
+    parse_body,
+    parse_event,
 )
 from edgehub.agent.mqtt_link import broker_address
-from edgehub.hub.fleet_planner import next_desired
-from edgehub.hub.selection import CandidateFacts, Policy, select_variant
+from edgehub.hub.cohort_plan import parse_key
+from edgehub.hub.cohorts import CohortPolicy, cohort_key
+from edgehub.hub.fleet_reconcile import FleetReconciler
+from edgehub.hub.mqtt_inbox import AckAfterCommitInbox
+from edgehub.hub.rollout_ops import step_rollouts
+from edgehub.hub.selection import Policy
 from edgehub.hub.url_signing import sign_artifact_url
-from edgehub.zoo.fleet import DeviceRecord, FleetStore, SelectionRecord
+from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
 from edgehub.zoo.registry import Registry
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, ProgrammingError
 
 log = logging.getLogger("edgehub.hub.fleet")
 
 SHARE_GROUP = "edgehub"
-BATCH_MAX = 500
+BATCH_MAX = 1000
 URL_TTL_S = 7 * 24 * 3600  # desired states are retained: their URLs must outlive a device's nap
+CHANGE_WINDOW = 1000  # ids re-read behind the cursor: PostgreSQL may commit ids out of order
+CHANGES_KEPT_S = 3600.0
+# The database is away, locked, or not the schema the code expects: retry, never drop data.
+SYSTEMIC_DB_ERRORS = (OperationalError, ProgrammingError, InterfaceError, InternalError)
 
 
 @dataclass
@@ -56,6 +81,36 @@ class FleetSettings:
     tick_s: float = 1.0
     version: str = "0"
     public_key_b64: str | None = None
+    # Cohort benchmarking (hub/cohorts.py); None: every device benchmarks every candidate.
+    cohorts: CohortPolicy | None = None
+    worker_index: int = 0
+    worker_count: int = 1
+    # MQTT 5 Receive Maximum: how many unacknowledged messages the broker may send the hub at once
+    # (for MQTT 5 clients it overrides Mosquitto's max_inflight_messages). None: the broker's limit
+    # (100 in the managed broker), so batches are at most that; BATCH_MAX lets a whole batch wait
+    # for its commit, about 14% more events per second (bench/RESULTS.md, issue 7).
+    receive_maximum: int | None = None
+
+
+def owner_of(device_id: str, worker_count: int) -> int:
+    """The worker that reconciles a device (stable across restarts and processes)."""
+    return zlib.crc32(device_id.encode()) % worker_count
+
+
+@dataclass
+class ChangeFollower:
+    """Reads the change log in id order, tolerating ids that commit out of order."""
+
+    cursor: int = 0
+    seen: set[int] = field(default_factory=set)
+
+    def take(self, fleet: FleetStore):
+        fresh = [c for c in fleet.changes_after(max(0, self.cursor - CHANGE_WINDOW)) if c.id not in self.seen]
+        for c in fresh:
+            self.seen.add(c.id)
+            self.cursor = max(self.cursor, c.id)
+        self.seen = {i for i in self.seen if i > self.cursor - CHANGE_WINDOW}
+        return fresh
 
 
 class FleetService:
@@ -66,23 +121,34 @@ class FleetService:
         self.fleet = fleet
         self.profiles = profiles
         self.topics = Topics(settings.fleet)
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.leader = settings.worker_index == 0
+        self.reconciler = FleetReconciler(registry, fleet, profiles, settings.policy, settings.benchmark,
+                                          settings.cohorts, self._candidate)
         self._stop = threading.Event()
         self.connected = threading.Event()
         # Set on every (re)connect: the worker re-publishes every stored desired state, so a
         # broker that lost its retained messages, or a publish lost while offline, heals.
         self._republish = threading.Event()
-        self.stats = {"events_stored": 0, "events_duplicate": 0, "rejected": 0, "desired_published": 0}
-        self._worker = threading.Thread(target=self._run, name="edgehub-fleet", daemon=True)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5)
+        self._changes = ChangeFollower()
+        self.stats = {"events_stored": 0, "events_duplicate": 0, "rejected": 0, "desired_published": 0,
+                      "batches": 0, "messages": 0, "reconciled": 0, "ingest_s": 0.0, "reconcile_s": 0.0,
+                      "rollout_steps": 0, "rollout_step_s": 0.0, "rollout_step_max_s": 0.0}
+        self.started = threading.Event()  # the start-up reconcile of every device is done
+        self._worker = threading.Thread(target=self._run, name=f"edgehub-fleet-{settings.worker_index}", daemon=True)
+        # Messages are acknowledged to the broker only once stored (hub/mqtt_inbox.py): a hub
+        # killed mid-batch gets them again from its persistent session.
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5,
+                             manual_ack=True)
         client.username_pw_set(settings.username, settings.password)
-        client.will_set(self.topics.hub_state, encode(HubState(online=False, version=settings.version)), qos=1,
-                        retain=True)
+        if self.leader:
+            client.will_set(self.topics.hub_state, encode(HubState(online=False, version=settings.version)), qos=1,
+                            retain=True)
         client.reconnect_delay_set(1, 10)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = lambda *args: self.connected.clear()
-        client.on_message = lambda c, u, m: self._inbox.put((m.topic, m.payload))
+        self._inbox = AckAfterCommitInbox(client)
+        client.on_message = self._inbox.on_message
         self._client = client
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -93,14 +159,18 @@ class FleetService:
             self._client.tls_set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 7 * 24 * 3600  # events queued while the hub is down wait for it
+        # Unacknowledged messages the broker may send at once (above its max_inflight_messages for
+        # MQTT 5 clients): a whole batch can wait for its commit.
+        if self.settings.receive_maximum:
+            props.ReceiveMaximum = self.settings.receive_maximum
         self._client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)
         self._client.loop_start()
         self._worker.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._worker.join(timeout=10)
-        if self.connected.is_set():
+        self._worker.join(timeout=30)
+        if self.connected.is_set() and self.leader:
             self._client.publish(self.topics.hub_state, encode(HubState(online=False, version=self.settings.version)),
                                  qos=1, retain=True).wait_for_publish(timeout=5)
         self._client.disconnect()
@@ -111,77 +181,169 @@ class FleetService:
             log.error("broker refused the hub: %s", reason_code)
             return
         root = self.topics.root
-        client.subscribe([(f"{root}/devices/+/state", 1), (f"$share/{SHARE_GROUP}/{root}/devices/+/events", 1)])
-        client.publish(self.topics.hub_state, encode(HubState(online=True, version=self.settings.version,
-                                                              public_key=self.settings.public_key_b64)),
-                       qos=1, retain=True)
+        topics = [(f"$share/{SHARE_GROUP}/{root}/devices/+/events", 1)]
+        if self.leader:
+            topics.append((f"{root}/devices/+/state", 1))
+            client.publish(self.topics.hub_state, encode(HubState(online=True, version=self.settings.version,
+                                                                  public_key=self.settings.public_key_b64)),
+                           qos=1, retain=True)
+        client.subscribe(topics)
         self.connected.set()
         self._republish.set()
-        log.info("hub connected to the broker")
+        log.info("hub worker %d connected to the broker", self.settings.worker_index)
+
+    def owns(self, device_id: str) -> bool:
+        return owner_of(device_id, self.settings.worker_count) == self.settings.worker_index
 
     # -- the worker ---------------------------------------------------------------------------
 
-    def _drain(self, timeout: float) -> list[tuple[str, bytes]]:
-        try:
-            batch = [self._inbox.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while len(batch) < BATCH_MAX:
-            try:
-                batch.append(self._inbox.get_nowait())
-            except queue.Empty:
-                break
-        return batch
-
     def _run(self) -> None:
-        next_tick = 0.0
+        dirty: set[str] | None = None  # None: the start-up sweep has not run yet
+        next_tick, next_prune, failures = 0.0, time.monotonic() + 60, 0
         while not self._stop.is_set():
-            if self._republish.is_set():
-                self._republish.clear()
-                self.republish_desired()
-            touched = self.handle_batch(self._drain(timeout=0.2))
-            now = time.monotonic()
-            if now >= next_tick:
-                touched = {d.id for d in self.fleet.devices()}
-                next_tick = now + self.settings.tick_s
-            for device_id in sorted(touched):
+            try:
+                if dirty is None:
+                    self._changes.cursor = self.fleet.last_change_id()
+                    dirty = {d for d in self.fleet.device_ids() if self.owns(d)}  # whatever happened while down
+                if self._republish.is_set():
+                    self._republish.clear()
+                    self.republish_desired()
+                batch = self._inbox.drain(timeout=0.1, limit=BATCH_MAX)
                 try:
-                    self.reconcile(device_id)
-                except Exception:  # one device's bad data must not stop the fleet loop
-                    log.exception("reconciling %s failed", device_id)
+                    dirty |= self._store([(m.topic, m.payload) for m in batch])
+                except Exception:
+                    self._inbox.retry_later(batch)  # unacknowledged: tried again next turn
+                    raise
+                self._inbox.ack(batch)
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.settings.tick_s
+                    dirty |= self.follow_changes()
+                    if self.leader:
+                        self._step_rollouts()
+                        if now >= next_prune:
+                            next_prune = now + 60
+                            self.fleet.prune_changes(utcnow() - timedelta(seconds=CHANGES_KEPT_S))
+                self._reconcile(dirty)
+                dirty = set()
+                self.started.set()
+                failures = 0
+            except Exception:  # a database hiccup must not end the fleet loop: what failed is retried
+                failures += 1
+                self.stats["loop_failures"] = self.stats.get("loop_failures", 0) + 1
+                log.exception("fleet loop iteration failed (%d in a row); retrying", failures)
+                time.sleep(min(5.0, 0.5 * failures))
+
+    def _store(self, batch: list[tuple[str, bytes]]) -> set[str]:
+        """handle_batch. A database that is away, locked or not what the code expects (SYSTEMIC)
+        fails the whole batch, which is kept and tried again. Any other error is in the data: the
+        messages are then stored one by one, and only one that fails on its own is dropped
+        (logged, acknowledged: it would fail again), so one bad message cannot hold up the fleet."""
+        try:
+            return self.handle_batch(batch)
+        except SYSTEMIC_DB_ERRORS:
+            raise
+        except Exception:
+            log.exception("storing a batch of %d messages failed; storing them one by one", len(batch))
+        dirty = set()
+        for topic, payload in batch:
+            try:
+                dirty |= self.handle_batch([(topic, payload)])
+            except SYSTEMIC_DB_ERRORS:
+                raise
+            except Exception:  # noqa: BLE001 - this message breaks its batch: drop it, keep the rest
+                log.exception("dropped a message on %s that cannot be stored", topic[:120])
+                self.stats["dropped"] = self.stats.get("dropped", 0) + 1
+        return dirty
+
+    def _step_rollouts(self) -> None:
+        started = time.perf_counter()
+        self.stats["rollout_steps"] += len(step_rollouts(self.fleet))
+        took = time.perf_counter() - started
+        self.stats["rollout_step_s"] += took
+        self.stats["rollout_step_max_s"] = max(self.stats["rollout_step_max_s"], took)
 
     def handle_batch(self, batch: list[tuple[str, bytes]]) -> set[str]:
-        """Validate and store a batch of messages; return the devices it touched."""
-        events, touched = [], set()
+        """Validate and store a batch of messages in one transaction; return the devices this
+        worker should reconcile (another worker's devices are named in the change log)."""
+        if not batch:
+            return set()
+        started = time.perf_counter()
+        states, events = [], []
         for topic, payload in batch:
             try:
                 device, kind = self.topics.device_of(topic)
                 if kind == "state":
-                    if not payload:
-                        continue  # a retained state being cleared
-                    if self.fleet.update_state(parse_body(payload, DeviceState, device=device)):
-                        touched.add(device)
-                    else:
-                        log.warning("state from unknown device %s ignored", device)
+                    if payload:  # an empty payload is a retained state being cleared
+                        states.append(parse_body(payload, DeviceState, device=device))
                 elif kind == "events":
                     events.append(parse_event(payload, device=device))
-                    touched.add(device)
             except MessageError as exc:
                 self.stats["rejected"] += 1
                 log.warning("rejected message on %s: %s", topic[:120], exc)
-        if events:
-            new = self.fleet.record_events(events)
-            self.stats["events_stored"] += new
-            self.stats["events_duplicate"] += len(events) - new
-        return touched
+        touched = {e.device_id for e in events}
+        mine = {d for d in touched if self.owns(d)}
+        result = self.fleet.ingest(states, events, cohort_of=cohort_key,
+                                   outcomes=self.reconciler.outcomes_for(events), notify=sorted(touched - mine))
+        for device in result.unknown:
+            log.warning("state from unknown device %s ignored", device)
+        # A changed state of another worker's device is named in the log after this commit.
+        foreign = {d for d in result.changed if not self.owns(d)}
+        if foreign:
+            self.fleet.save_plans(changes=[("device", d) for d in sorted(foreign)])
+        self.stats["events_stored"] += result.new_events
+        self.stats["events_duplicate"] += len(events) - result.new_events
+        self.stats["batches"] += 1
+        self.stats["messages"] += len(batch)
+        self.stats["ingest_s"] += time.perf_counter() - started
+        return mine | (result.changed - foreign)
+
+    def follow_changes(self) -> set[str]:
+        """Devices named by changes made since the last look (by anyone), that this worker owns."""
+        changes = self._changes.take(self.fleet)
+        if not changes:
+            return set()
+        if any(c.kind in ("profile", "group", "rollout") for c in changes):
+            self.reconciler.refresh()  # aliases and rollouts first: targets depend on them
+        devices: set[str] = set()
+        for c in changes:
+            if c.kind == "device":
+                devices.add(c.key)
+            elif c.kind == "profile":
+                devices.update(self.fleet.device_ids(profile=c.key))
+            elif c.kind == "group":
+                devices.update(self.fleet.device_ids(tag=c.key))
+            elif c.kind == "cohort":
+                devices.update(self.fleet.device_ids(cohort=parse_key(c.key)[0]))
+            elif c.kind == "rollout":
+                rollout_id, _, stage = c.key.partition(":")
+                devices.update(self.fleet.rollout_member_ids(int(rollout_id), [int(stage)] if stage else None))
+        return {d for d in devices if self.owns(d)}
+
+    def _reconcile(self, device_ids: set[str] | list[str]) -> None:
+        if not device_ids:
+            return
+        started = time.perf_counter()
+        for desired in self.reconciler.reconcile(device_ids):
+            self._client.publish(self.topics.desired(desired.device_id), encode(desired), qos=1, retain=True)
+            self.stats["desired_published"] += 1
+            log.debug("desired state of %s: generation %d (%d candidates, activate %s)", desired.device_id,
+                      desired.generation, len(desired.candidates), desired.activate)
+        self.stats["reconciled"] += len(device_ids)
+        self.stats["reconcile_s"] += time.perf_counter() - started
+
+    def reconcile(self, device_id: str) -> None:
+        """Reconcile one device now (tests and tools; the loop reconciles in batches)."""
+        self._reconcile([device_id])
 
     def republish_desired(self) -> None:
-        for device in self.fleet.devices():
-            desired = self.fleet.desired(device.id)
-            if desired is not None:
-                self._client.publish(self.topics.desired(device.id), encode(desired), qos=1, retain=True)
+        for page in self.fleet.desired_pages():
+            for body in page:
+                if self.owns(body["device_id"]):
+                    self._client.publish(self.topics.desired(body["device_id"]), json.dumps(body).encode(), qos=1,
+                                         retain=True)
 
-    # -- reconcile one device ---------------------------------------------------------------------
+    # -- candidates ---------------------------------------------------------------------------------
 
     def _candidate(self, device_id: str, v: VariantRecord) -> Candidate:
         base, secret = self.settings.artifact_base_url, self.settings.url_secret
@@ -190,47 +352,3 @@ class FleetService:
         return Candidate(variant_id=v.id, url=sign_artifact_url(base, v.sha256, device_id, secret, ttl_s=URL_TTL_S),
                          references_url=refs, sha256=v.sha256, size_bytes=v.size_bytes, format=v.format,
                          precision=v.precision, manifest=v.signed_manifest)
-
-    def _policy_for(self, device: DeviceRecord) -> Policy:
-        profile = self.profiles.get(device.profile)
-        if profile is not None and profile.memory_limit_mb and self.settings.policy.memory_limit_mb is None:
-            return self.settings.policy.model_copy(update={"memory_limit_mb": float(profile.memory_limit_mb)})
-        return self.settings.policy
-
-    def reconcile(self, device_id: str) -> None:
-        device = self.fleet.get_device(device_id)
-        if device is None:
-            return
-        deployment = self.fleet.deployment_for(device.profile)
-        if deployment is None:
-            return
-        variants = [v for v in self.registry.variants_for_profile(deployment[0], deployment[1], device.profile)
-                    if v.signed_manifest is not None]
-        current = self.fleet.desired(device_id)
-        winner = None
-        if current is not None and (current.model, current.version) == deployment:
-            winner = self._select(device, deployment, variants)
-        candidates = [self._candidate(device_id, v) for v in variants]
-        desired = next_desired(device_id, current, deployment, candidates, winner, self.settings.benchmark)
-        if desired is not None:
-            self.fleet.set_desired(desired)
-            self._client.publish(self.topics.desired(device_id), encode(desired), qos=1, retain=True)
-            self.stats["desired_published"] += 1
-            log.info("desired state of %s: generation %d (%d candidates, activate %s)", device_id,
-                     desired.generation, len(desired.candidates), desired.activate)
-
-    def _select(self, device: DeviceRecord, deployment: tuple[str, int], variants: list[VariantRecord]) -> str | None:
-        reports = self.fleet.reports(device.id, [v.id for v in variants])
-        if not variants or len(reports) < len(variants):
-            return None  # wait until every candidate has a report
-        facts = [CandidateFacts(variant_id=v.id, size_bytes=v.size_bytes, accuracy=v.metrics.get("accuracy"),
-                                agreement=v.metrics.get("agreement")) for v in variants]
-        roots = [v for v in variants if v.parent is None]
-        reference = roots[0].metrics.get("accuracy") if roots else None
-        selection = select_variant(facts, reports, self._policy_for(device), reference_accuracy=reference)
-        previous = self.fleet.selection(device.id)
-        if previous is None or previous.winner != selection.winner or previous.explanation != selection.explain():
-            self.fleet.save_selection(SelectionRecord(device_id=device.id, model=deployment[0], version=deployment[1],
-                                                      winner=selection.winner, explanation=selection.explain(),
-                                                      decided_at=utcnow()))
-        return selection.winner

@@ -21,10 +21,10 @@ import numpy as np
 from edgehub.agent.protocol import Manifest
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
-from edgehub.converters.passes.base import PassContext, parse_config, run_pass
-from edgehub.hub.eval_data import EvalSet, bind_eval_set, example_batch, load_npz
-from edgehub.hub.evaluate import run_onnx, score_outputs
-from edgehub.hub.recipes import Plan, Skipped, VariantPlan, plan_for_profiles
+from edgehub.converters.passes.base import NotApplicable, PassContext, TrainingSet, TrainProgress, parse_config, run_pass
+from edgehub.hub.eval_data import EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
+from edgehub.hub.evaluate import run_onnx, run_variant, score_outputs
+from edgehub.hub.recipes import Plan, PlanError, Skipped, VariantPlan, plan_for_profiles
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import get_profile, load_profiles
 from edgehub.zoo.records import ModelVersionRecord, VariantRecord
@@ -50,6 +50,8 @@ class PublishOptions:
     weights: Path | None = None
     new_version: bool = False
     profiles_file: Path | None = None
+    train_path: Path | None = None  # labelled .npz for the passes that train (pruning, distillation)
+    recipe_path: Path | None = None  # TOML/YAML chains that extend or narrow the profiles' recipes
 
 
 @dataclass
@@ -72,6 +74,9 @@ class ProgressSink:
     def advance(self, label: str) -> None:
         """One unit of the variant's work is done."""
 
+    def train(self, label: str, progress: TrainProgress) -> None:
+        """A training pass of the variant reports its loss and validation accuracy."""
+
 
 @dataclass
 class _Built:
@@ -80,14 +85,17 @@ class _Built:
     recipe: list[dict]
     metrics: dict[str, float | None]
     references: bytes
+    outputs: list[np.ndarray] | None = None  # on the eval set, kept for children that cannot run here
 
 
 def _source_identity(options: PublishOptions, is_torch: bool) -> str:
-    if not is_torch:
+    if not is_torch and not (options.train_path or options.recipe_path):
         return sha256_file(Path(options.source))
-    digest = hashlib.sha256(options.source.encode())
-    if options.weights:
-        digest.update(sha256_file(options.weights).encode())
+    digest = hashlib.sha256(options.source.encode() if is_torch else sha256_file(Path(options.source)).encode())
+    # What gets built depends on the training set and the recipe too: another one is other content.
+    for path in (options.weights if is_torch else None, options.train_path, options.recipe_path):
+        if path:
+            digest.update(sha256_file(path).encode())
     return digest.hexdigest()
 
 
@@ -96,7 +104,8 @@ def _validate(options: PublishOptions) -> None:
         raise PublishError(f"invalid model name {options.name!r}: use lower-case letters, digits, '.', '_' or '-' (max 64)")
     if not options.profiles:
         raise PublishError("give at least one --profile (see `edgehub profiles list`)")
-    for path, what in ((options.eval_path, "eval set"), (options.calib_path, "calibration set"), (options.weights, "weights")):
+    for path, what in ((options.eval_path, "eval set"), (options.calib_path, "calibration set"), (options.weights, "weights"),
+                       (options.train_path, "training set"), (options.recipe_path, "recipe file")):
         if path is not None and not Path(path).is_file():
             raise PublishError(f"{what} {path}: no such file")
 
@@ -104,12 +113,15 @@ def _validate(options: PublishOptions) -> None:
 def _load_source(options: PublishOptions, arrays: dict[str, np.ndarray], workdir: Path) -> tuple[Artifact, dict]:
     """The fp32 ONNX model to start from, and the recipe step that produced it."""
     from edgehub.converters.torch_export import export_onnx, forward_input_names, is_factory_ref, load_torch_model
+    from edgehub.converters.torch_passes.model_io import save_module
 
     if is_factory_ref(options.source):
         model = load_torch_model(options.source, options.weights)
         example = example_batch(arrays, forward_input_names(model), options.eval_path.name)
         workdir.mkdir(parents=True, exist_ok=True)
         artifact = export_onnx(model, example, workdir / "exported.onnx")
+        # Training passes start from (and distil from) the PyTorch model itself.
+        artifact = artifact.model_copy(update={"torch_model": save_module(model, workdir / "source-model.pt")})
         return artifact, {"pass": "export", "config": {"source": options.source, "weights": options.weights.name if options.weights else None}, "notes": artifact.notes}
     path = Path(options.source)
     if not path.is_file():
@@ -129,8 +141,9 @@ def _references(evalset: EvalSet, outputs: list[np.ndarray], artifact: Artifact)
 
 
 def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib: dict[str, np.ndarray],
-           workdir: Path, sink: ProgressSink) -> list[_Built]:
+           workdir: Path, sink: ProgressSink, training: TrainingSet | None = None) -> tuple[list[_Built], list[Skipped]]:
     built: dict[str, _Built] = {}
+    skipped: list[Skipped] = []
     reference: list[np.ndarray] | None = None
 
     def score(candidate: Artifact) -> float:
@@ -138,27 +151,49 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
         return metrics["accuracy"] if metrics["accuracy"] is not None else metrics["agreement"]
 
     for vp in plan.ordered():
+        if vp.parent and vp.parent not in built:  # its parent was not applicable
+            skipped.append(Skipped(profile=",".join(vp.profiles), format=vp.format, variant=vp.label,
+                                   reason=f"its parent {vp.parent} was not built"))
+            continue
         sink.start(vp.label, len(vp.steps) + 1)
         parent = built[vp.parent] if vp.parent else None
         artifact = parent.artifact if parent else root
         recipe = list(parent.recipe) if parent else [root_step]
         ctx = PassContext(workdir=workdir / vp.label, calibration=calib,
                           score=score if reference is not None else None,
-                          on_progress=lambda message, label=vp.label: sink.update(label, message))
-        for step in vp.steps:
-            sink.update(vp.label, step.pass_name)
-            config = parse_config(step.pass_name, step.config)
-            artifact = run_pass(step.pass_name, artifact, config, ctx)
-            recipe.append({"pass": step.pass_name, "config": config.model_dump(mode="json"), "notes": artifact.notes})
-            sink.advance(vp.label)
+                          score_unit="accuracy" if evalset.labels is not None else "agreement",
+                          on_progress=lambda message, label=vp.label: sink.update(label, message),
+                          training=training, source_model=root.torch_model,
+                          on_train_progress=lambda progress, label=vp.label: sink.train(label, progress))
+        try:
+            for step in vp.steps:
+                sink.update(vp.label, step.pass_name)
+                config = parse_config(step.pass_name, step.config)
+                artifact = run_pass(step.pass_name, artifact, config, ctx)
+                recipe.append({"pass": step.pass_name, "config": config.model_dump(mode="json"),
+                               "notes": artifact.notes})
+                sink.advance(vp.label)
+        except NotApplicable as exc:
+            sink.update(vp.label, "not applicable")
+            skipped.append(Skipped(profile=",".join(vp.profiles), format=vp.format, variant=vp.label,
+                                   reason=str(exc)))
+            continue
         sink.update(vp.label, "evaluating")
-        outputs = run_onnx(artifact.path, evalset.inputs)
-        if reference is None:
-            reference = outputs
-        built[vp.label] = _Built(vp, artifact, recipe, score_outputs(outputs, reference, evalset.labels),
-                                 _references(evalset, outputs, artifact))
+        outputs = run_variant(artifact, evalset.inputs)
+        if outputs is not None:
+            if reference is None:
+                reference = outputs
+            metrics = score_outputs(outputs, reference, evalset.labels)
+        elif parent is not None and artifact.format == "edgetpu":
+            # The compiled model computes its parent's int8 graph; the TPU itself is not here.
+            outputs, metrics = parent.outputs, dict(parent.metrics)
+        else:
+            # Not runnable on the hub (Core ML needs macOS): no hub metrics; the device checks its
+            # outputs against the fp32 reference outputs (agreement >= 0.99) before it is eligible.
+            outputs, metrics = reference, {"agreement": None, "cosine": None, "accuracy": None}
+        built[vp.label] = _Built(vp, artifact, recipe, metrics, _references(evalset, outputs, artifact), outputs)
         sink.advance(vp.label)
-    return list(built.values())
+    return list(built.values()), skipped
 
 
 def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: HubPaths,
@@ -213,12 +248,20 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     profiles = [get_profile(p, known) for p in dict.fromkeys(options.profiles)]
     arrays = load_npz(options.eval_path)
     calib_arrays = load_npz(options.calib_path) if options.calib_path else None
+    train_arrays = load_npz(options.train_path) if options.train_path else None
+    recipe = _load_recipe(options.recipe_path)
+    try:
+        plan = plan_for_profiles(profiles, training=train_arrays is not None, recipe=recipe)
+    except PlanError as exc:
+        raise PublishError(str(exc)) from None
+    _check_training(plan, options, train_arrays is not None)
 
     workdir = paths.work_dir / f"publish-{uuid.uuid4().hex[:12]}"
     try:
         root, root_step = _load_source(options, arrays, workdir / "source")
         evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name)
         calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
+        training = bind_training_set(train_arrays, root.inputs, options.train_path.name) if train_arrays else None
 
         source_sha = _source_identity(options, root_step["pass"] == "export")
         latest = registry.latest_version(options.name)
@@ -235,14 +278,40 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
             source_ref=options.source if root_step["pass"] == "export" else Path(options.source).name,
             source_sha256=source_sha,
         )
-        plan = plan_for_profiles(profiles)
-        built = _build(plan, root, root_step, evalset, calib, workdir, sink)
+        built, not_built = _build(plan, root, root_step, evalset, calib, workdir, sink, training)
         records = _commit(options.name, version, built, paths, registry)
-        return PublishOutcome(version, records, plan.skipped)
+        return PublishOutcome(version, records, plan.skipped + not_built)
     except ConversionError as exc:
         raise PublishError(str(exc)) from None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _load_recipe(path: Path | None):
+    if path is None:
+        return None
+    from edgehub.converters.recipe_file import load_recipe_file
+
+    try:
+        return load_recipe_file(path)
+    except ConversionError as exc:
+        raise PublishError(str(exc)) from None
+
+
+def _check_training(plan: Plan, options: PublishOptions, has_training_set: bool) -> None:
+    """Training passes need a PyTorch source and a training set: say so before building anything."""
+    from edgehub.converters.passes.base import get_pass
+    from edgehub.converters.torch_export import is_factory_ref
+
+    trained = sorted({f"{v.label} ({s.pass_name})" for v in plan.variants for s in v.steps if get_pass(s.pass_name).trains})
+    if not trained:
+        return
+    if not is_factory_ref(options.source):
+        remedy = "or leave out --train" if options.train_path else "or drop those passes from the recipe"
+        raise PublishError(f"{', '.join(trained)} train a PyTorch model, and {Path(options.source).name} is ONNX only: "
+                           f"publish the model as 'package.module:factory' (with --weights), {remedy}")
+    if not has_training_set:
+        raise PublishError(f"{', '.join(trained)} need a training set: give --train train.npz (same format as --eval)")
 
 
 def deploy(fleet, outcome: PublishOutcome, profiles: list[str]) -> list[str]:

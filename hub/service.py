@@ -9,7 +9,8 @@ from pathlib import Path
 
 from edgehub.agent.messages import BenchmarkSettings
 from edgehub.hub.artifact_server import ArtifactServer
-from edgehub.hub.broker import ManagedBroker, free_port
+from edgehub.hub.broker import ManagedBroker, TLSFiles, free_port
+from edgehub.hub.certs import TlsPaths, server_context
 from edgehub.hub.credentials import PasswordChecker
 from edgehub.hub.fleet_service import FleetService, FleetSettings
 from edgehub.hub.hub_settings import HubSettings, load_settings, save_settings
@@ -34,7 +35,11 @@ def url_secret_path(paths: HubPaths) -> Path:
 
 
 def managed_broker(paths: HubPaths, settings: HubSettings) -> ManagedBroker:
-    return ManagedBroker(broker_dir(paths), settings.fleet, port=settings.mqtt_port, host=settings.mqtt_host)
+    """The hub's Mosquitto; TLS-only for devices when `<home>/tls/` is enabled (`hub certs`)."""
+    tls = TlsPaths(paths.root)
+    files = TLSFiles(cafile=tls.ca_cert, certfile=tls.server_cert, keyfile=tls.server_key) if tls.enabled() else None
+    return ManagedBroker(broker_dir(paths), settings.fleet, port=settings.mqtt_port, host=settings.mqtt_host,
+                         tls=files)
 
 
 @dataclass
@@ -69,15 +74,17 @@ class HubService:
             self.broker.start()
             self.broker.reload()  # a broker adopted from an earlier run re-reads the files too
             self.settings.mqtt_port = self.broker.port
-            broker_url = self.broker.url
+            broker_url = self.broker.local_url  # with TLS: the loopback listener, on this machine
         else:
             broker_url = self.settings.broker_url
             password = (self.paths.root / "hub-mqtt-password").read_text().strip()
         if self.settings.http_port is None:
             self.settings.http_port = free_port(self.settings.http_host)
         checker = PasswordChecker(self.fleet.password_hash)
+        tls = TlsPaths(self.paths.root)
         self.http = ArtifactServer(ArtifactStore(self.paths.artifacts_dir), secret, checker,
-                                   host=self.settings.http_host, port=self.settings.http_port)
+                                   host=self.settings.http_host, port=self.settings.http_port,
+                                   ssl_context=server_context(tls) if tls.enabled() else None)
         self.http.start()
         save_settings(self.paths.root, self.settings)
         fleet_settings = FleetSettings(

@@ -136,8 +136,8 @@ def test_missing_model_file(models, tmp_path):
 
 
 def test_format_without_runtime(models):
-    result = run_benchmark(models["mlp"], "tflite", None, BenchmarkSettings(**FAST))
-    assert not result.ok and "no runtime on this device runs tflite models" in result.error
+    result = run_benchmark(models["mlp"], "tensorrt", None, BenchmarkSettings(**FAST))
+    assert not result.ok and "no runtime on this device runs tensorrt models" in result.error
 
 
 def test_model_past_the_memory_limit(models):

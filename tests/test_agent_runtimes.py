@@ -37,15 +37,15 @@ def mlp_onnx(tmp_path_factory) -> Path:
 def test_onnxruntime_is_listed_with_its_version():
     import onnxruntime
 
-    assert available_runtimes() == {"onnxruntime": onnxruntime.__version__}
+    assert available_runtimes()["onnxruntime"] == onnxruntime.__version__
     assert runtime_for("onnx").name == "onnxruntime"
     assert runtime_for("ONNX").formats == ("onnx",)
 
 
 def test_unknown_format_names_what_the_device_has():
     with pytest.raises(RuntimeUnavailable) as info:
-        runtime_for("tflite")
-    assert str(info.value) == "no runtime on this device runs tflite models (have: onnxruntime (onnx))"
+        runtime_for("tensorrt")
+    assert str(info.value).startswith("no runtime on this device runs tensorrt models (have: onnxruntime (onnx)")
 
 
 def test_missing_onnxruntime_package_does_not_crash(monkeypatch):
@@ -53,8 +53,8 @@ def test_missing_onnxruntime_package_does_not_crash(monkeypatch):
     monkeypatch.setattr(onnxruntime_rt.importlib.util, "find_spec", lambda name: None)
     monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
     try:
-        assert available_runtimes() == {}
-        with pytest.raises(RuntimeUnavailable, match=r"runs onnx models \(have: none\)"):
+        assert "onnxruntime" not in available_runtimes()
+        with pytest.raises(RuntimeUnavailable, match=r"runs onnx models \(have: (?!onnxruntime)"):
             runtime_for("onnx")
         with pytest.raises(RuntimeUnavailable, match="not installed"):
             runtimes.RUNTIMES["onnxruntime"].version()

@@ -104,7 +104,8 @@ def test_expired_and_tampered_urls_are_forbidden(srv: Served) -> None:
     tampered = srv.target().replace(srv.sha, other)  # the path sha no longer matches the sig
     status, _, body = srv.get(tampered)
     assert (status, body.strip()) == (403, b"forbidden: bad signature")
-    status, _, _ = srv.get(srv.target()[:-1] + "0")
+    target = srv.target()
+    status, _, _ = srv.get(target[:-1] + ("1" if target.endswith("0") else "0"))  # a different last digit
     assert status == 403
     status, _, _ = srv.get(srv.target().split("&sig=")[0])
     assert status == 403

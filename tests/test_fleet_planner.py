@@ -173,3 +173,42 @@ def test_new_generation_is_stamped_now():
     for nxt in (next_desired(DEV, d, ("mnist", 1), V1, "m-v1-int8", SETTINGS),
                 next_desired(DEV, d, ("mnist", 2), V2, None, SETTINGS)):
         assert nxt is not None and nxt.at > old
+
+
+# ---- planning from stored summaries (what the hub's batch reconcile uses) ----------------------------
+
+def test_plan_next_matches_next_desired():
+    from edgehub.hub.fleet_planner import plan_next
+    from edgehub.zoo.fleet_records import DesiredSummary
+
+    d = first()
+    summary = DesiredSummary.of(d)
+    assert summary.candidate_ids == ("m-v1-fp32", "m-v1-int8") and summary.generation == 1
+    assert plan_next(summary, ("mnist", 1), ["m-v1-fp32", "m-v1-int8"], None, SETTINGS) is None
+    plan = plan_next(summary, ("mnist", 1), ["m-v1-fp32", "m-v1-int8"], "m-v1-int8", SETTINGS)
+    nxt = next_desired(DEV, d, ("mnist", 1), V1, "m-v1-int8", SETTINGS)
+    assert (plan.generation, plan.activate, plan.candidate_ids) == (nxt.generation, nxt.activate,
+                                                                   tuple(c.variant_id for c in nxt.candidates))
+    assert plan_next(summary, None, ["x"], "x", SETTINGS) is None
+
+
+def test_settle_activates_a_known_winner_of_a_new_target_at_once():
+    from edgehub.hub.fleet_planner import desired_from, settle
+    from edgehub.zoo.fleet_records import DesiredSummary
+
+    current = DesiredSummary.of(next_desired(DEV, first(), ("mnist", 1), V1, "m-v1-int8", SETTINGS))
+    assert current.generation == 2 and current.activate == "m-v1-int8"
+    # A rollback to v2 whose reports the hub already has: one generation, new candidates and the winner.
+    plan = settle(current, ("mnist", 2), ["m-v2-fp32", "m-v2-int8"], "m-v2-fp32", SETTINGS)
+    assert plan.generation == 3 and plan.version == 2 and plan.activate == "m-v2-fp32"
+    assert plan.candidate_ids == ("m-v2-fp32", "m-v2-int8")
+    body = desired_from(DEV, plan, V2)
+    assert body.generation == 3 and [c.variant_id for c in body.candidates] == ["m-v2-fp32", "m-v2-int8"]
+    # Without a winner it is just the new work, keeping what runs now.
+    plan = settle(current, ("mnist", 2), ["m-v2-fp32", "m-v2-int8"], None, SETTINGS)
+    assert plan.generation == 3 and plan.activate == "m-v1-int8"
+    # A winner that is not a candidate is ignored; settled states stay settled.
+    assert settle(current, ("mnist", 2), ["m-v2-fp32"], "m-v1-int8", SETTINGS).activate == "m-v1-int8"
+    assert settle(current, ("mnist", 1), ["m-v1-fp32", "m-v1-int8"], "m-v1-int8", SETTINGS) is None
+    # A first desired state with a known winner (a cohort member that already checked it).
+    assert settle(None, ("mnist", 1), ["m-v1-int8"], "m-v1-int8", SETTINGS).activate == "m-v1-int8"

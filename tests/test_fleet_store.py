@@ -316,3 +316,199 @@ def test_selections_save_overwrite_read(store: FleetStore):
     store.save_selection(second)
     assert store.selection("dev-1") == second
     assert store.selection("dev-2") is None
+
+
+# ---- batches, groups, aliases, rollouts, cohorts, views (issue 7) -----------------------------------
+
+from edgehub.zoo.fleet import CohortDecisionRecord, EnrollRequest, RolloutOutcome  # noqa: E402
+from edgehub.zoo.fleet_views import StatusFilter  # noqa: E402
+
+
+def enroll_fleet(store: FleetStore, n: int, profile: str = "x86-cpu", tags: list[str] | None = None,
+                 prefix: str = "dev") -> list[str]:
+    ids = [f"{prefix}-{i:03d}" for i in range(n)]
+    assert store.enroll_many([EnrollRequest(id=i, profile=profile, password_hash="h", tags=tags or [])
+                              for i in ids], simulated=True) == n
+    return ids
+
+
+def test_enroll_many_and_tags(store: FleetStore):
+    ids = enroll_fleet(store, 5, tags=["lab"])
+    assert store.get_device(ids[0]).simulated and store.get_device(ids[0]).tags == ["lab"]
+    with pytest.raises(FleetError, match="already enrolled"):
+        store.enroll_many([EnrollRequest(id=ids[0], profile="x86-cpu", password_hash="h")])
+    # replace: new profile, tags and hash; nothing duplicated
+    assert store.enroll_many([EnrollRequest(id=ids[0], profile="rpi5", password_hash="h2", tags=["b"])],
+                             replace=True) == 0
+    assert store.get_device(ids[0]).profile == "rpi5" and store.password_hash(ids[0]) == "h2"
+    assert store.device_ids(tag="lab") == ids[1:] and store.device_ids(tag="b") == [ids[0]]
+    records = store.set_tags(ids[1:3], add=["edge", "lab"], remove=["lab"])
+    assert [r.tags for r in records] == [["edge"], ["edge"]]
+    assert store.device_ids(tag="edge") == ids[1:3] and store.device_ids(tag="lab") == ids[3:]
+    assert store.device_ids(profile="x86-cpu", tag="edge") == ids[1:3]
+    with pytest.raises(FleetError, match="no device 'ghost'"):
+        store.set_tags(["ghost", ids[1]], add=["x"])
+    assert store.get_device(ids[1]).tags == ["edge"]  # the failed call changed nothing
+    store.revoke(ids[1])
+    assert store.device_ids(tag="edge") == [ids[2]]
+    store.enroll("solo", "x86-cpu", "h", tags=["edge"])
+    assert "solo" in store.device_ids(tag="edge") and not store.get_device("solo").simulated
+
+
+def test_change_log_follows_writes(store: FleetStore):
+    start = store.last_change_id()
+    ids = enroll_fleet(store, 2)
+    store.deploy("m", 1, ["x86-cpu"])
+    store.set_tags([ids[0]], add=["lab"])
+    changes = store.changes_after(start)
+    assert [(c.kind, c.key) for c in changes] == [("device", ids[0]), ("device", ids[1]), ("profile", "x86-cpu"),
+                                                  ("device", ids[0])]
+    assert changes == sorted(changes, key=lambda c: c.id) and store.last_change_id() == changes[-1].id
+    assert store.changes_after(changes[-1].id) == []
+    assert store.prune_changes(datetime.now(timezone.utc) + timedelta(seconds=1)) >= 4
+    assert store.changes_after(0) == []
+
+
+def test_deploy_sets_the_profile_production_alias(store: FleetStore):
+    store.deploy("m", 1, ["x86-cpu", "rpi5"])
+    store.deploy("m", 2, ["x86-cpu"])
+    aliases = {(a.scope, a.name): (a.model, a.version) for a in store.aliases()}
+    assert aliases == {("profile:x86-cpu", "production"): ("m", 2), ("profile:rpi5", "production"): ("m", 1)}
+    store.set_alias("group:lab", "canary", "m", 3)
+    assert store.aliases("group:lab")[0].version == 3
+    assert store.delete_alias("group:lab", "canary") and not store.delete_alias("group:lab", "canary")
+    assert store.deployment_for("x86-cpu") == ("m", 2)  # the history is kept as before
+    store.set_alias("profile:rpi5", "production", "m", 5)  # e.g. a rollout on profile:rpi5 completed
+    assert store.deployment_for("rpi5") == ("m", 5)
+    store.set_alias("profile:rpi5", "canary", "m", 6)
+    assert store.deployment_for("rpi5") == ("m", 5)
+
+
+def test_ingest_is_one_batch(store: FleetStore):
+    ids = enroll_fleet(store, 3)
+    rollout_id = store.create_rollout(model="m", version=2, selector="lab", scope="group:lab",
+                                      state={"status": "running", "stage": 0},
+                                      members={ids[0]: 0, ids[1]: 0, ids[2]: 1})
+    before = store.last_change_id()
+    result = store.ingest(
+        [online_state(ids[0]), online_state("ghost"), online_state(ids[1], active="v-fp32")],
+        [bench("evt-batch-001", device=ids[0]), bench("evt-batch-002", device=ids[1], variant="v-fp32"),
+         bench("evt-batch-001", device=ids[0])],
+        cohort_of=lambda profile, s: f"{profile}|{s.hardware.cores}c",
+        outcomes=[RolloutOutcome(rollout_id=rollout_id, device_id=ids[0], status="activated", variant_id="v"),
+                  RolloutOutcome(rollout_id=rollout_id, device_id=ids[1], status="failed", detail="health check")],
+        notify=[ids[2]])
+    assert result.new_events == 2 and result.unknown == {"ghost"} and result.changed == {ids[0], ids[1]}
+    assert store.get_device(ids[0]).cohort == "x86-cpu|4c" and store.get_device(ids[0]).online
+    assert store.count_events() == 2 and set(store.reports_many(ids, ["v-int8", "v-fp32"])) == {ids[0], ids[1]}
+    assert store.rollout_counts(rollout_id) == {0: {"activated": 1, "failed": 1}, 1: {"pending": 1}}
+    assert [(c.kind, c.key) for c in store.changes_after(before)] == [("device", ids[2])]
+    # A failure is final: a later "activated" does not hide it.
+    store.ingest([], [], outcomes=[RolloutOutcome(rollout_id=rollout_id, device_id=ids[1], status="activated")])
+    assert store.rollout_counts(rollout_id)[0] == {"activated": 1, "failed": 1}
+    # The same state again changes nothing that matters to reconciliation.
+    assert store.ingest([online_state(ids[0])], [], cohort_of=lambda p, s: f"{p}|{s.hardware.cores}c").changed == set()
+
+
+def test_report_facts_carry_what_selection_reads(store: FleetStore):
+    store.record_events([bench("evt-facts-001", p50=3.0), bench("evt-facts-002", variant="v-bad", ok=False,
+                                                                error="crashed")])
+    facts = store.report_facts(["dev-1"], ["v-int8", "v-bad", "v-none"])["dev-1"]
+    full = store.reports("dev-1", ["v-int8"])["v-int8"]
+    assert set(facts) == {"v-int8", "v-bad"}
+    assert facts["v-int8"].latency.p50_ms == full.latency.p50_ms == 3.0 and facts["v-int8"].latency.p99_ms == 6.0
+    assert facts["v-int8"].agreement == 1.0 and facts["v-int8"].peak_rss_mb == 100.0 and facts["v-int8"].ok
+    assert not facts["v-bad"].ok and facts["v-bad"].error == "crashed" and facts["v-bad"].latency is None
+    assert store.reported_variants(["dev-1", "dev-2"]) == {"dev-1": {"v-int8", "v-bad"}}
+
+
+def test_desired_summaries_and_pages(store: FleetStore):
+    ids = enroll_fleet(store, 3)
+    for n, device in enumerate(ids):
+        store.set_desired(DesiredState(device_id=device, generation=n + 1, model="m", version=1, activate="v"))
+    summaries = store.desired_summaries([*ids, "ghost"])
+    assert set(summaries) == set(ids) and summaries[ids[2]].generation == 3
+    assert summaries[ids[0]].model == "m" and summaries[ids[0]].activate == "v" and summaries[ids[0]].candidate_ids == ()
+    pages = list(store.desired_pages(page=2))
+    assert [len(p) for p in pages] == [2, 1] and sorted(b["device_id"] for p in pages for b in p) == ids
+
+
+def test_selection_digest_changes_with_the_decision(store: FleetStore):
+    record = SelectionRecord(device_id="dev-1", model="m", version=1, winner="a", explanation={"x": 1}, decided_at=T0)
+    store.save_selection(record)
+    assert store.selection_digests(["dev-1", "dev-2"]) == {"dev-1": record.digest()}
+    later = record.model_copy(update={"decided_at": T0 + timedelta(hours=1)})
+    assert later.digest() == record.digest()  # when is not what
+    assert record.model_copy(update={"winner": "b"}).digest() != record.digest()
+
+
+def test_rollout_rows_cas_members_and_aliases(store: FleetStore):
+    ids = enroll_fleet(store, 4, tags=["lab"])
+    state = {"status": "running", "stage": 0}
+    rid = store.create_rollout(model="m", version=2, selector="lab", scope="group:lab", state=state,
+                               members={ids[0]: 0, ids[1]: 1, ids[2]: 1},
+                               alias_effects=[{"action": "set", "name": "canary", "model": "m", "version": 2}])
+    assert store.aliases("group:lab")[0].name == "canary"
+    with pytest.raises(FleetError, match="already active"):
+        store.create_rollout(model="m", version=3, selector="lab", scope="group:lab", state=state, members={})
+    assert store.rollout_member_ids(rid) == ids[:3] and store.rollout_member_ids(rid, [1]) == ids[1:3]
+    assert store.rollout_members([ids[0], ids[3]]) == {ids[0]: [(rid, 0, "pending")]}
+    assert store.save_rollout(rid, expected=("running", 0), state={"status": "running", "stage": 1},
+                              scope="group:lab", only_stage=1)
+    assert not store.save_rollout(rid, expected=("running", 0), state={"status": "paused", "stage": 0},
+                                  scope="group:lab")  # someone moved it first
+    assert store.get_rollout(rid).stage == 1 and store.changes_after(0)[-1].key == f"{rid}:1"
+    store.save_rollout(rid, expected=("running", 1), state={"status": "rolled_back", "stage": 1}, scope="group:lab",
+                       alias_effects=[{"action": "delete", "name": "canary"}])
+    assert store.aliases("group:lab") == [] and store.rollouts(active_only=True) == []
+    assert store.rollout_members(ids) == {}  # only active rollouts count
+    store.save_plans(outcomes=[RolloutOutcome(rollout_id=rid, device_id=ids[0], status="activated")])
+    assert [s for _, s in store.rollout_timeline(rid)] == ["activated"]
+    assert [r.id for r in store.rollouts(model="m")] == [rid] and store.rollouts(model="x") == []
+
+
+def test_cohort_samples_and_monotonic_decisions(store: FleetStore):
+    ids = enroll_fleet(store, 3)
+    key = ("x86-cpu|4c", "m", 1)
+    store.save_plans(samples=[(key, ids[0], "sampled"), (key, ids[1], "sampled"), (key, ids[0], "again")])
+    assert store.cohort_samples([key, ("other", "m", 1)]) == {key: {ids[0]: "sampled", ids[1]: "sampled"},
+                                                             ("other", "m", 1): {}}
+
+    def decision(winner: str, used: int) -> CohortDecisionRecord:
+        return CohortDecisionRecord(cohort=key[0], model="m", version=1, winner=winner, reports_used=used,
+                                    explanation={"winner": winner}, decided_at=T0)
+
+    store.save_plans(decisions=[decision("int8", 4)])
+    store.save_plans(decisions=[decision("fp32", 2)])  # made from fewer reports: ignored
+    assert store.cohort_decisions([key])[key].winner == "int8"
+    store.save_plans(decisions=[decision("fp16", 6)])
+    assert store.cohort_decisions([key])[key].winner == "fp16" and store.cohort_decisions([("o", "m", 1)]) == {}
+
+
+def test_status_rows_and_summary_with_filters(store: FleetStore):
+    lab = enroll_fleet(store, 4, tags=["lab"], prefix="lab")
+    pis = enroll_fleet(store, 2, profile="rpi5", prefix="pi")
+    store.enroll("real-1", "x86-cpu", "h")
+    store.ingest([online_state(lab[0]), online_state(lab[1], active="v-fp32"), online_state(pis[0])],
+                 [bench("evt-view-0001", device=lab[0], p50=1.5)])
+    store.save_selection(SelectionRecord(device_id=lab[0], model="m", version=1, winner="v-int8", explanation={},
+                                         decided_at=T0))
+    rows = store.status_rows()
+    assert [r["device"] for r in rows] == sorted([*lab, *pis, "real-1"])
+    row = next(r for r in rows if r["device"] == lab[0])
+    assert row["online"] and row["simulated"] and row["p50_ms"] == 1.5 and row["selected_variant"] == "v-int8"
+    assert row["runtimes"] == {"onnxruntime": "1.20.1"} and row["tags"] == ["lab"] and row["rollout"] is None
+    assert [r["device"] for r in store.status_rows(StatusFilter(group="lab", online=True))] == lab[:2]
+    assert [r["device"] for r in store.status_rows(StatusFilter(profile="rpi5"))] == pis
+    assert [r["device"] for r in store.status_rows(StatusFilter(simulated=False))] == ["real-1"]
+    assert len(store.status_rows(limit=3)) == 3 and store.status_rows(limit=3, offset=6)[0]["device"] == "real-1"
+    summary = store.status_summary()
+    assert (summary["devices"], summary["online"], summary["simulated"], summary["settled"]) == (7, 3, 6, 1)
+    assert summary["profiles"]["rpi5"] == {"devices": 2, "online": 1, "settled": 0}
+    rid = store.create_rollout(model="m", version=2, selector="lab", scope="group:lab",
+                               state={"status": "running", "stage": 0}, members={lab[0]: 0, lab[1]: 1})
+    assert [r["device"] for r in store.status_rows(StatusFilter(rollout=rid))] == lab[:2]
+    assert store.status_rows(StatusFilter(rollout=rid))[0]["rollout"] == {"id": rid, "stage": 0, "status": "pending",
+                                                                         "targeted": True}
+    in_rollout = store.status_summary(StatusFilter(rollout=rid))
+    assert in_rollout["devices"] == 2 and in_rollout["rollouts"][0]["counts"] == {0: {"pending": 1}, 1: {"pending": 1}}

@@ -1,84 +1,52 @@
-"""Fleet state in the registry database: enrolment, device state, events, desired states.
+"""Fleet state in the registry database: enrolment, tags, device state, and (through the mixins)
+events, desired states, aliases, rollouts, cohorts and the status views.
 
 Event storage is idempotent: events carry ids chosen by the agent, and a re-delivered event
 (QoS 1 means at least once) is a primary-key conflict that is skipped, never a duplicate row.
+Writes a hub worker makes for a batch of messages are one transaction (`ingest`); writes made
+elsewhere (a CLI command) append to the change log that the hub workers follow.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-from sqlalchemy import delete, select
-from sqlalchemy.orm import sessionmaker
-
-from edgehub.agent.messages import ActivationResult, BenchmarkReport, DesiredState, DeviceState
+from edgehub.agent.messages import DeviceState
 from edgehub.zoo.db import make_engine
-from edgehub.zoo.fleet_schema import BenchmarkRow, DeploymentRow, DesiredRow, DeviceRow, EventRow, SelectionRow
+from edgehub.zoo.fleet_plans import PlanTables
+from edgehub.zoo.fleet_records import (  # noqa: F401  (re-exported: the fleet API lives here)
+    AliasRecord,
+    ChangeRecord,
+    CohortDecisionRecord,
+    DesiredSummary,
+    DeviceFacts,
+    DeviceRecord,
+    EnrollRequest,
+    FleetError,
+    RolloutOutcome,
+    RolloutRecord,
+    SelectionRecord,
+    device_record,
+)
+from edgehub.zoo.fleet_rollouts import RolloutTables
+from edgehub.zoo.fleet_schema import ChangeRow, DesiredRow, DeviceRow, DeviceTagRow
+from edgehub.zoo.fleet_sql import chunks, insert_ignoring_duplicates
+from edgehub.zoo.fleet_traffic import TrafficTables
+from edgehub.zoo.fleet_views import ViewQueries
 from edgehub.zoo.records import utcnow
 from edgehub.zoo.schema import Base
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.orm import sessionmaker
+
+CohortOf = Callable[[str, DeviceState], "str | None"]  # (profile, state) -> cohort key
 
 
-class FleetError(Exception):
-    """A fleet operation that cannot be done (unknown or duplicate device, ...)."""
+def _tag_rows(device_id: str, tags: Iterable[str]) -> list[dict]:
+    return [{"device_id": device_id, "tag": t} for t in sorted(set(tags))]
 
 
-class DeviceRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    profile: str
-    tags: list[str] = []
-    enrolled_at: datetime
-    online: bool = False
-    last_seen: datetime | None = None
-    state: DeviceState | None = None
-    active_variant: str | None = None
-
-
-class SelectionRecord(BaseModel):
-    device_id: str
-    model: str
-    version: int
-    winner: str | None
-    explanation: dict
-    decided_at: datetime
-
-
-def _device(row: DeviceRow) -> DeviceRecord:
-    return DeviceRecord(
-        id=row.id, profile=row.profile, tags=row.tags or [], enrolled_at=row.enrolled_at, online=row.online,
-        last_seen=row.last_seen, state=DeviceState.model_validate(row.state) if row.state else None,
-        active_variant=row.active_variant,
-    )
-
-
-def _insert_ignoring_duplicates(session, table, rows: list[dict]) -> int:
-    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL; returns rows inserted."""
-    if not rows:
-        return 0
-    dialect = session.bind.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise FleetError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
-    result = session.execute(insert(table).on_conflict_do_nothing().returning(table.c[list(rows[0])[0]]), rows)
-    return len(result.fetchall())
-
-
-def _failed_activation_report(event: Any) -> BenchmarkReport | None:
-    """A variant that failed its health check after activation counts as failed on that device."""
-    if not isinstance(event, ActivationResult) or event.ok:
-        return None
-    return BenchmarkReport(event_id=event.event_id, device_id=event.device_id, generation=event.generation,
-                           variant_id=event.variant_id, ok=False, at=event.at,
-                           error=f"failed after activation: {event.error or 'unknown error'}")
-
-
-class FleetStore:
+class FleetStore(TrafficTables, PlanTables, RolloutTables, ViewQueries):
     """Devices and their traffic, behind the same SQLAlchemy URL as the registry."""
 
     def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None):
@@ -89,6 +57,14 @@ class FleetStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @staticmethod
+    def _note(session, kind: str, keys: Iterable[str]) -> None:
+        """Append to the change log (hub workers reconcile what it names)."""
+        now = utcnow()
+        rows = [{"kind": kind, "key": k, "at": now} for k in dict.fromkeys(keys)]
+        if rows:
+            session.execute(ChangeRow.__table__.insert(), rows)
+
     # -- devices ------------------------------------------------------------------------------
 
     def enroll(self, device_id: str, profile: str, password_hash: str, tags: list[str] | None = None,
@@ -98,17 +74,72 @@ class FleetStore:
             if row is not None and not replace:
                 raise FleetError(f"device {device_id!r} is already enrolled; use --replace to issue new credentials")
             if row is None:
-                row = DeviceRow(id=device_id, enrolled_at=utcnow(), online=False)
+                row = DeviceRow(id=device_id, enrolled_at=utcnow(), online=False, simulated=False)
                 session.add(row)
             row.profile, row.password_hash, row.tags = profile, password_hash, sorted(set(tags or []))
+            session.flush()
+            session.execute(delete(DeviceTagRow).where(DeviceTagRow.device_id == device_id))
+            insert_ignoring_duplicates(session, DeviceTagRow.__table__, _tag_rows(device_id, row.tags))
+            self._note(session, "device", [device_id])
         return self.get_device(device_id)
+
+    def enroll_many(self, requests: list[EnrollRequest], *, simulated: bool = False, replace: bool = False) -> int:
+        """Enrol many devices in one transaction (`edgehub fleet simulate`); returns how many are new.
+
+        With `replace`, devices already enrolled get the new credentials, profile and tags.
+        """
+        now = utcnow()
+        with self._sessions.begin() as session:
+            ids = [r.id for r in requests]
+            existing = {i for chunk in chunks(ids) for i in session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(chunk)))}
+            if existing and not replace:
+                raise FleetError(f"{len(existing)} device(s) already enrolled (e.g. {min(existing)!r}); "
+                                 "use --replace")
+            new = [dict(id=r.id, profile=r.profile, password_hash=r.password_hash, tags=sorted(set(r.tags)),
+                        enrolled_at=now, online=False, simulated=simulated) for r in requests if r.id not in existing]
+            if new:
+                session.execute(DeviceRow.__table__.insert(), new)
+            again = [dict(b_id=r.id, profile=r.profile, password_hash=r.password_hash, tags=sorted(set(r.tags)),
+                          simulated=simulated) for r in requests if r.id in existing]
+            if again:
+                table = DeviceRow.__table__
+                session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
+                    profile=bindparam("profile"), password_hash=bindparam("password_hash"), tags=bindparam("tags"),
+                    simulated=bindparam("simulated")), again)
+                for chunk in chunks(sorted(existing)):
+                    session.execute(delete(DeviceTagRow).where(DeviceTagRow.device_id.in_(chunk)))
+            insert_ignoring_duplicates(session, DeviceTagRow.__table__,
+                                       [t for r in requests for t in _tag_rows(r.id, r.tags)])
+            self._note(session, "device", ids)
+            return len(new)
 
     def revoke(self, device_id: str) -> None:
         with self._sessions.begin() as session:
             if session.get(DeviceRow, device_id) is None:
                 raise FleetError(f"no device {device_id!r}")
             session.execute(delete(DesiredRow).where(DesiredRow.device_id == device_id))
+            session.execute(delete(DeviceTagRow).where(DeviceTagRow.device_id == device_id))
             session.execute(delete(DeviceRow).where(DeviceRow.id == device_id))
+            self._note(session, "device", [device_id])
+
+    def set_tags(self, device_ids: list[str], add: Iterable[str] = (), remove: Iterable[str] = ()) -> list[DeviceRecord]:
+        """Add and remove tags (groups) on devices, in one transaction; unknown devices are an error."""
+        add, remove = sorted(set(add)), set(remove)
+        with self._sessions.begin() as session:
+            rows = {r.id: r for chunk in chunks(device_ids)
+                    for r in session.scalars(select(DeviceRow).where(DeviceRow.id.in_(chunk)))}
+            missing = [d for d in device_ids if d not in rows]
+            if missing:
+                raise FleetError(f"no device {missing[0]!r}; see `edgehub fleet status`")
+            for row in rows.values():
+                row.tags = sorted((set(row.tags or []) | set(add)) - remove)
+            session.flush()
+            for chunk in chunks(sorted(rows)):
+                session.execute(delete(DeviceTagRow).where(DeviceTagRow.device_id.in_(chunk)))
+            insert_ignoring_duplicates(session, DeviceTagRow.__table__,
+                                       [t for row in rows.values() for t in _tag_rows(row.id, row.tags)])
+            self._note(session, "device", sorted(rows))
+            return [device_record(rows[d]) for d in device_ids]
 
     def password_hash(self, device_id: str) -> str | None:
         with self._sessions() as session:
@@ -117,114 +148,81 @@ class FleetStore:
     def get_device(self, device_id: str) -> DeviceRecord | None:
         with self._sessions() as session:
             row = session.get(DeviceRow, device_id)
-            return _device(row) if row else None
+            return device_record(row) if row else None
 
     def devices(self, profile: str | None = None) -> list[DeviceRecord]:
         query = select(DeviceRow).order_by(DeviceRow.id)
         if profile:
             query = query.where(DeviceRow.profile == profile)
         with self._sessions() as session:
-            return [_device(r) for r in session.scalars(query)]
+            return [device_record(r) for r in session.scalars(query)]
 
-    def update_state(self, state: DeviceState) -> bool:
+    def devices_by_ids(self, device_ids: Iterable[str]) -> dict[str, DeviceRecord]:
+        with self._sessions() as session:
+            return {r.id: device_record(r) for chunk in chunks(list(device_ids))
+                    for r in session.scalars(select(DeviceRow).where(DeviceRow.id.in_(chunk)))}
+
+    def device_facts(self, device_ids: Iterable[str]) -> dict[str, DeviceFacts]:
+        t = DeviceRow.__table__
+        with self._sessions() as session:
+            return {r.id: DeviceFacts(id=r.id, profile=r.profile, tags=r.tags or [], online=bool(r.online),
+                                      active_variant=r.active_variant, cohort=r.cohort)
+                    for chunk in chunks(list(dict.fromkeys(device_ids)))
+                    for r in session.execute(select(t.c.id, t.c.profile, t.c.tags, t.c.online, t.c.active_variant,
+                                                    t.c.cohort).where(t.c.id.in_(chunk)))}
+
+    def device_ids(self, *, profile: str | None = None, tag: str | None = None,
+                   cohort: str | None = None) -> list[str]:
+        """Ids of the devices matching every given condition (each one indexed), sorted."""
+        query = select(DeviceRow.id)
+        if profile:
+            query = query.where(DeviceRow.profile == profile)
+        if cohort:
+            query = query.where(DeviceRow.cohort == cohort)
+        if tag:
+            query = query.join(DeviceTagRow, (DeviceTagRow.device_id == DeviceRow.id) & (DeviceTagRow.tag == tag))
+        with self._sessions() as session:
+            return list(session.scalars(query.order_by(DeviceRow.id)))
+
+    # -- state --------------------------------------------------------------------------------
+
+    def update_state(self, state: DeviceState, cohort_of: CohortOf | None = None) -> bool:
         """Store a device's reported state; False if the device is not enrolled."""
-        with self._sessions.begin() as session:
-            row = session.get(DeviceRow, state.device_id)
-            if row is None:
-                return False
-            row.online = state.online
-            row.last_seen = utcnow()
-            # The Last Will carries only `online: false`: keep the rest of what we knew.
-            if state.online or row.state is None:
-                row.state = state.model_dump(mode="json")
-                row.active_variant = state.active_variant
-            else:
-                row.state = {**row.state, "online": False}
-            return True
+        return state.device_id not in self.ingest([state], [], cohort_of=cohort_of).unknown
 
-    # -- events -------------------------------------------------------------------------------
+    def _apply_states(self, session, states: list[DeviceState], cohort_of: CohortOf | None) -> tuple[set, set]:
+        """Store states in order (the last one of a device wins); returns (changed, unknown) devices.
 
-    def record_events(self, events: Iterable[BenchmarkReport | Any]) -> int:
-        """Store events once each (by event id), in one transaction; returns how many were new.
-
-        Benchmark reports also become the device's newest result for that variant.
+        A device changed when it came online, or its active variant or cohort changed: the hub
+        reconciles it. The Last Will carries only `online: false`, so what we knew is kept then.
         """
-        events = list(events)
-        if not events:
-            return 0
-        now = utcnow()
-        rows = [dict(event_id=e.event_id, device_id=e.device_id, kind=e.kind, generation=e.generation,
-                     variant_id=getattr(e, "variant_id", None), body=e.model_dump(mode="json"), received_at=now)
-                for e in events]
-        with self._sessions.begin() as session:
-            new = _insert_ignoring_duplicates(session, EventRow.__table__, rows)
-            for e in events:
-                report = e if isinstance(e, BenchmarkReport) else _failed_activation_report(e)
-                if report is None:
-                    continue
-                current = session.get(BenchmarkRow, (report.device_id, report.variant_id))
-                if current is None:
-                    session.add(BenchmarkRow(device_id=report.device_id, variant_id=report.variant_id,
-                                             event_id=report.event_id, report=report.model_dump(mode="json"),
-                                             at=report.at))
-                elif current.at <= report.at:
-                    current.event_id, current.report, current.at = report.event_id, report.model_dump(mode="json"), report.at
-        return new
-
-    def events(self, device_id: str | None = None) -> list[dict]:
-        query = select(EventRow).order_by(EventRow.received_at, EventRow.event_id)
-        if device_id:
-            query = query.where(EventRow.device_id == device_id)
-        with self._sessions() as session:
-            return [r.body for r in session.scalars(query)]
-
-    def count_events(self) -> int:
-        from sqlalchemy import func
-
-        with self._sessions() as session:
-            return session.scalar(select(func.count()).select_from(EventRow)) or 0
-
-    def reports(self, device_id: str, variant_ids: Iterable[str]) -> dict[str, BenchmarkReport]:
-        ids = list(variant_ids)
-        with self._sessions() as session:
-            rows = session.scalars(select(BenchmarkRow).where(BenchmarkRow.device_id == device_id,
-                                                              BenchmarkRow.variant_id.in_(ids)))
-            return {r.variant_id: BenchmarkReport.model_validate(r.report) for r in rows}
-
-    # -- desired state, deployments, selections ----------------------------------------------------
-
-    def desired(self, device_id: str) -> DesiredState | None:
-        with self._sessions() as session:
-            row = session.get(DesiredRow, device_id)
-            return DesiredState.model_validate(row.body) if row else None
-
-    def set_desired(self, desired: DesiredState) -> None:
-        with self._sessions.begin() as session:
-            row = session.get(DesiredRow, desired.device_id)
-            if row is None:
-                row = DesiredRow(device_id=desired.device_id)
-                session.add(row)
-            row.generation, row.body, row.updated_at = desired.generation, desired.model_dump(mode="json"), utcnow()
-
-    def deploy(self, model: str, version: int, profiles: Iterable[str]) -> None:
-        with self._sessions.begin() as session:
-            for profile in dict.fromkeys(profiles):
-                session.add(DeploymentRow(model=model, version=version, profile=profile, created_at=utcnow()))
-
-    def deployment_for(self, profile: str) -> tuple[str, int] | None:
-        with self._sessions() as session:
-            row = session.scalars(select(DeploymentRow).where(DeploymentRow.profile == profile)
-                                  .order_by(DeploymentRow.id.desc()).limit(1)).first()
-            return (row.model, row.version) if row else None
-
-    def save_selection(self, record: SelectionRecord) -> None:
-        with self._sessions.begin() as session:
-            session.merge(SelectionRow(**record.model_dump()))
-
-    def selection(self, device_id: str) -> SelectionRecord | None:
-        with self._sessions() as session:
-            row = session.get(SelectionRow, device_id)
-            if row is None:
-                return None
-            return SelectionRecord(device_id=row.device_id, model=row.model, version=row.version, winner=row.winner,
-                                   explanation=row.explanation, decided_at=row.decided_at)
+        table = DeviceRow.__table__
+        ids = list(dict.fromkeys(s.device_id for s in states))
+        known = {r.id: r for chunk in chunks(ids) for r in session.execute(
+            select(table.c.id, table.c.profile, table.c.online, table.c.state, table.c.active_variant,
+                   table.c.cohort).where(table.c.id.in_(chunk)))}
+        work = {i: dict(online=r.online, state=r.state, active_variant=r.active_variant, cohort=r.cohort)
+                for i, r in known.items()}
+        now, changed = utcnow(), set()
+        for s in states:
+            w = work.get(s.device_id)
+            if w is None:
+                continue
+            came_online = s.online and not w["online"]
+            if s.online or w["state"] is None:
+                w["state"], w["active_variant"] = s.model_dump(mode="json"), s.active_variant
+                cohort = cohort_of(known[s.device_id].profile, s) if cohort_of and s.hardware else None
+                if cohort is not None:
+                    w["cohort"] = cohort
+            else:
+                w["state"] = {**w["state"], "online": False}
+            w["online"] = s.online
+            before = known[s.device_id]
+            if came_online or w["active_variant"] != before.active_variant or w["cohort"] != before.cohort:
+                changed.add(s.device_id)
+        if work:
+            session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
+                online=bindparam("online"), state=bindparam("state"), active_variant=bindparam("active_variant"),
+                cohort=bindparam("cohort"), last_seen=bindparam("last_seen")),
+                [dict(b_id=i, last_seen=now, **w) for i, w in work.items()])
+        return changed, set(ids) - set(known)

@@ -1,31 +1,47 @@
-"""Fleet tables: devices, their desired states, events, benchmark results, deployments.
+"""Fleet tables: devices, tags, desired states, events, benchmark results, deployments,
+aliases, rollouts, cohorts and the change log the hub workers follow.
 
 They share the registry's `Base`, so one `create_all` makes every table on SQLite or PostgreSQL.
-Each fleet query has an index (by profile, by device, by event id).
+Every fleet query has an index: devices by profile / online / cohort, tags by tag, benchmark
+results by device (primary key prefix) and by variant, rollout members by (rollout, stage,
+status) and by device, changes by id.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
-
 from edgehub.zoo.schema import Base, UTCDateTime
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
 
 
 class DeviceRow(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_profile_online", "profile", "online"),)
 
     id: Mapped[str] = mapped_column(String, primary_key=True)
     profile: Mapped[str] = mapped_column(String, index=True)
-    tags: Mapped[list] = mapped_column(JSON, default=list)
+    tags: Mapped[list] = mapped_column(JSON, default=list)  # mirrored in device_tags for queries
     password_hash: Mapped[str] = mapped_column(String)  # pbkdf2; see hub/credentials.py
     enrolled_at: Mapped[datetime] = mapped_column(UTCDateTime)
     online: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     last_seen: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     state: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
-    active_variant: Mapped[str | None] = mapped_column(String, nullable=True)
+    active_variant: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    # Enrolled by `edgehub fleet simulate`: its numbers come from a synthetic distribution.
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    # Profile + hardware + runtimes (hub/cohorts.py): devices that share benchmark results.
+    cohort: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+
+
+class DeviceTagRow(Base):
+    """One tag of one device: groups are tags, and `--group` filters go through this index."""
+
+    __tablename__ = "device_tags"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String, primary_key=True, index=True)
 
 
 class DesiredRow(Base):
@@ -35,6 +51,12 @@ class DesiredRow(Base):
     generation: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What planning needs, without parsing the body (candidates carry signed manifests).
+    model: Mapped[str | None] = mapped_column(String, nullable=True)
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    activate: Mapped[str | None] = mapped_column(String, nullable=True)
+    candidate_ids: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    benchmark: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class EventRow(Base):
@@ -56,10 +78,19 @@ class BenchmarkRow(Base):
     __tablename__ = "device_benchmarks"
 
     device_id: Mapped[str] = mapped_column(String, primary_key=True)
-    variant_id: Mapped[str] = mapped_column(String, primary_key=True)
+    variant_id: Mapped[str] = mapped_column(String, primary_key=True, index=True)
     event_id: Mapped[str] = mapped_column(String)
     report: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Copied out of the report for selection, views and reports, which must not parse (and
+    # validate) thousands of JSON bodies per batch.
+    ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    agreement: Mapped[float | None] = mapped_column(Float, nullable=True)
+    peak_rss_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(String, nullable=True)
+    runtime: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class DeploymentRow(Base):
@@ -85,3 +116,91 @@ class SelectionRow(Base):
     winner: Mapped[str | None] = mapped_column(String, nullable=True)
     explanation: Mapped[dict] = mapped_column(JSON)
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # sha256 of (model, version, winner, explanation): the hub rewrites a selection only when it changed.
+    digest: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class AliasRow(Base):
+    """A named pointer to a model version for a scope ("profile:<name>" or "group:<tag>"),
+    MLflow-style: `production` is what the scope runs, `canary` what a rollout is trying."""
+
+    __tablename__ = "aliases"
+
+    scope: Mapped[str] = mapped_column(String, primary_key=True)
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    model: Mapped[str] = mapped_column(String)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class RolloutRow(Base):
+    """A staged rollout; `state` is hub/rollout.py's RolloutState as JSON (the source of truth),
+    `status` and `stage` are copies for queries."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String)
+    version: Mapped[int] = mapped_column(Integer)
+    selector: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String, index=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    state: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutDeviceRow(Base):
+    """A device's stage in a rollout and how it went there: pending, activated or failed."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (Index("ix_rollout_devices_progress", "rollout_id", "stage", "status"),)
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True,
+                                           index=True)
+    stage: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String)
+    variant_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    detail: Mapped[str | None] = mapped_column(String, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CohortSampleRow(Base):
+    """A device chosen to benchmark every candidate of a model version for its cohort."""
+
+    __tablename__ = "cohort_samples"
+
+    cohort: Mapped[str] = mapped_column(String, primary_key=True)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    reason: Mapped[str] = mapped_column(String)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CohortDecisionRow(Base):
+    """The winner a cohort's samples agreed on for one model version."""
+
+    __tablename__ = "cohort_decisions"
+
+    cohort: Mapped[str] = mapped_column(String, primary_key=True)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    winner: Mapped[str | None] = mapped_column(String, nullable=True)
+    reports_used: Mapped[int] = mapped_column(Integer)
+    explanation: Mapped[dict] = mapped_column(JSON)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ChangeRow(Base):
+    """An append-only log of what changed outside a worker's own batch (a deployment, an alias,
+    a rollout step, a tag, a cohort decision, a device another worker owns). Hub workers follow
+    it by id, so reconciliation touches only the devices a change concerns."""
+
+    __tablename__ = "fleet_changes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String)
+    key: Mapped[str] = mapped_column(String)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -45,6 +45,14 @@ class Profile(BaseModel):
     # saturates U8S8 (hence reduce_range), TensorRT only takes symmetric s8s8 QDQ.
     int8_scheme: Int8Scheme = "reduce_range"
     tags: list[str] = Field(default_factory=list)
+    # The agent runtimes such a device is expected to report (edgehub.agent.runtimes names), best
+    # first; informative: what a device can run is what its agent reports.
+    runtimes: list[str] = Field(default_factory=list)
+    # Engine builds on the device (TensorRT): workspace memory and NVDLA cores available.
+    tensorrt_workspace_mb: int | None = Field(default=None, gt=0)
+    dla_cores: int = Field(default=0, ge=0)
+    # Core ML: the oldest OS the packages must load on (mlprogram + palettes need macOS 13 / iOS 16).
+    coreml_target: str | None = None
 
     @field_validator("formats", "precisions")
     @classmethod
@@ -65,6 +73,7 @@ _BUILTINS = [
         memory_limit_mb=4096,
         int8_scheme="reduce_range",  # safe without VNNI; VNNI machines lose nothing but range
         tags=["cpu", "x86"],
+        runtimes=["onnxruntime"],
     ),
     Profile(
         name="arm64-cpu",
@@ -77,6 +86,7 @@ _BUILTINS = [
         memory_limit_mb=2048,
         int8_scheme="u8s8",  # the U8S8 saturation problem is x86-only; ARM kernels are exact
         tags=["cpu", "arm64"],
+        runtimes=["onnxruntime", "litert"],
     ),
     Profile(
         name="rpi4",
@@ -90,6 +100,7 @@ _BUILTINS = [
         memory_limit_mb=1536,
         int8_scheme="u8s8",
         tags=["cpu", "arm64", "raspberry-pi", "cortex-a72"],
+        runtimes=["onnxruntime", "litert"],
     ),
     Profile(
         name="rpi5",
@@ -102,6 +113,7 @@ _BUILTINS = [
         memory_limit_mb=3072,
         int8_scheme="u8s8",
         tags=["cpu", "arm64", "raspberry-pi", "cortex-a76", "dotprod", "fp16-arith"],
+        runtimes=["onnxruntime", "litert"],
     ),
     Profile(
         name="jetson-orin-nano",
@@ -110,11 +122,13 @@ _BUILTINS = [
         arch="aarch64",
         ram_mb=8192,  # shared between CPU and GPU
         accelerators=["gpu-ampere-sm87"],
-        formats=["onnx"],
+        formats=["onnx", "tensorrt"],
         precisions=["fp32", "fp16", "int8"],
         memory_limit_mb=3072,
         int8_scheme="s8s8-symmetric",
         tags=["gpu", "jetson", "cuda"],
+        runtimes=["tensorrt", "onnxruntime"],  # JetPack 6: TensorRT 10
+        tensorrt_workspace_mb=1024,
     ),
     Profile(
         name="jetson-xavier-nx",
@@ -123,11 +137,14 @@ _BUILTINS = [
         arch="aarch64",
         ram_mb=8192,
         accelerators=["gpu-volta-sm72", "nvdla"],
-        formats=["onnx"],
+        formats=["onnx", "tensorrt"],
         precisions=["fp32", "fp16", "int8"],
         memory_limit_mb=3072,
         int8_scheme="s8s8-symmetric",
         tags=["gpu", "jetson", "cuda"],
+        runtimes=["tensorrt", "onnxruntime"],  # JetPack 5: TensorRT 8.5
+        tensorrt_workspace_mb=1024,
+        dla_cores=2,
     ),
     Profile(
         name="jetson-nano",
@@ -136,11 +153,13 @@ _BUILTINS = [
         arch="aarch64",
         ram_mb=4096,
         accelerators=["gpu-maxwell-sm53"],
-        formats=["onnx"],
+        formats=["onnx", "tensorrt"],
         precisions=["fp32", "fp16"],  # Maxwell has no fast int8 path in TensorRT
         memory_limit_mb=1536,
         int8_scheme="s8s8-symmetric",
         tags=["gpu", "jetson", "cuda"],
+        runtimes=["tensorrt", "onnxruntime"],  # JetPack 4.6: TensorRT 8.2 (no I/O-tensor API)
+        tensorrt_workspace_mb=512,
     ),
     Profile(
         name="coral-edgetpu",
@@ -154,6 +173,7 @@ _BUILTINS = [
         memory_limit_mb=512,
         int8_scheme="u8s8",  # for any ONNX int8 run on its ARM CPU; TFLite has its own scheme
         tags=["tpu", "coral", "arm64"],
+        runtimes=["edgetpu", "litert"],
     ),
     Profile(
         name="apple-coreml",
@@ -167,6 +187,8 @@ _BUILTINS = [
         memory_limit_mb=4096,
         int8_scheme="u8s8",  # only used if ONNX int8 is ever run on its ARM CPU
         tags=["apple", "arm64", "ane"],
+        runtimes=["coreml", "onnxruntime"],
+        coreml_target="macOS13",
     ),
 ]
 

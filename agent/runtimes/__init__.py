@@ -6,14 +6,20 @@ Importing this package imports no inference library: each runtime imports its ow
 from __future__ import annotations
 
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.coreml_rt import CoreMLRuntime
+from edgehub.agent.runtimes.edgetpu_rt import EdgeTpuRuntime
+from edgehub.agent.runtimes.litert_rt import LiteRT, TfliteRuntimeFallback
 from edgehub.agent.runtimes.onnxruntime_rt import OnnxRuntime
+from edgehub.agent.runtimes.tensorrt_rt import TensorRTRuntime
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeUnavailable", "Session", "available_runtimes", "runtime_for"]
 
-# name -> runtime, in order of preference when several run the same format.
+# name -> runtime, in order of preference when several run the same format (ai-edge-litert
+# before the older tflite-runtime). Constructing them imports no inference library.
 RUNTIMES: dict[str, Runtime] = {
     rt.name: rt
-    for rt in (OnnxRuntime(),)
+    for rt in (OnnxRuntime(), TensorRTRuntime(), LiteRT(), TfliteRuntimeFallback(), EdgeTpuRuntime(),
+               CoreMLRuntime())
 }
 
 

@@ -21,6 +21,44 @@ from edgehub.converters.errors import ConversionError
 C = TypeVar("C", bound=BaseModel)
 
 
+class NotApplicable(ConversionError):
+    """The pass has nothing to work on in this model (e.g. no layer it can quantize).
+
+    The publish pipeline reports such a variant as skipped, with this message, instead of failing.
+    """
+
+
+@dataclass
+class TrainingSet:
+    """Labelled samples for passes that train: inputs keyed by the model's input names.
+
+    `val_inputs`/`val_labels` are held out from training and only reported (validation accuracy
+    in the progress bar and the notes), never used to pick a model.
+    """
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray
+    val_inputs: dict[str, np.ndarray]
+    val_labels: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainProgress:
+    """One update from a training loop, for progress bars."""
+
+    task: str  # e.g. "fine-tune", "distill"
+    epoch: int  # 1-based
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps: int
+    loss: float
+    val_accuracy: float | None = None
+
+
 class PassConfig(BaseModel):
     """Base of every pass config: unknown keys are errors, so a typo in a recipe is caught."""
 
@@ -34,12 +72,20 @@ class PassContext:
     `calibration` maps input names to arrays (first axis = samples) for passes that calibrate.
     `score` rates a candidate artifact against the parent (higher is better, e.g. agreement or
     accuracy on the eval set); passes that choose between settings use it to measure, not guess.
+    `score_unit` says what that score is ("accuracy" or "agreement"), for notes and budgets.
     """
 
     workdir: Path
     calibration: dict[str, np.ndarray] | None = None
     score: Callable[[Artifact], float] | None = None
+    score_unit: str = "accuracy"
     on_progress: Callable[[str], None] = field(default=lambda message: None)
+    # For passes that train (structured pruning, distillation, ...): the training set, the
+    # original PyTorch model (the teacher by default; a file from torch_passes.model_io), and
+    # where loss and validation accuracy go while they train.
+    training: TrainingSet | None = None
+    source_model: Path | None = None
+    on_train_progress: Callable[[TrainProgress], None] = field(default=lambda progress: None)
 
     def new_path(self, stem: str, suffix: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +103,8 @@ class Pass(ABC, Generic[C]):
     name: ClassVar[str]
     config_model: ClassVar[type[PassConfig]]
     input_formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    # True for passes that train a PyTorch model (they need a training set and a torch source).
+    trains: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, artifact: Artifact, config: C, ctx: PassContext) -> Artifact:
@@ -112,4 +160,13 @@ def run_pass(name: str, artifact: Artifact, config: dict | PassConfig | None, ct
 
 def _load_builtin_passes() -> None:
     # Imported lazily so that importing the registry does not import onnxruntime.quantization.
-    from edgehub.converters.passes import onnx_graph, onnx_quantize  # noqa: F401
+    from edgehub.converters.passes import (  # noqa: F401
+        onnx_graph,
+        onnx_guarded_int8,
+        onnx_prune,
+        onnx_quantize,
+        onnx_weight4,
+        torch_compress,
+    )
+    # Device formats (issue 5): TFLite/LiteRT, Edge TPU, Core ML, TensorRT-ready ONNX.
+    from edgehub.converters.passes import coreml, edgetpu, tensorrt_onnx, tflite  # noqa: F401

@@ -33,7 +33,9 @@ class Slim(Pass[SlimConfig]):
         out = ctx.new_path("slim", ".onnx")
         onnx.save(slimmed, str(out))
         notes = {"nodes_before": before, "nodes_after": len(slimmed.graph.node)}
-        return onnx_artifact(out, precision=artifact.precision, notes=notes)
+        # Same function as the input, so the PyTorch module behind it still describes it.
+        return onnx_artifact(out, precision=artifact.precision, notes=notes).model_copy(
+            update={"torch_model": artifact.torch_model})
 
 
 class Fp16Config(PassConfig):

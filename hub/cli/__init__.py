@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "agent": ("edgehub.agent.cli", "agent", "agent"),
     "hub": ("edgehub.hub.cli.hub_cmd", "hub", "hub"),
     "fleet": ("edgehub.hub.cli.fleet_cmd", "fleet", "hub"),
+    "rollout": ("edgehub.hub.cli.rollout_cmd", "rollout", "hub"),
+    "report": ("edgehub.hub.cli.report_cmd", "report", "hub"),
     "demo": ("edgehub.hub.cli.demo_cmd", "demo", "all"),
 }
 

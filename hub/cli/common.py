@@ -31,6 +31,8 @@ _ERROR_CLASSES = (
     ("edgehub.zoo.fleet", "FleetError"),
     ("edgehub.hub.broker", "BrokerError"),
     ("edgehub.agent.config", "ConfigError"),
+    ("edgehub.hub.certs", "CertError"),
+    ("edgehub.zoo.signing", "HubKeyError"),
 )
 
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from edgehub.hub.cli.common import console, home_option, json_option, one_line_errors, percent, print_json
+from edgehub.hub.cli.common import console, err_console, home_option, json_option, one_line_errors, print_json
+from edgehub.hub.cli.fleet_views import status_table  # the demo prints its fleet with it too
 
 
 @click.group()
 def fleet() -> None:
-    """Devices: enrol, revoke, status, explain."""
+    """Devices: enrol, revoke, tag, status, explain, simulate."""
 
 
 def _paths(home):
@@ -43,14 +44,20 @@ def enroll(device_id, profile, out, data_dir, serve_port, tags, replace, home, a
     data_dir = (data_dir or Path(f"edgehub-agent-{device_id}")).resolve()
     config = enroll_device(_paths(home), device_id, profile, data_dir=data_dir, serve_port=serve_port,
                            tags=list(tags), replace=replace)
+    ca_copy = None
+    if config.ca_file is not None:  # TLS: the hub's CA travels with the config, next to it
+        ca_copy = out.with_name(f"{out.stem}-ca.pem")
+        ca_copy.write_bytes(config.ca_file.read_bytes())
+        config = config.model_copy(update={"ca_file": Path(ca_copy.name)})  # relative to the config file
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(dump_config(config))
     if as_json:
         print_json({"device_id": device_id, "profile": profile, "config": str(out.resolve()),
-                    "broker_url": config.broker_url})
+                    "broker_url": config.broker_url, "ca_file": str(ca_copy.resolve()) if ca_copy else None})
     else:
-        console.print(f"enrolled [bold]{device_id}[/] ({profile}); agent config written to {out} (mode 0600).\n"
+        extra = f" and {ca_copy.name}" if ca_copy else ""
+        console.print(f"enrolled [bold]{device_id}[/] ({profile}); agent config written to {out} (mode 0600){extra}.\n"
                       f"On the device: edgehub agent run --config {out.name}")
 
 
@@ -66,60 +73,200 @@ def revoke(device_id, home):
     console.print(f"revoked {device_id}")
 
 
-def status_rows(paths) -> list[dict]:
+def _filter(profile=None, group=None, online=None, rollout=None, simulated=None):
+    from edgehub.zoo.fleet_views import StatusFilter
+
+    return StatusFilter(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
+
+
+def status_rows(paths, *, limit: int | None = None, **filters) -> list[dict]:
+    """The fleet's device rows (one joined, indexed query), optionally filtered."""
     from edgehub.zoo.fleet import FleetStore
-    from edgehub.zoo.registry import Registry
 
-    fleet_store, registry = FleetStore(paths.db_url), Registry(paths.db_url)
+    store = FleetStore(paths.db_url)
     try:
-        rows = []
-        for d in fleet_store.devices():
-            variant = registry.get_variant(d.active_variant) if d.active_variant else None
-            report = fleet_store.reports(d.id, [d.active_variant]).get(d.active_variant) if d.active_variant else None
-            selection = fleet_store.selection(d.id)
-            rows.append({
-                "device": d.id, "profile": d.profile, "online": d.online,
-                "active_variant": d.active_variant,
-                "model": f"{variant.model} v{variant.version}" if variant else None,
-                "variant": variant.label if variant else None,
-                "selected_variant": selection.winner if selection else None,
-                "p50_ms": report.latency.p50_ms if report and report.latency else None,
-                "accuracy": variant.metrics.get("accuracy") if variant else None,
-                "agreement": variant.metrics.get("agreement") if variant else None,
-                "runtimes": d.state.runtimes if d.state else {},
-                "last_seen": d.last_seen.isoformat() if d.last_seen else None,
-            })
-        return rows
+        return store.status_rows(_filter(**filters), limit=limit)
     finally:
-        fleet_store.close()
-        registry.close()
+        store.close()
 
 
-def status_table(rows: list[dict]) -> Table:
-    table = Table(title="fleet")
-    for column in ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "last seen"):
-        table.add_column(column, no_wrap=column in ("device", "variant"))
-    for r in rows:
-        table.add_row(r["device"], r["profile"], "[green]yes[/]" if r["online"] else "[red]no[/]",
-                      r["model"] or "-", r["variant"] or "-",
-                      f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-",
-                      percent(r["accuracy"]), (r["last_seen"] or "-")[11:19] or "-")
-    return table
+def status_view(paths, *, limit: int | None, **filters) -> dict:
+    """Summary counts over every matching device, and up to `limit` of their rows."""
+    from edgehub.zoo.fleet import FleetStore
+
+    store = FleetStore(paths.db_url)
+    try:
+        where = _filter(**filters)
+        return {"summary": store.status_summary(where), "devices": store.status_rows(where, limit=limit)}
+    finally:
+        store.close()
+
+
+def _render(view: dict):
+    from rich.console import Group
+
+    from edgehub.hub.cli.fleet_views import summary_table
+
+    parts = [summary_table(view["summary"])]
+    if view["devices"]:
+        parts.append(status_table(view["devices"], total=view["summary"]["devices"]))
+    return Group(*parts)
 
 
 @fleet.command("status")
+@click.option("--profile", help="Only devices of this profile.")
+@click.option("--group", help="Only devices with this tag (see `edgehub fleet tag`).")
+@click.option("--online/--offline", "online", default=None, help="Only online (or offline) devices.")
+@click.option("--rollout", type=int, help="Only the members of this rollout.")
+@click.option("--simulated/--real", "simulated", default=None, help="Only simulated (or real) devices.")
+@click.option("--limit", type=int, help="Device rows to show (tables: default 50; --json: all). "
+              "The summary always counts every matching device.")
+@click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between --watch redraws.")
+@click.option("--iterations", type=int, help="With --watch: stop after this many redraws.")
 @home_option
 @json_option
 @one_line_errors
-def status(home, as_json):
-    """Every device: online, profile, active variant, measured p50, accuracy, last seen."""
-    rows = status_rows(_paths(home))
+def status(profile, group, online, rollout, simulated, limit, watch, interval, iterations, home, as_json):
+    """Every device: online, profile, active variant, measured p50, accuracy, rollout, last seen;
+    and summary counts (per profile, per rollout stage)."""
+    import time
+
+    from edgehub.hub.cli.fleet_views import TABLE_LIMIT
+
+    paths = _paths(home)
+    filters = dict(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
+    table_limit = TABLE_LIMIT if limit is None else limit
+    if as_json and not watch:
+        print_json(status_view(paths, limit=limit, **filters))
+        return
+    if not watch:
+        view = status_view(paths, limit=table_limit, **filters)
+        if not view["summary"]["devices"] and not any(v is not None for v in filters.values()):
+            console.print("No devices yet: `edgehub fleet enroll DEVICE --profile PROFILE`.")
+            return
+        console.print(_render(view))
+        return
+    from rich.live import Live
+
+    shown = 0
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        try:
+            while iterations is None or shown < iterations:
+                started = time.perf_counter()
+                view = status_view(paths, limit=table_limit, **filters)
+                if as_json:
+                    print_json({**view, "query_s": round(time.perf_counter() - started, 4)})
+                else:
+                    live.update(_render(view))
+                shown += 1
+                if iterations is not None and shown >= iterations:
+                    break
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass
+
+
+@fleet.command("tag")
+@click.argument("device_ids", nargs=-1, required=True)
+@click.option("--add", "add", multiple=True, help="Tag (group) to add (repeatable).")
+@click.option("--remove", "remove", multiple=True, help="Tag to remove (repeatable).")
+@home_option
+@json_option
+@one_line_errors
+def tag(device_ids, add, remove, home, as_json):
+    """Put devices in groups (tags) or take them out; a device tagged into a group during a
+    rollout of that group joins it (it gets the new version when the rollout reaches everyone)."""
+    from edgehub.hub.groups import validate_tag
+    from edgehub.zoo.fleet import FleetError, FleetStore
+
+    if not add and not remove:
+        raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
+    for t in (*add, *remove):
+        validate_tag(t)
+    store = FleetStore(_paths(home).db_url)
+    try:
+        records = store.set_tags(list(dict.fromkeys(device_ids)), add=add, remove=remove)
+    finally:
+        store.close()
     if as_json:
-        print_json({"devices": rows})
-    elif not rows:
-        console.print("No devices yet: `edgehub fleet enroll DEVICE --profile PROFILE`.")
+        print_json({"devices": [{"device": r.id, "tags": r.tags} for r in records]})
     else:
-        console.print(status_table(rows))
+        for r in records:
+            console.print(f"{r.id}: {', '.join(r.tags) or '(no tags)'}")
+
+
+def _failure_rule(text: str):
+    """`MATCH:benchmark=0.5,activation=1` -> a FailureRule."""
+    from edgehub.hub.sim_model import FailureRule
+    from edgehub.zoo.fleet import FleetError
+
+    match, _, rest = text.partition(":")
+    values = {}
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            raise FleetError(f"bad --fail {text!r}: use MATCH:benchmark=P,activation=P") from None
+    try:
+        return FailureRule(match=match, **values)
+    except ValueError as exc:
+        raise FleetError(f"bad --fail {text!r}: {str(exc).splitlines()[0]}") from None
+
+
+@fleet.command("simulate")
+@click.option("--devices", "count", type=int, required=True, help="How many simulated devices.")
+@click.option("--profile", default="x86-cpu", show_default=True, help="Their profile.")
+@click.option("--tag", "tags", multiple=True, help="Tag (group) for all of them (repeatable).")
+@click.option("--prefix", default="sim", show_default=True, help="Device ids are PREFIX-00000, ...")
+@click.option("--processes", type=int, help="Processes to run them in (default: one per 2,500, at most the CPUs).")
+@click.option("--duration", type=float, help="Seconds to run (default: until Ctrl-C).")
+@click.option("--bench-delay", type=float, default=0.0, show_default=True, help="Simulated seconds per benchmark.")
+@click.option("--fail", "fail", multiple=True, help="MATCH:benchmark=P,activation=P: variants whose id contains "
+              "MATCH fail their benchmark / health check with probability P (repeatable).")
+@click.option("--distribution", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file with a SyntheticDistribution (see hub/sim_model.py) instead of the default.")
+@home_option
+@json_option
+@one_line_errors
+def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fail, distribution, home, as_json):
+    """Run COUNT simulated devices against the running hub: real broker, real protocol, synthetic
+    benchmark numbers (labelled "simulated" in every report, status and chart)."""
+    import time
+
+    from edgehub.hub.sim_model import SyntheticDistribution
+    from edgehub.hub.simulate import Simulation, enroll_simulated
+
+    dist = SyntheticDistribution.model_validate_json(distribution.read_text()) if distribution else SyntheticDistribution()
+    dist = dist.model_copy(update={"bench_delay_s": bench_delay, "failures": [*dist.failures,
+                                                                              *map(_failure_rule, fail)]})
+    paths = _paths(home)
+    specs = enroll_simulated(paths, count, profile=profile, tags=list(tags), prefix=prefix)
+    sim = Simulation(paths, specs, processes=processes, distribution=dist).start()
+    out = err_console if as_json else console
+    started = time.monotonic()
+    stats: dict = {}
+    try:
+        with out.status("starting simulated devices ...") as progress:
+            while duration is None or time.monotonic() - started < duration:
+                time.sleep(0.5)
+                stats = sim.stats()
+                progress.update(f"{stats.get('connected', 0)}/{count} connected, {stats.get('reports_sent', 0)} "
+                                f"reports, {stats.get('events_acked', 0)}/{stats.get('events_sent', 0)} events acked, "
+                                f"{stats.get('activations', 0)} activations ({time.monotonic() - started:.0f} s)")
+                if stats.get("processes_alive", 1) == 0:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stats = sim.stop()
+    stats["seconds"] = round(time.monotonic() - started, 1)
+    if as_json:
+        print_json({"devices": count, "profile": profile, "stats": stats})
+    else:
+        console.print(f"simulated {count} devices for {stats['seconds']} s: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(stats.items()) if k not in ("seconds",)))
 
 
 @fleet.command("explain")

@@ -1,19 +1,39 @@
-"""`edgehub hub serve`: run the hub."""
+"""`edgehub hub serve` (run the hub), `hub certs` (TLS material), `hub keys` (signing key rotation)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
+from rich.table import Table
 
-from edgehub.hub.cli.common import console, home_option, one_line_errors
+from edgehub.hub.cli.common import console, fail, home_option, json_option, one_line_errors, print_json
 
 
 @click.group()
 def hub() -> None:
     """Run the hub service."""
+
+
+def security_errors(fn):
+    """Certificate and key errors are bad input: one line, exit 1 (like `one_line_errors`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edgehub.hub.certs import CertError
+        from edgehub.zoo.signing import HubKeyError
+
+        try:
+            return fn(*args, **kwargs)
+        except (CertError, HubKeyError) as exc:
+            fail(str(exc))
+
+    return wrapper
 
 
 @hub.command("serve")
@@ -24,11 +44,16 @@ def hub() -> None:
 @click.option("--http-host", help="Address of the artifact server (default 127.0.0.1).")
 @click.option("--http-port", type=int, help="Port of the artifact server (default: kept from the first run).")
 @click.option("--public-url", help="Artifact server URL as devices reach it (default http://host:port).")
+@click.option("--tls/--no-tls", "tls", default=None,
+              help="Serve MQTT and HTTP over TLS with the certificates of `edgehub hub certs` (kept for "
+                   "later runs). Default: as before; on once `hub certs` has run.")
 @click.option("-v", "--verbose", is_flag=True)
 @home_option
 @one_line_errors
-def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, verbose, home):
+@security_errors
+def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, tls, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
+    from edgehub.hub.certs import CertError, TlsPaths
     from edgehub.hub.hub_settings import load_settings
     from edgehub.hub.service import HubService
     from edgehub.zoo.home import HubPaths
@@ -36,6 +61,13 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, verbos
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = HubPaths.from_home(home)
+    if tls is not None:
+        material = TlsPaths(paths.root)
+        current = material.read_settings()
+        if tls and (current is None or not material.complete()):
+            raise CertError(f"no TLS certificates in {material.root}: run `edgehub hub certs` first")
+        if current is not None and current.enabled != tls:
+            material.write_settings(current.model_copy(update={"enabled": tls}))
     settings = load_settings(paths.root)
     for name, value in (("fleet", fleet), ("broker_url", broker_url), ("mqtt_port", mqtt_port),
                         ("http_host", http_host), ("http_port", http_port), ("public_http_url", public_url)):
@@ -45,8 +77,9 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, verbos
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    scheme = "mqtts" if service.broker is not None and service.broker.files.tls is not None else "mqtt"
     console.print(f"[bold]edgehub hub[/] fleet [cyan]{settings.fleet}[/], broker "
-                  f"{settings.broker_url or f'mqtt://{settings.mqtt_host}:{settings.mqtt_port} (managed)'}, "
+                  f"{settings.broker_url or f'{scheme}://{settings.mqtt_host}:{settings.mqtt_port} (managed)'}, "
                   f"artifacts {service.http.base_url}, home {paths.root}. Ctrl-C stops.")
     try:
         while not stop.wait(1.0):
@@ -54,3 +87,119 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, verbos
                 logging.getLogger("edgehub.hub").warning("the broker had stopped; restarted it")
     finally:
         service.stop()
+
+
+@hub.command("certs")
+@click.option("--host", "hosts", multiple=True,
+              help="Name or address devices use to reach the hub (repeatable); localhost, the loopback "
+                   "addresses and this machine's name are always included.")
+@click.option("--days", type=click.IntRange(1, 3650), default=825, show_default=True,
+              help="Validity of the server certificate.")
+@click.option("--ca-cert", type=click.Path(dir_okay=False, path_type=Path),
+              help="Use your own CA certificate (PEM) instead of making one; needs --cert and --key.")
+@click.option("--cert", "cert_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Your server certificate (PEM), signed by --ca-cert.")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="The server certificate's private key (PEM, unencrypted).")
+@click.option("--force", is_flag=True, help="Make a new CA too (devices must then get the new ca.pem).")
+@home_option
+@json_option
+@one_line_errors
+@security_errors
+def certs(hosts, days, ca_cert, cert_file, key_file, force, home, as_json):
+    """Make a CA and a server certificate for MQTT and HTTPS (or install yours); TLS is on from the next `hub serve`."""
+    from edgehub.hub.certs import CertError, default_hosts, fingerprint, generate, install_supplied
+    from edgehub.hub.hub_settings import load_settings
+    from edgehub.zoo.home import HubPaths
+
+    paths = HubPaths.from_home(home)
+    supplied = [ca_cert, cert_file, key_file]
+    if any(supplied) and not all(supplied):
+        raise CertError("give --ca-cert, --cert and --key together (or none, to have the hub make them)")
+    if all(supplied):
+        material = install_supplied(paths.root, ca_cert, cert_file, key_file)
+    else:
+        settings = load_settings(paths.root)
+        public = urlsplit(settings.public_http_url).hostname if settings.public_http_url else None
+        names = default_hosts(settings.mqtt_host, settings.http_host, public, *hosts)
+        material = generate(paths.root, names, days=days, force=force)
+    info = {"ca": str(material.ca_cert), "certificate": str(material.server_cert),
+            "hosts": material.read_settings().hosts, "ca_sha256": fingerprint(material.ca_cert)}
+    if as_json:
+        print_json(info)
+        return
+    console.print(f"TLS certificates in {material.root} for {', '.join(info['hosts']) or '(names in your certificate)'}.\n"
+                  f"CA fingerprint (SHA-256) {info['ca_sha256']}\n"
+                  "Restart `edgehub hub serve`; devices enrolled from now on get ca.pem with their config.",
+                  soft_wrap=True)
+
+
+@hub.group("keys")
+def keys() -> None:
+    """The ed25519 keys that sign manifests: list, stage the next, rotate, retire."""
+
+
+def _keys_dir(home):
+    from edgehub.zoo.home import HubPaths
+
+    return HubPaths.from_home(home).keys_dir
+
+
+@keys.command("list")
+@home_option
+@json_option
+@one_line_errors
+@security_errors
+def keys_list(home, as_json):
+    """The active key, a staged next key and earlier keys still trusted."""
+    from edgehub.zoo.signing import list_keys
+
+    found = list_keys(_keys_dir(home))
+    if as_json:
+        print_json([k.model_dump() for k in found])
+        return
+    table = Table(title="hub signing keys")
+    for column in ("key id", "role", "public key (base64)"):
+        table.add_column(column)
+    for k in found:
+        table.add_row(k.key_id, k.role, k.public_b64)
+    console.print(table)
+
+
+@keys.command("stage")
+@home_option
+@one_line_errors
+@security_errors
+def keys_stage(home):
+    """Make the next key; agent configs written from now on trust it (add it to existing agents' trusted_keys)."""
+    from edgehub.zoo.signing import stage_next_key
+
+    key = stage_next_key(_keys_dir(home))
+    console.print(f"next key {key.key_id} staged; public key {key.public_b64}\n"
+                  "Add it to every agent's trusted_keys, then run `edgehub hub keys rotate`.")
+
+
+@keys.command("rotate")
+@home_option
+@one_line_errors
+@security_errors
+def keys_rotate(home):
+    """Sign new manifests with the staged key; the old key stays trusted until retired."""
+    from edgehub.zoo.signing import rotate_key
+
+    old, new = rotate_key(_keys_dir(home))
+    console.print(f"manifests are now signed by {new}; {old} stays trusted (retire it with "
+                  f"`edgehub hub keys retire {old}` once no variant signed by it is in use).")
+
+
+@keys.command("retire")
+@click.argument("key_id")
+@home_option
+@one_line_errors
+@security_errors
+def keys_retire(key_id, home):
+    """Stop trusting an earlier key (agent configs written from now on leave it out)."""
+    from edgehub.zoo.signing import retire_key
+
+    retire_key(_keys_dir(home), key_id)
+    console.print(f"retired {key_id}")

@@ -31,11 +31,11 @@ def list_profiles(profiles_file, as_json):
         print_json({"profiles": [p.model_dump(mode="json") for p in known.values()]})
         return
     table = Table()
-    for column in ("profile", "runtime", "arch", "RAM", "accelerators", "formats", "precisions"):
+    for column in ("profile", "runtime", "arch", "RAM", "accelerators", "formats", "precisions", "agent runtimes"):
         table.add_column(column)
     for p in known.values():
         table.add_row(p.name, p.runtime, p.arch, f"{p.ram_mb / 1024:.0f} GB", ", ".join(p.accelerators) or "-",
-                      ", ".join(p.formats), ", ".join(p.precisions))
+                      ", ".join(p.formats), ", ".join(p.precisions), ", ".join(p.runtimes) or "-")
     console.print(table)
 
 

@@ -5,24 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from edgehub.hub.cli.common import err_console, console, home_option, json_option, one_line_errors, print_json
-from edgehub.hub.cli.variant_views import variant_json, variants_table
+from edgehub.hub.cli.variant_views import sensitivity_tables, variant_json, variants_table
 
 
 class RichSink:
-    """Shows one progress bar per variant, advancing per pass."""
+    """Shows one progress bar per variant, advancing per pass, and one per training run
+    (steps, running loss, validation accuracy)."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
         self.tasks: dict[str, int] = {}
+        self.training: dict[tuple[str, str, int], int] = {}
 
     def start(self, label: str, steps: int) -> None:
         self.tasks[label] = self.progress.add_task(label, total=steps, status="")
 
     def update(self, label: str, message: str) -> None:
         self.progress.update(self.tasks[label], status=message)
+
+    def train(self, label: str, p) -> None:
+        key = (label, p.task, p.epoch)
+        if key not in self.training:
+            self.training[key] = self.progress.add_task(f"  {p.task} {p.epoch}/{p.epochs}", total=p.steps, status="")
+        val = "" if p.val_accuracy is None else f"  val acc {p.val_accuracy:.4f}"
+        self.progress.update(self.training[key], completed=p.step, status=f"loss {p.loss:.4f}{val}")
 
     def advance(self, label: str) -> None:
         self.progress.advance(self.tasks[label])
@@ -42,19 +52,27 @@ class RichSink:
               help="Calibration .npz for static quantization (default: the eval set).")
 @click.option("--weights", type=click.Path(path_type=Path), help="state_dict for a PyTorch factory source.")
 @click.option("--profiles-file", type=click.Path(path_type=Path), help="TOML/YAML file with extra profiles.")
+@click.option("--train", "train_path", type=click.Path(path_type=Path),
+              help="Labelled .npz (same format as --eval) for the passes that train: structured pruning with "
+                   "fine-tuning, distillation (PyTorch sources only).")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path),
+              help="TOML/YAML file of pass chains that extend or narrow the profiles' recipes.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
 @click.option("--no-deploy", is_flag=True, help="Register only; do not send candidates to enrolled devices.")
 @home_option
 @json_option
 @one_line_errors
-def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, new_version, no_deploy, home,
-            as_json):
+def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, recipe_path, new_version,
+            no_deploy, home, as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
     Examples:
       edgehub publish model.onnx --name fmnist-cnn --eval eval.npz --profile x86-cpu
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --json
+      edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz
+      edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz \\
+          --recipe chains.toml
     """
     from edgehub.hub.publish import PublishOptions, deploy, publish as run_publish
     from edgehub.zoo.fleet import FleetStore
@@ -65,7 +83,7 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     registry = Registry(paths.db_url)
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
-                             profiles_file=profiles_file)
+                             profiles_file=profiles_file, train_path=train_path, recipe_path=recipe_path)
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=err_console, transient=as_json)
@@ -96,8 +114,11 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     if outcome.already_published:
         console.print(f"{name} v{outcome.version.version} is already published with this content; nothing to do.")
     console.print(variants_table(outcome.variants, title=f"{name} v{outcome.version.version}"))
+    for table in sensitivity_tables(outcome.variants):
+        console.print(table)
     for s in outcome.skipped:
-        console.print(f"[yellow]skipped[/] {s.format} for {s.profile}: {s.reason}")
+        what = f"variant {s.variant}" if s.variant else f"{s.format} for {s.profile}"
+        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(s.reason)}", highlight=False)
     if deployed:
         console.print(f"deployed to profiles {', '.join(deployed)}: {devices} enrolled device(s) will benchmark "
                       "the candidates (`edgehub fleet status`)")

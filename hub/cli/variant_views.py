@@ -1,12 +1,14 @@
-"""How variants look to people (tables, lineage trees) and to scripts (JSON)."""
+"""How variants look to people (tables, lineage trees, sensitivity tables) and to scripts (JSON)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from edgehub.hub.cli.common import human_size, percent
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the CLI must load on an agent-only install
     from edgehub.zoo.records import VariantRecord
@@ -39,12 +41,85 @@ def variants_table(variants: list[VariantRecord], title: str | None = None) -> T
     return table
 
 
+def _ratio(after: float | None, before: float | None) -> str:
+    return f"{after / before:.2f}x" if after and before else "?"
+
+
+def step_summary(step: dict) -> str:
+    """One line on what a compression step did, from the notes it recorded ('' for others)."""
+    notes = step.get("notes") or {}
+    name = step.get("pass")
+    if name == "structured_prune":
+        return (f"MACs {_ratio(notes.get('macs_after'), notes.get('macs_before'))}, "
+                f"params {_ratio(notes.get('params_after'), notes.get('params_before'))}")
+    if name == "distill":
+        ratio = notes.get("params_ratio_to_teacher")
+        return f"student {notes.get('student', '?')}, {ratio:.2f}x teacher params" if ratio else ""
+    if name == "depthwise_separable":
+        return f"{len(notes.get('replaced', []))} conv(s) made separable"
+    if name in ("magnitude_prune", "sensitivity_prune"):
+        return f"sparsity {notes.get('sparsity', 0):.2f}, gzip {notes.get('gzip_ratio_to_parent', 0):.2f}x"
+    if name == "int8_guarded":
+        guard = notes.get("guard", {})
+        kept = guard.get("kept_float", [])
+        return f"kept float: {', '.join(kept)}" if kept else "all layers int8"
+    if name == "int4_weight":
+        return f"4-bit {notes.get('quantized_layers', 0)}/{notes.get('eligible_layers', 0)} MatMul/Gemm"
+    return ""
+
+
 def lineage_tree(name: str, version: int, variants: list[VariantRecord]) -> Tree:
     tree = Tree(f"[bold]{name}[/] v{version}")
     nodes = {}
     for v in variants:  # the registry returns parents before children
         steps = " -> ".join(step["pass"] for step in v.recipe)
-        label = f"{v.label} [dim]({v.format} {v.precision}, {human_size(v.size_bytes)}; {steps})[/]"
+        summary = step_summary(v.recipe[-1]) if v.recipe else ""
+        extra = f"; {escape(summary)}" if summary else ""
+        label = f"{v.label} [dim]({v.format} {v.precision}, {human_size(v.size_bytes)}; {steps}{extra})[/]"
         parent = nodes.get(v.parent, tree)
         nodes[v.id] = parent.add(label)
     return tree
+
+
+def _pruning_table(label: str, notes: dict) -> Table:
+    table = Table(title=f"{label}: pruning sensitivity (drop in {notes.get('unit', 'score')} points "
+                        f"when one layer alone is pruned)", title_justify="left")
+    table.add_column("layer")
+    ratios = sorted({r for row in notes["sensitivity"].values() for r in row}, key=float)
+    for r in ratios:
+        table.add_column(f"{float(r):.0%}", justify="right")
+    table.add_column("chosen", justify="right")
+    chosen = notes.get("layer_ratios", {})
+    for layer, row in notes["sensitivity"].items():
+        cells = [f"{row[r] * 100:+.2f}" if r in row else "-" for r in ratios]
+        table.add_row(layer, *cells, f"{chosen[layer]:.0%}" if layer in chosen else "-")
+    table.caption = (f"target {notes.get('target_sparsity', 0):.0%} of the prunable weights; "
+                     f"reached {notes.get('sparsity', 0):.1%}")
+    return table
+
+
+def _guard_table(label: str, guard: dict) -> Table:
+    table = Table(title=f"{label}: int8 sensitivity (drop in {guard.get('unit', 'score')} points when only "
+                        f"that layer is int8)", title_justify="left")
+    table.add_column("layer")
+    table.add_column("drop", justify="right")
+    table.add_column("kept float", justify="center")
+    kept = set(guard.get("kept_float", []))
+    for layer, drop in sorted(guard["sensitivity"].items(), key=lambda kv: -kv[1]):
+        table.add_row(layer, f"{drop * 100:+.2f}", "yes" if layer in kept else "")
+    table.caption = (f"all int8: drop {guard['int8_drop'] * 100:.2f} pts; with {len(kept)} layer(s) float: "
+                     f"{guard['final_drop'] * 100:.2f} pts (budget {guard['max_drop'] * 100:.2f})")
+    return table
+
+
+def sensitivity_tables(variants: list[VariantRecord]) -> list[Table]:
+    """Tables for the variants whose own last step measured per-layer sensitivity."""
+    tables = []
+    for v in variants:
+        step = v.recipe[-1] if v.recipe else {}
+        notes = step.get("notes") or {}
+        if step.get("pass") == "sensitivity_prune" and notes.get("sensitivity"):
+            tables.append(_pruning_table(v.label, notes))
+        elif step.get("pass") == "int8_guarded" and notes.get("guard", {}).get("sensitivity"):
+            tables.append(_guard_table(v.label, notes["guard"]))
+    return tables

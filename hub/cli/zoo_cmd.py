@@ -6,7 +6,7 @@ import click
 from rich.table import Table
 
 from edgehub.hub.cli.common import console, home_option, json_option, one_line_errors, print_json
-from edgehub.hub.cli.variant_views import lineage_tree, variant_json, variants_table
+from edgehub.hub.cli.variant_views import lineage_tree, sensitivity_tables, variant_json, variants_table
 
 
 def _registry(home):
@@ -72,3 +72,5 @@ def show(name, version, home, as_json):
         return
     console.print(lineage_tree(name, record.version, variants))
     console.print(variants_table(variants))
+    for table in sensitivity_tables(variants):
+        console.print(table)

@@ -1,0 +1,120 @@
+"""The training loop shared by the passes that train: fine-tuning and knowledge distillation.
+
+Distillation loss (Hinton et al.): alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
++ (1 - alpha) * cross-entropy with the labels. The teacher's logits are computed once over the
+training set (no augmentation here, so they never change), which halves the cost per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from edgehub.converters.passes.base import TrainingSet, TrainProgress
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 1
+    lr: float = 1e-3
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    seed: int = 0
+    temperature: float = 4.0  # distillation only
+    alpha: float = 0.7  # weight of the distillation term; 1 - alpha goes to the labels
+
+
+def set_threads() -> None:
+    import torch
+
+    # The hub shares its machine; two threads keep training from starving everything else.
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _tensors(arrays: dict[str, np.ndarray], idx) -> list:
+    import torch
+
+    return [torch.from_numpy(np.ascontiguousarray(a[idx])) for a in arrays.values()]
+
+
+def predict_logits(model: Any, inputs: dict[str, np.ndarray], batch_size: int = 512) -> np.ndarray:
+    import torch
+
+    model.eval()
+    n = len(next(iter(inputs.values())))
+    out = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            out.append(model(*_tensors(inputs, slice(start, start + batch_size))).float().numpy())
+    return np.concatenate(out)
+
+
+def accuracy(model: Any, inputs: dict[str, np.ndarray], labels: np.ndarray) -> float:
+    return float((predict_logits(model, inputs).argmax(1) == labels).mean())
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+    import torch.nn.functional as F
+
+    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.log_softmax(teacher_logits / temperature, dim=1),
+                    reduction="batchmean", log_target=True) * temperature ** 2
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1 - alpha) * hard
+
+
+def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any | None = None,
+        task: str = "fine-tune", on_progress: Callable[[TrainProgress], None] = lambda p: None) -> dict:
+    """Train `model` in place (Adam, cosine learning rate); with a teacher, distil from it.
+
+    Returns what happened: epochs, final training loss, validation accuracy, seconds.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    set_threads()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    n = data.size
+    labels = data.labels.astype(np.int64)
+    teacher_logits = predict_logits(teacher, data.inputs) if teacher is not None else None
+    steps = math.ceil(n / settings.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * settings.epochs))
+    started = time.perf_counter()
+    loss_avg = float("nan")
+    val_accuracy: float | None = None
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = rng.permutation(n)
+        total, seen = 0.0, 0
+        for step in range(1, steps + 1):
+            idx = order[(step - 1) * settings.batch_size: step * settings.batch_size]
+            target = torch.from_numpy(labels[idx])
+            logits = model(*_tensors(data.inputs, idx))
+            if teacher_logits is not None:
+                loss = distillation_loss(logits, torch.from_numpy(teacher_logits[idx]), target,
+                                         settings.temperature, settings.alpha)
+            else:
+                loss = F.cross_entropy(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.item()) * len(idx)
+            seen += len(idx)
+            loss_avg = total / seen
+            on_progress(TrainProgress(task, epoch, settings.epochs, step, steps, loss_avg, val_accuracy))
+        if len(data.val_labels):
+            val_accuracy = accuracy(model, data.val_inputs, data.val_labels)
+            on_progress(TrainProgress(task, epoch, settings.epochs, steps, steps, loss_avg, val_accuracy))
+    model.eval()
+    return {"task": task, "epochs": settings.epochs, "samples": n, "final_loss": round(loss_avg, 5),
+            "val_accuracy": None if val_accuracy is None else round(val_accuracy, 5),
+            "seconds": round(time.perf_counter() - started, 2)}

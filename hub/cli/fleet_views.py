@@ -1,0 +1,53 @@
+"""Tables and panels for `edgehub fleet status` (the data comes from FleetStore's indexed views)."""
+
+from __future__ import annotations
+
+from edgehub.hub.cli.common import percent
+from rich.console import Group
+from rich.table import Table
+
+TABLE_LIMIT = 50  # rows shown in a table by default; the summary always counts every device
+
+
+def summary_table(summary: dict) -> Group:
+    head = Table(title="fleet summary", show_header=True)
+    for column in ("devices", "online", "settled", "simulated"):
+        head.add_column(column, justify="right")
+    head.add_row(str(summary["devices"]), str(summary["online"]), str(summary["settled"]),
+                 str(summary["simulated"]) if summary["simulated"] else "0")
+    parts = [head]
+    if len(summary["profiles"]) > 1:
+        per = Table(title="per profile")
+        for column in ("profile", "devices", "online", "settled"):
+            per.add_column(column, justify="left" if column == "profile" else "right")
+        for name, c in sorted(summary["profiles"].items()):
+            per.add_row(name, str(c["devices"]), str(c["online"]), str(c["settled"]))
+        parts.append(per)
+    for r in summary["rollouts"]:
+        t = Table(title=f"rollout #{r['id']} {r['model']} v{r['version']} on {r['group']}: {r['status']}, "
+                        f"stage {r['stage'] + 1}")
+        for column in ("stage", "devices", "activated", "failed", "pending"):
+            t.add_column(column, justify="right")
+        for stage, by in sorted(r["counts"].items()):
+            total = sum(by.values())
+            t.add_row(f"{stage + 1}{' *' if stage <= r['stage'] else ''}", str(total), str(by.get("activated", 0)),
+                      str(by.get("failed", 0)), str(by.get("pending", 0)))
+        parts.append(t)
+    return Group(*parts)
+
+
+def status_table(rows: list[dict], total: int | None = None) -> Table:
+    shown = f" (first {len(rows)} of {total})" if total is not None and total > len(rows) else ""
+    table = Table(title=f"devices{shown}")
+    for column in ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "rollout", "last seen"):
+        table.add_column(column, no_wrap=column in ("device", "variant"))
+    for r in rows:
+        rollout = r.get("rollout")
+        label = f"#{rollout['id']} s{rollout['stage'] + 1} {rollout['status']}" if rollout else "-"
+        p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-"
+        if r.get("simulated") and r["p50_ms"] is not None:
+            p50 += " (sim)"
+        table.add_row(r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
+                      "[green]yes[/]" if r["online"] else "[red]no[/]", r["model"] or "-", r["variant"] or "-",
+                      p50, percent(r["accuracy"]), label, (r["last_seen"] or "-")[11:19] or "-")
+    return table

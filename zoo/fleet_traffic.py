@@ -1,0 +1,164 @@
+"""What devices send: events (stored once each) and the newest benchmark result per variant,
+written for a whole batch of messages in one transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgehub.agent.messages import ActivationResult, BenchmarkReport, DeviceState
+from edgehub.zoo.fleet_records import RolloutOutcome
+from edgehub.zoo.fleet_schema import BenchmarkRow, EventRow, RolloutDeviceRow
+from edgehub.zoo.fleet_sql import chunks, insert_ignoring_duplicates, upsert
+from edgehub.zoo.records import utcnow
+from sqlalchemy import bindparam, func, select, update
+
+
+def failed_activation_report(event: Any) -> BenchmarkReport | None:
+    """A variant that failed its health check after activation counts as failed on that device."""
+    if not isinstance(event, ActivationResult) or event.ok:
+        return None
+    return BenchmarkReport(event_id=event.event_id, device_id=event.device_id, generation=event.generation,
+                           variant_id=event.variant_id, ok=False, at=event.at,
+                           error=f"failed after activation: {event.error or 'unknown error'}")
+
+
+@dataclass
+class Ingested:
+    new_events: int = 0
+    changed: set[str] = field(default_factory=set)  # devices whose state matters to reconciliation
+    unknown: set[str] = field(default_factory=set)  # states from devices that are not enrolled
+
+
+def _benchmark_rows(events: list, bodies: dict[int, dict]) -> list[dict]:
+    """The newest report per (device, variant) in the batch (a later one wins a tie); `bodies`
+    are the events' JSON bodies (by id() of the event), already made for the events table."""
+    newest: dict[tuple[str, str], BenchmarkReport] = {}
+    for e in events:
+        report = e if isinstance(e, BenchmarkReport) else failed_activation_report(e)
+        if report is None:
+            continue
+        key = (report.device_id, report.variant_id)
+        if key not in newest or report.at >= newest[key].at:
+            newest[key] = report
+    # A failed activation's report is made here: it has no body yet.
+    return [dict(device_id=r.device_id, variant_id=r.variant_id, event_id=r.event_id,
+                 report=bodies.get(id(r)) or r.model_dump(mode="json"), at=r.at, ok=r.ok,
+                 p50_ms=r.latency.p50_ms if r.latency else None, p99_ms=r.latency.p99_ms if r.latency else None,
+                 agreement=r.agreement, peak_rss_mb=r.peak_rss_mb, error=r.error, runtime=r.runtime)
+            for r in newest.values()]
+
+
+def _light_report(row) -> BenchmarkReport:
+    """A report with only what selection reads, from columns (no JSON body parsed)."""
+    latency = None
+    if row.p50_ms is not None:
+        latency = {"p50_ms": row.p50_ms, "p90_ms": row.p50_ms, "p99_ms": row.p99_ms, "mean_ms": row.p50_ms,
+                   "runs": 0}
+    return BenchmarkReport.model_validate({
+        "event_id": row.event_id, "device_id": row.device_id, "generation": 0, "variant_id": row.variant_id,
+        "ok": bool(row.ok), "error": row.error, "latency": latency, "agreement": row.agreement,
+        "peak_rss_mb": row.peak_rss_mb, "runtime": row.runtime, "at": row.at})
+
+
+class TrafficTables:
+    """Mixin of FleetStore: events and benchmark results."""
+
+    def ingest(self, states: list[DeviceState], events: Iterable, *, cohort_of=None,
+               outcomes: Iterable[RolloutOutcome] = (), notify: Iterable[str] = ()) -> Ingested:
+        """One batch from the broker, in one transaction: device states, events (once each, by
+        event id), the newest benchmark result per (device, variant), rollout outcomes, and
+        change-log entries for `notify` devices (ones another hub worker reconciles)."""
+        events = list(events)
+        result = Ingested()
+        with self._sessions.begin() as session:
+            if states:
+                result.changed, result.unknown = self._apply_states(session, states, cohort_of)
+            if events:
+                now = utcnow()
+                rows = [dict(event_id=e.event_id, device_id=e.device_id, kind=e.kind, generation=e.generation,
+                             variant_id=getattr(e, "variant_id", None), body=e.model_dump(mode="json"),
+                             received_at=now) for e in events]
+                result.new_events = len(insert_ignoring_duplicates(session, EventRow.__table__, rows))
+                bodies = {id(e): row["body"] for e, row in zip(events, rows)}
+                upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
+                       where=lambda table, new: table.c.at <= new.at)
+            self._record_outcomes(session, list(outcomes))
+            self._note(session, "device", notify)
+        return result
+
+    @staticmethod
+    def _record_outcomes(session, outcomes: list[RolloutOutcome]) -> None:
+        if not outcomes:
+            return
+        table = RolloutDeviceRow.__table__
+        # A failure is final for the rollout: a later success does not hide it from the error count.
+        session.execute(update(table).where(table.c.rollout_id == bindparam("b_rollout"),
+                                            table.c.device_id == bindparam("b_device"),
+                                            table.c.status != "failed")
+                        .values(status=bindparam("b_status"), variant_id=bindparam("b_variant"),
+                                detail=bindparam("b_detail"), updated_at=bindparam("b_at")),
+                        [dict(b_rollout=o.rollout_id, b_device=o.device_id, b_status=o.status, b_variant=o.variant_id,
+                              b_detail=(o.detail or "")[:500] or None, b_at=utcnow()) for o in outcomes])
+
+    def record_events(self, events: Iterable[BenchmarkReport | Any]) -> int:
+        """Store events once each (by event id), in one transaction; returns how many were new.
+
+        Benchmark reports also become the device's newest result for that variant.
+        """
+        return self.ingest([], events).new_events
+
+    def events(self, device_id: str | None = None) -> list[dict]:
+        query = select(EventRow).order_by(EventRow.received_at, EventRow.event_id)
+        if device_id:
+            query = query.where(EventRow.device_id == device_id)
+        with self._sessions() as session:
+            return [r.body for r in session.scalars(query)]
+
+    def count_events(self) -> int:
+        with self._sessions() as session:
+            return session.scalar(select(func.count()).select_from(EventRow)) or 0
+
+    def reports(self, device_id: str, variant_ids: Iterable[str]) -> dict[str, BenchmarkReport]:
+        return self.reports_many([device_id], variant_ids).get(device_id, {})
+
+    def reports_many(self, device_ids: Iterable[str], variant_ids: Iterable[str]) -> dict[str, dict[str, BenchmarkReport]]:
+        """device -> variant -> newest report, for these devices and variants."""
+        ids, variants = list(dict.fromkeys(device_ids)), list(dict.fromkeys(variant_ids))
+        found: dict[str, dict[str, BenchmarkReport]] = {}
+        if not ids or not variants:
+            return found
+        with self._sessions() as session:
+            for chunk in chunks(ids):
+                for device_id, variant_id, report in session.execute(
+                        select(BenchmarkRow.device_id, BenchmarkRow.variant_id, BenchmarkRow.report)
+                        .where(BenchmarkRow.device_id.in_(chunk), BenchmarkRow.variant_id.in_(variants))):
+                    found.setdefault(device_id, {})[variant_id] = BenchmarkReport.model_validate(report)
+        return found
+
+    def report_facts(self, device_ids: Iterable[str], variant_ids: Iterable[str]) -> dict[str, dict[str, BenchmarkReport]]:
+        """Like reports_many, for selection: ok, error, p50/p99, agreement, peak memory, runtime
+        only (the other fields are not filled in)."""
+        ids, variants = list(dict.fromkeys(device_ids)), list(dict.fromkeys(variant_ids))
+        found: dict[str, dict[str, BenchmarkReport]] = {}
+        if not ids or not variants:
+            return found
+        t = BenchmarkRow.__table__
+        with self._sessions() as session:
+            for chunk in chunks(ids):
+                for row in session.execute(select(t.c.device_id, t.c.variant_id, t.c.event_id, t.c.ok, t.c.error,
+                                                  t.c.p50_ms, t.c.p99_ms, t.c.agreement, t.c.peak_rss_mb, t.c.runtime, t.c.at)
+                                           .where(t.c.device_id.in_(chunk), t.c.variant_id.in_(variants))):
+                    found.setdefault(row.device_id, {})[row.variant_id] = _light_report(row)
+        return found
+
+    def reported_variants(self, device_ids: Iterable[str]) -> dict[str, set[str]]:
+        """device -> the variants it has a result for (no report bodies read)."""
+        found: dict[str, set[str]] = {}
+        with self._sessions() as session:
+            for chunk in chunks(list(dict.fromkeys(device_ids))):
+                for device_id, variant_id in session.execute(
+                        select(BenchmarkRow.device_id, BenchmarkRow.variant_id).where(BenchmarkRow.device_id.in_(chunk))):
+                    found.setdefault(device_id, set()).add(variant_id)
+        return found
