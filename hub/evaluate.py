@@ -18,7 +18,13 @@ def run_onnx(path: Path, inputs: dict[str, np.ndarray], batch_size: int = 256, t
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        from edgehub.converters.errors import ConversionError
+
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{Path(path).name}: ONNX Runtime cannot load this model: {reason}") from None
     n = len(next(iter(inputs.values())))
     chunks: list[list[np.ndarray]] = []
     for start in range(0, n, batch_size):

@@ -121,13 +121,7 @@ def test_absurd_shapes_and_graphs(home):
         assert name in message or "absurd" in message or "checker" in message, (name, message)
 
 
-RUNTIME_REFUSES = pytest.mark.xfail(
-    strict=True, reason="hub/evaluate.py lets ONNX Runtime's load error escape as a traceback instead of one "
-                        "error line (the registry is left unchanged); see docs/RELIABILITY.md")
-
-
-@pytest.mark.parametrize("case", [pytest.param("custom-op", marks=RUNTIME_REFUSES),
-                                  pytest.param("opset-999", marks=RUNTIME_REFUSES)])
+@pytest.mark.parametrize("case", ["custom-op", "opset-999"])
 def test_models_the_runtime_cannot_load(home, case):
     home, model, eval_path, root = home
     if case == "custom-op":
