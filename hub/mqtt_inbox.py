@@ -14,7 +14,7 @@ Use in the fleet loop (hub/fleet_service.py)::
     client = mqtt.Client(..., manual_ack=True)
     inbox = AckAfterCommitInbox(client)
     client.on_message = inbox.on_message
-    ...
+    # later, in the worker thread:
     batch = inbox.drain(timeout=0.2, limit=BATCH_MAX)
     touched = self.handle_batch([(m.topic, m.payload) for m in batch])   # commits
     inbox.ack(batch)
