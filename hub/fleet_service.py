@@ -31,6 +31,7 @@ import paho.mqtt.client as mqtt
 from edgehub.agent.messages import (
     BenchmarkSettings,
     Candidate,
+    DesiredState,
     DeviceState,
     HubState,
     MessageError,
@@ -46,6 +47,7 @@ from edgehub.hub.fleet_reconcile import FleetReconciler
 from edgehub.hub.mqtt_inbox import AckAfterCommitInbox
 from edgehub.hub.rollout_ops import step_rollouts
 from edgehub.hub.selection import Policy
+from edgehub.hub.url_refresh import refreshed, stored_needs_refresh
 from edgehub.hub.url_signing import sign_artifact_url
 from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.profiles import Profile
@@ -54,6 +56,7 @@ from edgehub.zoo.registry import Registry
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, ProgrammingError
 
 log = logging.getLogger("edgehub.hub.fleet")
@@ -63,6 +66,7 @@ BATCH_MAX = 1000
 URL_TTL_S = 7 * 24 * 3600  # desired states are retained: their URLs must outlive a device's nap
 CHANGE_WINDOW = 1000  # ids re-read behind the cursor: PostgreSQL may commit ids out of order
 CHANGES_KEPT_S = 3600.0
+URL_REFRESH_EVERY_S = 3600.0  # well inside url_refresh.REFRESH_MARGIN_S (a day)
 # The database is away, locked, or not the schema the code expects: retry, never drop data.
 SYSTEMIC_DB_ERRORS = (OperationalError, ProgrammingError, InterfaceError, InternalError)
 
@@ -181,9 +185,12 @@ class FleetService:
             log.error("broker refused the hub: %s", reason_code)
             return
         root = self.topics.root
-        topics = [(f"$share/{SHARE_GROUP}/{root}/devices/+/events", 1)]
+        topics = [(f"$share/{SHARE_GROUP}/{root}/devices/+/events", SubscribeOptions(qos=1))]
         if self.leader:
-            topics.append((f"{root}/devices/+/state", 1))
+            # Retained states only when the subscription is new: a hub that reconnects to the session
+            # it kept would otherwise get every device's retained state again (10,000 messages).
+            topics.append((f"{root}/devices/+/state",
+                           SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)))
             client.publish(self.topics.hub_state, encode(HubState(online=True, version=self.settings.version,
                                                                   public_key=self.settings.public_key_b64)),
                            qos=1, retain=True)
@@ -199,12 +206,15 @@ class FleetService:
 
     def _run(self) -> None:
         dirty: set[str] | None = None  # None: the start-up sweep has not run yet
-        next_tick, next_prune, failures = 0.0, time.monotonic() + 60, 0
+        next_tick, next_prune, next_refresh, failures = 0.0, time.monotonic() + 60, 0.0, 0
         while not self._stop.is_set():
             try:
                 if dirty is None:
                     self._changes.cursor = self.fleet.last_change_id()
                     dirty = {d for d in self.fleet.device_ids() if self.owns(d)}  # whatever happened while down
+                if time.monotonic() >= next_refresh:  # at start-up, then hourly
+                    self.refresh_urls()
+                    next_refresh = time.monotonic() + URL_REFRESH_EVERY_S
                 if self._republish.is_set():
                     self._republish.clear()
                     self.republish_desired()
@@ -228,6 +238,7 @@ class FleetService:
                 dirty = set()
                 self.started.set()
                 failures = 0
+                self.stats["worker_cpu_s"] = time.thread_time()  # this thread only (not paho's)
             except Exception:  # a database hiccup must not end the fleet loop: what failed is retried
                 failures += 1
                 self.stats["loop_failures"] = self.stats.get("loop_failures", 0) + 1
@@ -342,6 +353,23 @@ class FleetService:
                 if self.owns(body["device_id"]):
                     self._client.publish(self.topics.desired(body["device_id"]), json.dumps(body).encode(), qos=1,
                                          retain=True)
+
+    def refresh_urls(self, now: float | None = None) -> int:
+        """Re-sign the URLs of this worker's stored desired states that expire within a day
+        (hub/url_refresh.py): same generation, stored, then published. Returns how many."""
+        now = time.time() if now is None else now
+        base, secret = self.settings.artifact_base_url, self.settings.url_secret
+        fresh = [refreshed(DesiredState.model_validate(body), base, secret, URL_TTL_S, now)
+                 for page in self.fleet.desired_pages() for body in page
+                 if self.owns(body["device_id"]) and stored_needs_refresh(body, now)]
+        if not fresh:
+            return 0
+        self.fleet.save_plans(desired=fresh)
+        for desired in fresh:
+            self._client.publish(self.topics.desired(desired.device_id), encode(desired), qos=1, retain=True)
+        self.stats["urls_refreshed"] = self.stats.get("urls_refreshed", 0) + len(fresh)
+        log.info("re-signed the artifact URLs of %d desired states before they expire", len(fresh))
+        return len(fresh)
 
     # -- candidates ---------------------------------------------------------------------------------
 

@@ -153,7 +153,7 @@ class Simulation:
         return self
 
     def _read(self) -> None:
-        for n, (proc, conn) in enumerate(self._procs):
+        for n, (_, conn) in enumerate(self._procs):
             while n not in self._stopped and self._readable(conn):
                 try:
                     kind, value = conn.recv()

@@ -185,3 +185,26 @@ def test_a_locked_database_loses_no_events(tmp_path, tiny_mlp):
             (hub.fleet.count_events(), sim.stats())
         assert hub.stats["loop_failures"] >= 1  # the lock did bite
         assert hub.stats["events_duplicate"] == 0 and hub.stats.get("dropped", 0) == 0
+
+
+def test_the_loop_re_signs_desired_urls_before_they_expire(tmp_path, tiny_mlp):
+    """FleetService.refresh_urls: nothing to do while the URLs are fresh; six and a half days later
+    every stored desired state is re-signed (same generation, new deadline), stored and queued to
+    publish; a second pass finds nothing left."""
+    from edgehub.hub.fleet_service import URL_TTL_S
+    from edgehub.hub.url_refresh import REFRESH_MARGIN_S, url_expiry
+
+    service, ids, _ = fleet_of(tmp_path, 20, tiny_mlp)
+    before = {i: service.fleet.desired(i) for i in ids}
+    assert all(d is not None and d.candidates for d in before.values())
+    assert service.refresh_urls() == 0
+    later = time.time() + URL_TTL_S - REFRESH_MARGIN_S / 2
+    assert service.refresh_urls(now=later) == len(ids)
+    for i in ids:
+        after = service.fleet.desired(i)
+        assert after.generation == before[i].generation
+        assert [c.variant_id for c in after.candidates] == [c.variant_id for c in before[i].candidates]
+        assert all(url_expiry(c.url) >= later + URL_TTL_S - 1 for c in after.candidates)
+        assert after.candidates[0].url != before[i].candidates[0].url
+    assert service.refresh_urls(now=later) == 0
+    assert service.stats["urls_refreshed"] == len(ids)

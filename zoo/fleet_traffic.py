@@ -81,7 +81,7 @@ class TrafficTables:
                              variant_id=getattr(e, "variant_id", None), body=e.model_dump(mode="json"),
                              received_at=now) for e in events]
                 result.new_events = len(insert_ignoring_duplicates(session, EventRow.__table__, rows))
-                bodies = {id(e): row["body"] for e, row in zip(events, rows)}
+                bodies = {id(e): row["body"] for e, row in zip(events, rows, strict=True)}
                 upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
                        where=lambda table, new: table.c.at <= new.at)
             self._record_outcomes(session, list(outcomes))

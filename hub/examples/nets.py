@@ -144,7 +144,7 @@ class MobileNetSmall(nn.Module):
     Spatial sizes for 28x28 inputs: 28 -> 14 -> 7.
     """
 
-    def __init__(self, width: int = 16, num_classes: int = 10, expand: int = 4) -> None:
+    def __init__(self, width: int = 16, num_classes: int = 10, expand: int = 4, head: int = 8) -> None:
         super().__init__()
         w = width
         self.stem = nn.Sequential(*_conv_bn(1, w), nn.ReLU6(inplace=True))
@@ -157,9 +157,9 @@ class MobileNetSmall(nn.Module):
             (4 * w, 4 * w, 1, expand),
         ]
         self.blocks = nn.Sequential(*[InvertedResidual(ci, co, s, t) for ci, co, s, t in config])
-        self.head = nn.Sequential(*_conv_bn(4 * w, 8 * w, k=1), nn.ReLU6(inplace=True))
+        self.head = nn.Sequential(*_conv_bn(4 * w, head * w, k=1), nn.ReLU6(inplace=True))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8 * w, num_classes)
+        self.fc = nn.Linear(head * w, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
