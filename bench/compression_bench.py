@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/compression_bench.py [--resnet-width 32] [--mobilenet-width 12]
         [--train-samples 20000] [--epochs 4] [--ft-epochs 2] [--ft-teacher parent] [--kd-epochs 5]
-        [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR] [--out results.md]
+        [--chain-ratio 0.4] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
+        [--out results.md]
 
 For a ResNet-style and a MobileNet-style network (edgehub.hub.examples.nets) trained here, it
 runs the passes through the same registry and PassContext the publish pipeline uses, and prints
@@ -181,7 +182,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
                                                    tmp / f"{arch}-nokd.pt"), s_params, s_macs, "same student, labels only")
 
     # The chain: prune -> distill -> int8, each step its own variant.
-    step("chain-pruned", "fp32", "structured_prune", {"target_ratio": 0.4, "metric": "params", "epochs": 1,
+    step("chain-pruned", "fp32", "structured_prune", {"target_ratio": args.chain_ratio, "metric": "params", "epochs": 1,
                                                        "round_to": rt},
          lambda n: f"params {n['params_ratio']:.2f}x")
     step("chain-pruned-kd", "chain-pruned", "distill", {"student": "parent", "teacher": "source", **kd})
@@ -285,6 +286,8 @@ def main() -> None:
     parser.add_argument("--kd-epochs", type=int, default=5, help="distillation epochs")
     parser.add_argument("--ft-teacher", choices=["none", "parent"], default="parent",
                         help="fine-tune the pruned model on the labels only, or distil from the unpruned one too")
+    parser.add_argument("--chain-ratio", type=float, default=0.4,
+                        help="the chain's first step: structured pruning to this share of the params")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per latency round")
     parser.add_argument("--arch", choices=["resnet", "mobilenet"], action="append")
@@ -319,7 +322,7 @@ def main() -> None:
                   f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])

@@ -7,9 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field
-
 from edgehub.agent.messages import ID_PATTERN
+from pydantic import BaseModel, Field
 
 SETTINGS_NAME = "hub.json"
 
@@ -22,6 +21,12 @@ class HubSettings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int | None = None  # artifact server: chosen on first use, then kept
     public_http_url: str | None = None  # what devices use to reach the artifact server, if not host:port
+    # Fleet workers sharing the events over an MQTT 5 shared subscription (hub/workers.py);
+    # the bound is hub/workers.py's MAX_WORKERS (not imported here: this module stays light).
+    workers: int = Field(1, ge=1, le=32)
+    # Cohort benchmarking (hub/cohorts.py): k devices per cohort benchmark every candidate and the
+    # rest get the cohort's winner; 0: every device benchmarks every candidate.
+    cohort_sample: int = Field(0, ge=0, le=100)
 
 
 def load_settings(home: Path) -> HubSettings:

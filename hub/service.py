@@ -1,4 +1,9 @@
-"""`edgehub hub serve`: broker (managed or external), artifact HTTP server and fleet loop."""
+"""`edgehub hub serve`: broker (managed or external), artifact HTTP server and fleet loop.
+
+With `settings.workers` > 1 the fleet loop runs as several workers sharing the events over an MQTT 5
+shared subscription: worker 0 in this process, the others as `edgehub hub worker` child processes
+(hub/workers.py), each with its own broker user.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,27 @@ from edgehub.agent.messages import BenchmarkSettings
 from edgehub.hub.artifact_server import ArtifactServer
 from edgehub.hub.broker import ManagedBroker, TLSFiles, free_port
 from edgehub.hub.certs import TlsPaths, server_context
+from edgehub.hub.cohorts import CohortPolicy
 from edgehub.hub.credentials import PasswordChecker
-from edgehub.hub.fleet_service import FleetService, FleetSettings
+from edgehub.hub.fleet_service import FleetService
 from edgehub.hub.hub_settings import HubSettings, load_settings, save_settings
 from edgehub.hub.selection import Policy
 from edgehub.hub.url_signing import load_or_create_secret
+from edgehub.hub.worker_retire import retire_session
+from edgehub.hub.workers import (
+    WorkerError,
+    WorkerPool,
+    WorkerSpec,
+    external_password_path,
+    external_worker_password,
+    extra_users,
+    fleet_settings,
+    managed_password_path,
+    managed_worker_password,
+    retired_indices,
+    worker_user,
+    write_spec,
+)
 from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import load_profiles
@@ -34,12 +55,14 @@ def url_secret_path(paths: HubPaths) -> Path:
     return paths.keys_dir / "url_secret"
 
 
-def managed_broker(paths: HubPaths, settings: HubSettings) -> ManagedBroker:
-    """The hub's Mosquitto; TLS-only for devices when `<home>/tls/` is enabled (`hub certs`)."""
+def managed_broker(paths: HubPaths, settings: HubSettings, retired: tuple[int, ...] = ()) -> ManagedBroker:
+    """The hub's Mosquitto; TLS-only for devices when `<home>/tls/` is enabled (`hub certs`). Its ACL
+    gives every worker user (and the `retired` ones, until they are drained) the hub's rights."""
     tls = TlsPaths(paths.root)
     files = TLSFiles(cafile=tls.ca_cert, certfile=tls.server_cert, keyfile=tls.server_key) if tls.enabled() else None
+    users = extra_users(settings.workers) + tuple(worker_user(i) for i in retired)
     return ManagedBroker(broker_dir(paths), settings.fleet, port=settings.mqtt_port, host=settings.mqtt_host,
-                         tls=files)
+                         tls=files, extra_hub_users=users)
 
 
 @dataclass
@@ -62,15 +85,32 @@ class HubService:
         self.broker: ManagedBroker | None = None
         self.http: ArtifactServer | None = None
         self.service: FleetService | None = None
+        self.workers: WorkerPool | None = None
+        self.spec: WorkerSpec | None = None
+        self.retired: dict[int, int] = {}  # worker index retired at start -> messages its session held
         self.stopped = threading.Event()
 
-    def start(self) -> "HubService":
+    def start(self) -> HubService:
+        try:
+            return self._start()
+        except BaseException:
+            # No worker process, fleet loop or server is left behind. The broker is left as before
+            # (it may be another run's, which the next start adopts).
+            self.stop(broker=False)
+            raise
+
+    def _start(self) -> HubService:
         from importlib.metadata import version
 
+        count = self.settings.workers
         secret = load_or_create_secret(url_secret_path(self.paths))
         if self.settings.broker_url is None:
-            self.broker = managed_broker(self.paths, self.settings)
+            retired = tuple(retired_indices(self.paths, broker_dir(self.paths), count))
+            self.broker = managed_broker(self.paths, self.settings, retired)
             password = self.broker.files.hub_password()  # before start: the broker reads it then
+            password_files = {i: managed_password_path(self.broker.files, i) for i in (*range(1, count), *retired)}
+            for i in password_files:
+                managed_worker_password(self.broker.files, i)
             self.broker.start()
             self.broker.reload()  # a broker adopted from an earlier run re-reads the files too
             self.settings.mqtt_port = self.broker.port
@@ -78,6 +118,10 @@ class HubService:
         else:
             broker_url = self.settings.broker_url
             password = (self.paths.root / "hub-mqtt-password").read_text().strip()
+            retired = tuple(retired_indices(self.paths, None, count))
+            for i in range(1, count):  # fail before anything starts if a worker has no credentials
+                external_worker_password(self.paths, i, count)
+            password_files = {i: external_password_path(self.paths, i) for i in (*range(1, count), *retired)}
         if self.settings.http_port is None:
             self.settings.http_port = free_port(self.settings.http_host)
         checker = PasswordChecker(self.fleet.password_hash)
@@ -87,29 +131,81 @@ class HubService:
                                    ssl_context=server_context(tls) if tls.enabled() else None)
         self.http.start()
         save_settings(self.paths.root, self.settings)
-        fleet_settings = FleetSettings(
-            fleet=self.settings.fleet, broker_url=broker_url, username="edgehub-hub", password=password,
-            artifact_base_url=self.settings.public_http_url or self.http.base_url, url_secret=secret,
-            policy=self.options.policy, benchmark=self.options.benchmark, tick_s=self.options.tick_s,
-            version=version("edgehub"), public_key_b64=self.key.public_b64,
-        )
-        self.service = FleetService(fleet_settings, self.registry, self.fleet, load_profiles())
+        self.spec = WorkerSpec(
+            fleet=self.settings.fleet, count=count, broker_url=broker_url,
+            artifact_base_url=self.settings.public_http_url or self.http.base_url,
+            url_secret_file=str(url_secret_path(self.paths)),
+            password_files={i: str(path) for i, path in password_files.items()}, tick_s=self.options.tick_s,
+            version=version("edgehub"), policy=self.options.policy, benchmark=self.options.benchmark,
+            cohorts=CohortPolicy(sample_size=self.settings.cohort_sample) if self.settings.cohort_sample else None)
+        self.service = FleetService(fleet_settings(self.spec, 0, password, secret, self.key.public_b64),
+                                    self.registry, self.fleet, load_profiles())
         self.service.start()
-        log.info("hub up: broker %s, artifacts %s, home %s", broker_url, self.http.base_url, self.paths.root)
+        if count > 1:
+            write_spec(self.paths, self.spec)
+            self.workers = WorkerPool(self.paths, count).start()
+        self._retire(retired, secret)
+        log.info("hub up: broker %s, artifacts %s, %d worker(s), home %s", broker_url, self.http.base_url, count,
+                 self.paths.root)
         return self
 
-    def stop(self) -> None:
+    def _retire(self, indices: tuple[int, ...], secret: bytes) -> None:
+        """Drain and end the sessions of workers an earlier, larger `--workers` left (hub/worker_retire.py);
+        then, on the managed broker, remove their users. One that fails is tried again next start."""
+        done = []
+        for index in indices:
+            password = Path(self.spec.password_files[index]).read_text().strip()
+            settings = fleet_settings(self.spec, index, password, secret, None)
+            registry, fleet = Registry(self.paths.db_url), FleetStore(self.paths.db_url)
+            try:
+                held = retire_session(settings, FleetService(settings, registry, fleet, load_profiles()))
+                log.info("retired hub worker %d (%s): stored the %d message(s) its session held", index,
+                         settings.username, held)
+                done.append(index)
+                self.retired[index] = held
+            except Exception as exc:  # noqa: BLE001 - best effort: the session is kept and retried next start
+                log.warning("could not retire hub worker %d yet (%s); trying again on the next start", index,
+                            exc if isinstance(exc, WorkerError) else repr(exc))
+            finally:
+                registry.close()
+                fleet.close()
+        if self.broker is None:
+            for index in done:
+                log.info("hub worker %d is retired: you may remove the user %s from the broker and %s", index,
+                         worker_user(index), self.spec.password_files[index])
+            return
+        for index in done:
+            self.broker.files.remove_user(worker_user(index))
+            Path(self.spec.password_files[index]).unlink(missing_ok=True)
+        if done:
+            self.broker.files.extra_hub_users = tuple(u for u in self.broker.files.extra_hub_users
+                                                      if u not in {worker_user(i) for i in done})
+            self.broker.reload()  # the ACL and password file without them
+
+    def supervise(self) -> list[str]:
+        """Restart what died (the managed broker, worker processes); returns what was restarted.
+        `hub serve` calls it every second."""
+        restarted = []
+        if self.broker is not None and self.broker.ensure_running():
+            restarted.append("broker")
+        if self.workers is not None:
+            restarted += [f"worker {i}" for i in self.workers.ensure_running()]
+        return restarted
+
+    def stop(self, broker: bool = True) -> None:
+        if self.workers:  # first: they disconnect from the broker while it still runs
+            self.workers.stop()
         if self.service:
             self.service.stop()
         if self.http:
             self.http.stop()
-        if self.broker:
+        if self.broker and broker:
             self.broker.stop()
         self.registry.close()
         self.fleet.close()
         self.stopped.set()
 
-    def __enter__(self) -> "HubService":
+    def __enter__(self) -> HubService:
         return self.start()
 
     def __exit__(self, *exc) -> None:

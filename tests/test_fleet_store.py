@@ -512,3 +512,14 @@ def test_status_rows_and_summary_with_filters(store: FleetStore):
                                                                          "targeted": True}
     in_rollout = store.status_summary(StatusFilter(rollout=rid))
     assert in_rollout["devices"] == 2 and in_rollout["rollouts"][0]["counts"] == {0: {"pending": 1}, 1: {"pending": 1}}
+
+
+@pytest.mark.parametrize("device_id", ["edgehub-hub", "edgehub-hub-1", "edgehub-hub-anything"])
+def test_the_hub_broker_user_names_cannot_be_enrolled(store: FleetStore, device_id: str):
+    """A device named like a hub worker would get (and overwrite) that worker's broker password."""
+    with pytest.raises(FleetError, match="reserved"):
+        store.enroll(device_id, "x86-cpu", "h")
+    with pytest.raises(FleetError, match="reserved"):
+        store.enroll_many([EnrollRequest(id="cam-01", profile="x86-cpu", password_hash="h"),
+                           EnrollRequest(id=device_id, profile="x86-cpu", password_hash="h")])
+    assert store.devices() == []  # nothing enrolled, not even the good id of the batch

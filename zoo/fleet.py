@@ -42,6 +42,18 @@ from sqlalchemy.orm import sessionmaker
 CohortOf = Callable[[str, DeviceState], "str | None"]  # (profile, state) -> cohort key
 
 
+# Device ids are broker user names: the hub and its workers log in as edgehub-hub[-N], so a device
+# with such an id would be given (and could overwrite) a hub worker's credentials.
+RESERVED_PREFIX = "edgehub-hub"
+
+
+def refuse_reserved(device_ids: Iterable[str]) -> None:
+    for device_id in device_ids:
+        if device_id.startswith(RESERVED_PREFIX):
+            raise FleetError(f"device id {device_id!r} is reserved: ids starting with {RESERVED_PREFIX!r} "
+                             "are the hub's own broker users")
+
+
 def _tag_rows(device_id: str, tags: Iterable[str]) -> list[dict]:
     return [{"device_id": device_id, "tag": t} for t in sorted(set(tags))]
 
@@ -69,6 +81,7 @@ class FleetStore(TrafficTables, PlanTables, RolloutTables, ViewQueries):
 
     def enroll(self, device_id: str, profile: str, password_hash: str, tags: list[str] | None = None,
                replace: bool = False) -> DeviceRecord:
+        refuse_reserved([device_id])
         with self._sessions.begin() as session:
             row = session.get(DeviceRow, device_id)
             if row is not None and not replace:
@@ -88,6 +101,7 @@ class FleetStore(TrafficTables, PlanTables, RolloutTables, ViewQueries):
 
         With `replace`, devices already enrolled get the new credentials, profile and tags.
         """
+        refuse_reserved(r.id for r in requests)
         now = utcnow()
         with self._sessions.begin() as session:
             ids = [r.id for r in requests]

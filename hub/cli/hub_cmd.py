@@ -1,4 +1,5 @@
-"""`edgehub hub serve` (run the hub), `hub certs` (TLS material), `hub keys` (signing key rotation)."""
+"""`edgehub hub serve` (run the hub), `hub certs` (TLS material), `hub keys` (signing key rotation),
+and `hub worker` (an extra fleet worker; `hub serve --workers N` starts them)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
+from edgehub.hub.cli.common import (
+    console,
+    fail,
+    home_option,
+    json_option,
+    one_line_errors,
+    print_json,
+)
 from rich.table import Table
-
-from edgehub.hub.cli.common import console, fail, home_option, json_option, one_line_errors, print_json
 
 
 @click.group()
@@ -44,6 +51,15 @@ def security_errors(fn):
 @click.option("--http-host", help="Address of the artifact server (default 127.0.0.1).")
 @click.option("--http-port", type=int, help="Port of the artifact server (default: kept from the first run).")
 @click.option("--public-url", help="Artifact server URL as devices reach it (default http://host:port).")
+@click.option("--workers", type=click.IntRange(1, 32),
+              help="Fleet workers sharing the devices' events over an MQTT 5 shared subscription: this "
+                   "process and N-1 `edgehub hub worker` processes, restarted if one dies (default: as "
+                   "before, or 1). With --broker, worker i needs the user edgehub-hub-i on that broker "
+                   "and its password in <home>/hub-mqtt-password-i.")
+@click.option("--cohort-sample", type=click.IntRange(0, 100),
+              help="Cohort benchmarking: K devices of each cohort (same profile and hardware) benchmark "
+                   "every candidate, the others only the cohort's winner; 0: every device benchmarks "
+                   "every candidate (default: as before, or 0).")
 @click.option("--tls/--no-tls", "tls", default=None,
               help="Serve MQTT and HTTP over TLS with the certificates of `edgehub hub certs` (kept for "
                    "later runs). Default: as before; on once `hub certs` has run.")
@@ -51,7 +67,8 @@ def security_errors(fn):
 @home_option
 @one_line_errors
 @security_errors
-def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, tls, verbose, home):
+def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls, verbose,
+          home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.certs import CertError, TlsPaths
     from edgehub.hub.hub_settings import load_settings
@@ -70,7 +87,8 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, tls, v
             material.write_settings(current.model_copy(update={"enabled": tls}))
     settings = load_settings(paths.root)
     for name, value in (("fleet", fleet), ("broker_url", broker_url), ("mqtt_port", mqtt_port),
-                        ("http_host", http_host), ("http_port", http_port), ("public_http_url", public_url)):
+                        ("http_host", http_host), ("http_port", http_port), ("public_http_url", public_url),
+                        ("workers", workers), ("cohort_sample", cohort_sample)):
         if value is not None:
             setattr(settings, name, value)
     service = HubService(paths, settings).start()
@@ -80,13 +98,28 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, tls, v
     scheme = "mqtts" if service.broker is not None and service.broker.files.tls is not None else "mqtt"
     console.print(f"[bold]edgehub hub[/] fleet [cyan]{settings.fleet}[/], broker "
                   f"{settings.broker_url or f'{scheme}://{settings.mqtt_host}:{settings.mqtt_port} (managed)'}, "
-                  f"artifacts {service.http.base_url}, home {paths.root}. Ctrl-C stops.")
+                  f"artifacts {service.http.base_url}, {settings.workers} worker(s), home {paths.root}. "
+                  "Ctrl-C stops.")
     try:
         while not stop.wait(1.0):
-            if service.broker is not None and service.broker.ensure_running():
-                logging.getLogger("edgehub.hub").warning("the broker had stopped; restarted it")
+            for what in service.supervise():
+                logging.getLogger("edgehub.hub").warning("the %s had stopped; restarted it", what)
     finally:
         service.stop()
+
+
+@hub.command("worker", hidden=True)
+@click.option("--index", type=click.IntRange(1, 31), required=True, help="This worker's index (1..count-1).")
+@click.option("--count", type=click.IntRange(2, 32), required=True, help="How many workers the hub runs.")
+@home_option
+@one_line_errors
+def worker(index, count, home):
+    """One extra fleet worker (started and supervised by `edgehub hub serve --workers N`)."""
+    from edgehub.hub.workers import run_worker
+    from edgehub.zoo.home import HubPaths
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    run_worker(HubPaths.from_home(home), index, count)
 
 
 @hub.command("certs")
@@ -108,7 +141,13 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, tls, v
 @security_errors
 def certs(hosts, days, ca_cert, cert_file, key_file, force, home, as_json):
     """Make a CA and a server certificate for MQTT and HTTPS (or install yours); TLS is on from the next `hub serve`."""
-    from edgehub.hub.certs import CertError, default_hosts, fingerprint, generate, install_supplied
+    from edgehub.hub.certs import (
+        CertError,
+        default_hosts,
+        fingerprint,
+        generate,
+        install_supplied,
+    )
     from edgehub.hub.hub_settings import load_settings
     from edgehub.zoo.home import HubPaths
 
