@@ -55,7 +55,10 @@ class CohortPlanner:
             w0 = work[members[0]]
             sample = samples.get(key, {})
             decision = self._decide(key, w0, sample, decisions.get(key), work, reports, writes)
-            if decision is None:
+            # Also after a decision: one made before k members were seen (devices coming online
+            # one by one, or another worker deciding first from its own members) gets more samples,
+            # and is decided again as their reports come in.
+            if decision is None or len(sample) < self.policy.sample_size:
                 self._recruit(key, members, sample, work, reports, writes)
             for device_id in members:
                 picks[device_id] = self._pick(key, work[device_id], sample, decision, reports.get(device_id, {}),

@@ -2,9 +2,9 @@
 
 Each device gets its own user name (= its id = its MQTT client id) and a random password; the
 registry keeps only a PBKDF2 hash, the broker's password file a mosquitto_passwd hash. The
-agent config carries what the device needs to trust the hub: the CA when the hub runs TLS, and
-every ed25519 key whose manifests it may accept (the active key, a staged next key, earlier
-keys still trusted).
+agent config carries what the device needs to trust the hub: the CA when the hub runs TLS, an
+external broker's private CA (`hub serve --broker-ca`), and every ed25519 key whose manifests it
+may accept (the active key, a staged next key, earlier keys still trusted).
 """
 
 from __future__ import annotations
@@ -13,14 +13,41 @@ from pathlib import Path
 
 from edgehub.agent.config import AgentConfig
 from edgehub.hub.broker import free_port, reload_running_broker
-from edgehub.hub.certs import TlsPaths
+from edgehub.hub.broker_tools import write_private
+from edgehub.hub.certs import CertError, TlsPaths
 from edgehub.hub.credentials import hash_password, new_password
-from edgehub.hub.hub_settings import load_settings, save_settings
+from edgehub.hub.hub_settings import HubSettings, load_settings, save_settings
 from edgehub.hub.service import broker_dir, managed_broker
 from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import get_profile, load_profiles
 from edgehub.zoo.signing import HubKey, trusted_public_keys
+
+AGENT_CA_BUNDLE = "agent-ca.pem"  # in the hub home: the hub's CA and the broker's, when devices need both
+
+
+def agent_ca_file(paths: HubPaths, settings: HubSettings) -> Path | None:
+    """The CA file a device verifies the hub with (its `ca_file`, which replaces the system's CAs).
+
+    The hub's CA when the hub runs TLS (HTTPS; mqtts:// on the managed broker) and an external
+    broker's private CA (`broker_ca`); both: the two in one bundle, <home>/agent-ca.pem. With an
+    external broker and no `broker_ca` the device keeps the system's CAs: a hub CA there would make
+    it distrust a publicly certified broker."""
+    external = settings.broker_url is not None
+    wanted = []
+    if TlsPaths(paths.root).enabled() and (not external or settings.broker_ca):
+        wanted.append(TlsPaths(paths.root).ca_cert)
+    if external and settings.broker_ca:
+        broker_ca = Path(settings.broker_ca)
+        if not broker_ca.is_file():
+            raise CertError(f"the broker CA {broker_ca} (hub setting broker_ca) is missing; run "
+                            "`edgehub hub serve --broker-ca FILE` with the broker's CA certificate")
+        wanted.append(broker_ca)
+    if len(wanted) < 2:
+        return wanted[0] if wanted else None
+    bundle = paths.root / AGENT_CA_BUNDLE
+    write_private(bundle, "".join(p.read_text().strip() + "\n" for p in wanted))
+    return bundle
 
 
 def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Path, serve_port: int = 8765,
@@ -32,21 +59,20 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
     reloads it (SIGHUP: no other device is disconnected)."""
     get_profile(profile, load_profiles(profiles_file))
     settings = load_settings(paths.root)
+    ca_file = agent_ca_file(paths, settings)  # before enrolling: a missing CA file enrols nobody
     password = new_password()
     fleet = FleetStore(paths.db_url)
     try:
         fleet.enroll(device_id, profile, hash_password(password), tags=tags, replace=replace)
     finally:
         fleet.close()
-    tls = TlsPaths(paths.root)
-    tls_on = tls.enabled()
     if settings.broker_url is None:
         if settings.mqtt_port is None:  # fix the managed broker's port now: the config names it
             settings.mqtt_port = free_port(settings.mqtt_host)
             save_settings(paths.root, settings)
         managed_broker(paths, settings).files.set_password(device_id, password)
         reload_running_broker(broker_dir(paths))
-        scheme = "mqtts" if tls_on else "mqtt"
+        scheme = "mqtts" if TlsPaths(paths.root).enabled() else "mqtt"
         broker_url = f"{scheme}://{settings.mqtt_host}:{settings.mqtt_port}"
     else:
         broker_url = settings.broker_url
@@ -54,7 +80,7 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
     others = [k for k in trusted_public_keys(paths.keys_dir) if k != key.public_b64]
     return AgentConfig(device_id=device_id, fleet=settings.fleet, profile=profile, broker_url=broker_url,
                        username=device_id, password=password, hub_public_key=key.public_b64,
-                       trusted_keys=others, ca_file=tls.ca_cert if tls_on and settings.broker_url is None else None,
+                       trusted_keys=others, ca_file=ca_file,
                        data_dir=data_dir, serve_port=serve_port)
 
 

@@ -1,8 +1,13 @@
-"""Running a variant on the eval set with ONNX Runtime and scoring it against its parent."""
+"""Running a variant on the eval set (ONNX Runtime, LiteRT) and scoring it against its parent.
+
+These functions run the model in the calling process; `edgehub publish` runs them in a child
+process under a time and memory limit (hub/eval_child.py), since the model is untrusted input.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,19 +38,45 @@ def run_onnx(path: Path, inputs: dict[str, np.ndarray], batch_size: int = 256, t
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
-def run_variant(artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
-    """All outputs of a variant over the eval inputs, or None where this machine cannot run its
-    format (an Edge TPU binary needs the TPU; Core ML predicts only on macOS)."""
+@dataclass(frozen=True)
+class EvalSpec:
+    """How the hub runs a variant over the eval set: which runtime, in what batches, with what
+    input layout. Plain data, so it can be sent to the evaluation child (hub/eval_child.py)."""
+
+    runtime: str  # "onnx" (ONNX Runtime) or "tflite" (LiteRT)
+    batch_size: int = 256
+    layout: dict[str, list[int]] | None = None
+
+
+def eval_spec(artifact) -> EvalSpec | None:
+    """How to run a variant on the hub, or None where this machine cannot run its format (an
+    Edge TPU binary needs the TPU; Core ML predicts only on macOS)."""
     if artifact.format == "onnx":
-        return run_onnx(artifact.path, inputs)
+        return EvalSpec("onnx")
     if artifact.format == "tensorrt":  # TensorRT-ready ONNX: ONNX Runtime computes the same graph
         batch = artifact.inputs[0].shape[0] if artifact.inputs else "batch"
-        return run_onnx(artifact.path, inputs, batch_size=batch if isinstance(batch, int) else 256)
+        return EvalSpec("onnx", batch_size=batch if isinstance(batch, int) else 256)
     if artifact.format == "tflite":
+        return EvalSpec("tflite", layout=artifact.notes.get("layout"))
+    return None
+
+
+def run_spec(path: Path, spec: EvalSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of the model file over all samples, in this process."""
+    if spec.runtime == "onnx":
+        return run_onnx(path, inputs, batch_size=spec.batch_size)
+    if spec.runtime == "tflite":
         from edgehub.converters.tflite_model import run_tflite
 
-        return run_tflite(artifact.path, inputs, layout=artifact.notes.get("layout"))
-    return None
+        return run_tflite(path, inputs, layout=spec.layout)
+    raise ValueError(f"unknown evaluation runtime {spec.runtime!r}")
+
+
+def run_variant(artifact, inputs: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+    """All outputs of a variant over the eval inputs, in this process, or None where this machine
+    cannot run its format. `edgehub publish` runs models through hub/eval_child.py instead."""
+    spec = eval_spec(artifact)
+    return None if spec is None else run_spec(artifact.path, spec, inputs)
 
 
 def top1(output: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from edgehub.agent.messages import (
     parse_event,
 )
 from edgehub.agent.mqtt_link import broker_address
+from edgehub.hub.broker_tls import TlsDiagnosis, broker_tls_context
 from edgehub.hub.cohort_plan import parse_key
 from edgehub.hub.cohorts import CohortPolicy, cohort_key
 from edgehub.hub.fleet_reconcile import FleetReconciler
@@ -94,6 +95,8 @@ class FleetSettings:
     # (100 in the managed broker), so batches are at most that; BATCH_MAX lets a whole batch wait
     # for its commit, about 14% more events per second (bench/RESULTS.md, issue 7).
     receive_maximum: int | None = None
+    # CA file (PEM) for an mqtts:// broker whose certificate the system does not trust (a private CA).
+    broker_ca: str | None = None
 
 
 def owner_of(device_id: str, worker_count: int) -> int:
@@ -160,7 +163,11 @@ class FleetService:
     def start(self) -> None:
         host, port, tls = broker_address(self.settings.broker_url)
         if tls:
-            self._client.tls_set()
+            context = broker_tls_context(self.settings.broker_ca)
+            self._client.tls_set_context(context)
+            # paho retries a failed TLS handshake silently: the diagnosis logs why.
+            self._client.on_connect_fail = TlsDiagnosis(host, port, context, self.settings.broker_ca,
+                                                        f"hub worker {self.settings.worker_index}").on_connect_fail
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 7 * 24 * 3600  # events queued while the hub is down wait for it
         # Unacknowledged messages the broker may send at once (above its max_inflight_messages for

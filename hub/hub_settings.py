@@ -16,6 +16,9 @@ SETTINGS_NAME = "hub.json"
 class HubSettings(BaseModel):
     fleet: str = Field("default", pattern=ID_PATTERN)
     broker_url: str | None = None  # an external broker; None: the hub manages a local Mosquitto
+    # The CA (PEM) that signed an external mqtts:// broker's certificate, when it is not one the
+    # system trusts; the hub verifies the broker with it and ships it to enrolled devices.
+    broker_ca: str | None = None
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int | None = None  # managed broker: chosen on first use, then kept
     http_host: str = "127.0.0.1"

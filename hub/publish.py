@@ -23,7 +23,8 @@ from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import NotApplicable, PassContext, TrainingSet, TrainProgress, parse_config, run_pass
 from edgehub.hub.eval_data import EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
-from edgehub.hub.evaluate import run_onnx, run_variant, score_outputs
+from edgehub.hub.eval_child import EvalLimits, EvalRunner
+from edgehub.hub.evaluate import EvalSpec, score_outputs
 from edgehub.hub.recipes import Plan, PlanError, Skipped, VariantPlan, plan_for_profiles
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import get_profile, load_profiles
@@ -34,6 +35,7 @@ from edgehub.zoo.store import ArtifactStore, sha256_file
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 REFERENCE_SAMPLES = 8
+PREFLIGHT_SAMPLES = 8  # the source model's trial run, before any pass touches it
 
 
 class PublishError(Exception):
@@ -52,6 +54,10 @@ class PublishOptions:
     profiles_file: Path | None = None
     train_path: Path | None = None  # labelled .npz for the passes that train (pruning, distillation)
     recipe_path: Path | None = None  # TOML/YAML chains that extend or narrow the profiles' recipes
+    # Limits of each evaluation's child process (hub/eval_child.py); None: $EDGEHUB_EVAL_TIMEOUT_S /
+    # $EDGEHUB_EVAL_MEMORY_MB, else 600 s and 8192 MB.
+    eval_timeout_s: float | None = None
+    eval_memory_mb: int | None = None
 
 
 @dataclass
@@ -140,14 +146,25 @@ def _references(evalset: EvalSet, outputs: list[np.ndarray], artifact: Artifact)
     return buffer.getvalue()
 
 
+def _preflight(root: Artifact, evalset: EvalSet, runner: EvalRunner) -> None:
+    """Run the source model on a few eval samples in the evaluation child before any pass runs it
+    in this process: the passes execute its graph too (onnxslim folds constant subgraphs, static
+    int8 calibrates), so a model that hangs or exhausts memory must fail here, within the limits."""
+    batch = root.inputs[0].shape[0] if root.inputs else None
+    head = batch if isinstance(batch, int) and batch > 0 else min(PREFLIGHT_SAMPLES, evalset.size)
+    runner.evaluate(root, "source", head=head)
+
+
 def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib: dict[str, np.ndarray],
-           workdir: Path, sink: ProgressSink, training: TrainingSet | None = None) -> tuple[list[_Built], list[Skipped]]:
+           workdir: Path, sink: ProgressSink, runner: EvalRunner,
+           training: TrainingSet | None = None) -> tuple[list[_Built], list[Skipped]]:
     built: dict[str, _Built] = {}
     skipped: list[Skipped] = []
     reference: list[np.ndarray] | None = None
 
-    def score(candidate: Artifact) -> float:
-        metrics = score_outputs(run_onnx(candidate.path, evalset.inputs), reference, evalset.labels)
+    def score(candidate: Artifact, label: str) -> float:
+        outputs = runner.run(candidate.path, EvalSpec("onnx"), f"{label} candidate")
+        metrics = score_outputs(outputs, reference, evalset.labels)
         return metrics["accuracy"] if metrics["accuracy"] is not None else metrics["agreement"]
 
     for vp in plan.ordered():
@@ -160,7 +177,7 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
         artifact = parent.artifact if parent else root
         recipe = list(parent.recipe) if parent else [root_step]
         ctx = PassContext(workdir=workdir / vp.label, calibration=calib,
-                          score=score if reference is not None else None,
+                          score=(lambda c, label=vp.label: score(c, label)) if reference is not None else None,
                           score_unit="accuracy" if evalset.labels is not None else "agreement",
                           on_progress=lambda message, label=vp.label: sink.update(label, message),
                           training=training, source_model=root.torch_model,
@@ -179,7 +196,7 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
                                    reason=str(exc)))
             continue
         sink.update(vp.label, "evaluating")
-        outputs = run_variant(artifact, evalset.inputs)
+        outputs = runner.evaluate(artifact, vp.label)
         if outputs is not None:
             if reference is None:
                 reference = outputs
@@ -255,9 +272,15 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     except PlanError as exc:
         raise PublishError(str(exc)) from None
     _check_training(plan, options, train_arrays is not None)
+    try:
+        limits = EvalLimits.resolve(options.eval_timeout_s, options.eval_memory_mb)
+    except ValueError as exc:
+        raise PublishError(str(exc)) from None
 
     workdir = paths.work_dir / f"publish-{uuid.uuid4().hex[:12]}"
+    runner = EvalRunner(workdir / ".eval-child", limits, options.name)
     try:
+        runner.start()  # first, so that the child starts up while the source is loaded and bound
         root, root_step = _load_source(options, arrays, workdir / "source")
         evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name)
         calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
@@ -278,12 +301,16 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
             source_ref=options.source if root_step["pass"] == "export" else Path(options.source).name,
             source_sha256=source_sha,
         )
-        built, not_built = _build(plan, root, root_step, evalset, calib, workdir, sink, training)
+        runner.set_inputs(evalset.inputs)
+        _preflight(root, evalset, runner)
+        built, not_built = _build(plan, root, root_step, evalset, calib, workdir, sink, runner, training)
+        runner.close()
         records = _commit(options.name, version, built, paths, registry)
         return PublishOutcome(version, records, plan.skipped + not_built)
     except ConversionError as exc:
         raise PublishError(str(exc)) from None
     finally:
+        runner.close()  # no evaluation child outlives the publish, whatever happened
         shutil.rmtree(workdir, ignore_errors=True)
 
 

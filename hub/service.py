@@ -15,6 +15,7 @@ from pathlib import Path
 from edgehub.agent.messages import BenchmarkSettings
 from edgehub.hub.artifact_server import ArtifactServer
 from edgehub.hub.broker import ManagedBroker, TLSFiles, free_port
+from edgehub.hub.broker_tls import broker_tls_context
 from edgehub.hub.certs import TlsPaths, server_context
 from edgehub.hub.cohorts import CohortPolicy
 from edgehub.hub.credentials import PasswordChecker
@@ -117,6 +118,8 @@ class HubService:
             broker_url = self.broker.local_url  # with TLS: the loopback listener, on this machine
         else:
             broker_url = self.settings.broker_url
+            if self.settings.broker_ca is not None:
+                broker_tls_context(self.settings.broker_ca)  # an unusable CA file: one line, before anything starts
             password = (self.paths.root / "hub-mqtt-password").read_text().strip()
             retired = tuple(retired_indices(self.paths, None, count))
             for i in range(1, count):  # fail before anything starts if a worker has no credentials
@@ -133,6 +136,8 @@ class HubService:
         save_settings(self.paths.root, self.settings)
         self.spec = WorkerSpec(
             fleet=self.settings.fleet, count=count, broker_url=broker_url,
+            # The managed broker is reached on its plain loopback listener: no CA to give.
+            broker_ca=self.settings.broker_ca if self.broker is None else None,
             artifact_base_url=self.settings.public_http_url or self.http.base_url,
             url_secret_file=str(url_secret_path(self.paths)),
             password_files={i: str(path) for i, path in password_files.items()}, tick_s=self.options.tick_s,

@@ -19,6 +19,7 @@ import time
 
 import paho.mqtt.client as mqtt
 from edgehub.agent.mqtt_link import broker_address
+from edgehub.hub.broker_tls import broker_tls_context
 from edgehub.hub.fleet_service import (
     BATCH_MAX,
     SHARE_GROUP,
@@ -59,7 +60,7 @@ def retire_session(settings: FleetSettings, service: FleetService, *, quiet_s: f
     client.on_message = lambda c, u, message: inbox.put(message)
     host, port, tls = broker_address(settings.broker_url)
     if tls:
-        client.tls_set()
+        client.tls_set_context(broker_tls_context(settings.broker_ca))
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 7 * 24 * 3600  # as the worker had it: kept if the drain fails
     client.connect_async(host, port, keepalive=30, clean_start=False, properties=props)

@@ -138,6 +138,7 @@ class WorkerSpec(BaseModel):
     fleet: str
     count: int = Field(ge=1, le=MAX_WORKERS)
     broker_url: str
+    broker_ca: str | None = None  # CA file for an mqtts:// broker the system does not trust
     artifact_base_url: str
     url_secret_file: str
     password_files: dict[int, str]  # worker index -> file holding its broker password
@@ -169,8 +170,9 @@ def fleet_settings(spec: WorkerSpec, index: int, password: str, url_secret: byte
                    public_key_b64: str | None) -> FleetSettings:
     """Worker `index`'s FleetSettings: the same for every worker but the user and the index."""
     return FleetSettings(
-        fleet=spec.fleet, broker_url=spec.broker_url, username=worker_user(index), password=password,
-        client_id=worker_user(index), artifact_base_url=spec.artifact_base_url, url_secret=url_secret,
+        fleet=spec.fleet, broker_url=spec.broker_url, broker_ca=spec.broker_ca, username=worker_user(index),
+        password=password, client_id=worker_user(index), artifact_base_url=spec.artifact_base_url,
+        url_secret=url_secret,
         policy=spec.policy, benchmark=spec.benchmark, tick_s=spec.tick_s, version=spec.version,
         public_key_b64=public_key_b64, worker_index=index, worker_count=spec.count, cohorts=spec.cohorts)
 

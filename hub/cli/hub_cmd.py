@@ -43,10 +43,32 @@ def security_errors(fn):
     return wrapper
 
 
+def checked_broker_ca(path: Path) -> str:
+    """`--broker-ca FILE`: a readable PEM certificate (or bundle); its absolute path, kept in hub.json."""
+    from cryptography import x509
+    from edgehub.hub.certs import CertError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CertError(f"--broker-ca {path}: no such file") from None
+    except OSError as exc:
+        raise CertError(f"--broker-ca {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CertError(f"--broker-ca {path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+    return str(path.resolve())
+
+
 @hub.command("serve")
 @click.option("--fleet", help="Fleet name (topic root edgehub/v1/<fleet>/). Default: as before, or 'default'.")
 @click.option("--broker", "broker_url", help="Use this broker (mqtt://host:port or mqtts://...) instead of "
               "managing a local Mosquitto. The hub user's password is read from <home>/hub-mqtt-password.")
+@click.option("--broker-ca", type=click.Path(path_type=Path), metavar="FILE",
+              help="CA certificate (PEM) that signed the --broker mqtts:// broker's certificate, when the "
+                   "system does not trust it (a private CA). Kept for later runs; devices enrolled from "
+                   "then on get it with their agent config.")
 @click.option("--mqtt-port", type=int, help="Port of the managed broker (default: kept from the first run).")
 @click.option("--http-host", help="Address of the artifact server (default 127.0.0.1).")
 @click.option("--http-port", type=int, help="Port of the artifact server (default: kept from the first run).")
@@ -67,8 +89,8 @@ def security_errors(fn):
 @home_option
 @one_line_errors
 @security_errors
-def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls, verbose,
-          home):
+def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls,
+          verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.certs import CertError, TlsPaths
     from edgehub.hub.hub_settings import load_settings
@@ -78,6 +100,7 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, worker
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = HubPaths.from_home(home)
+    broker_ca = checked_broker_ca(broker_ca) if broker_ca is not None else None
     if tls is not None:
         material = TlsPaths(paths.root)
         current = material.read_settings()
@@ -86,11 +109,13 @@ def serve(fleet, broker_url, mqtt_port, http_host, http_port, public_url, worker
         if current is not None and current.enabled != tls:
             material.write_settings(current.model_copy(update={"enabled": tls}))
     settings = load_settings(paths.root)
-    for name, value in (("fleet", fleet), ("broker_url", broker_url), ("mqtt_port", mqtt_port),
-                        ("http_host", http_host), ("http_port", http_port), ("public_http_url", public_url),
-                        ("workers", workers), ("cohort_sample", cohort_sample)):
+    for name, value in (("fleet", fleet), ("broker_url", broker_url), ("broker_ca", broker_ca),
+                        ("mqtt_port", mqtt_port), ("http_host", http_host), ("http_port", http_port),
+                        ("public_http_url", public_url), ("workers", workers), ("cohort_sample", cohort_sample)):
         if value is not None:
             setattr(settings, name, value)
+    if broker_ca is not None and not (settings.broker_url or "").startswith("mqtts://"):
+        raise CertError("--broker-ca is the CA of an external TLS broker: give it with --broker mqtts://host:port")
     service = HubService(paths, settings).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
