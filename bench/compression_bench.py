@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/compression_bench.py [--resnet-width 32] [--mobilenet-width 12]
         [--train-samples 20000] [--epochs 4] [--ft-epochs 2] [--ft-teacher parent] [--kd-epochs 5]
-        [--chain-ratio 0.4] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
+        [--chain-ratio 0.4] [--augment none|shift|shift-flip] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
         [--out results.md]
 
 For a ResNet-style and a MobileNet-style network (edgehub.hub.examples.nets) trained here, it
@@ -162,8 +162,8 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
     if sens is not None:
         facts["sensitivity"] = sens.notes
     rt = getattr(args, f"{arch}_round_to")
-    ft = {"epochs": args.ft_epochs, "round_to": rt}
-    kd = {"epochs": args.kd_epochs}
+    ft = {"epochs": args.ft_epochs, "round_to": rt, "augment": args.augment}
+    kd = {"epochs": args.kd_epochs, "augment": args.augment}
     step("pruned", "fp32", "structured_prune", {"target_ratio": 0.5, "metric": "macs", "teacher": args.ft_teacher, **ft},
          lambda n: f"MACs {n['macs_ratio']:.2f}x")
     step("pruned-int8", "pruned", "int8_static", {})
@@ -176,14 +176,15 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
 
     if wanted("student-no-kd"):
         student, _ = make_student(DistillConfig(params_ratio=0.3, round_to=rt), teacher, as_tensors(example))
-        fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3), task="no-teacher", on_progress=report)
+        fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3, augment=args.augment), task="no-teacher",
+            on_progress=report)
         s_macs, s_params = macs_and_params(student, as_tensors(example))
         add("student-no-kd", "fp32", export_module(student, example, tmp / f"{arch}-nokd.onnx",
                                                    tmp / f"{arch}-nokd.pt"), s_params, s_macs, "same student, labels only")
 
     # The chain: prune -> distill -> int8, each step its own variant.
     step("chain-pruned", "fp32", "structured_prune", {"target_ratio": args.chain_ratio, "metric": "params", "epochs": 1,
-                                                       "round_to": rt},
+                                                       "round_to": rt, "augment": args.augment},
          lambda n: f"params {n['params_ratio']:.2f}x")
     step("chain-pruned-kd", "chain-pruned", "distill", {"student": "parent", "teacher": "source", **kd})
     step("chain-pruned-kd-int8", "chain-pruned-kd", "int8_static", {})
@@ -286,6 +287,9 @@ def main() -> None:
     parser.add_argument("--kd-epochs", type=int, default=5, help="distillation epochs")
     parser.add_argument("--ft-teacher", choices=["none", "parent"], default="parent",
                         help="fine-tune the pruned model on the labels only, or distil from the unpruned one too")
+    parser.add_argument("--augment", choices=["none", "shift", "shift-flip"], default="none",
+                        help="augmentation for every training step after the teacher's (the label-only "
+                             "student gets the same)")
     parser.add_argument("--chain-ratio", type=float, default=0.4,
                         help="the chain's first step: structured pruning to this share of the params")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
@@ -322,7 +326,7 @@ def main() -> None:
                   f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs; augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])

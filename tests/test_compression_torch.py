@@ -199,3 +199,45 @@ def test_slim_keeps_the_pytorch_model(resnet, tmp_path):
     slim = run_pass("slim", resnet, {}, PassContext(workdir=tmp_path))
     assert slim.torch_model == resnet.torch_model
     assert onnx.load(str(slim.path)).graph.node
+
+
+def test_augment_batch_shifts_and_flips_each_image():
+    from edgehub.converters.torch_passes.augment import augment_batch
+
+    x = np.arange(2 * 1 * 6 * 6, dtype=np.float32).reshape(2, 1, 6, 6) + 1
+    assert augment_batch(x, "none", np.random.default_rng(0)) is x
+    seen_shifts, seen_flips = set(), 0
+    for seed in range(40):
+        out = augment_batch(x, "shift-flip", np.random.default_rng(seed), max_shift=1)
+        assert out.shape == x.shape and out.dtype == x.dtype
+        for i in range(2):
+            # Each output is the original (maybe mirrored) moved by at most one pixel, zeros let in.
+            matches = []
+            for flip in (False, True):
+                src = x[i, :, :, ::-1] if flip else x[i]
+                padded = np.pad(src, ((0, 0), (1, 1), (1, 1)))
+                for dy in range(3):
+                    for dx in range(3):
+                        if np.array_equal(out[i], padded[:, dy:dy + 6, dx:dx + 6]):
+                            matches.append((flip, dy - 1, dx - 1))
+            assert matches, f"image {i} (seed {seed}) is not a shift or flip of the original"
+            seen_shifts.add(matches[0][1:])
+            seen_flips += matches[0][0]
+    assert len(seen_shifts) > 4 and 0 < seen_flips < 80  # both directions drawn, flips about half
+
+
+def test_distill_with_augmentation_scores_augmented_batches(resnet, fmnist_small, tmp_path):
+    progress = []
+    student = run_pass("distill", resnet, {"params_ratio": 0.3, "epochs": 1, "round_to": None,
+                                           "augment": "shift-flip"},
+                       ctx_for(resnet, fmnist_small, tmp_path, progress))
+    assert student.notes["training"]["augment"] == "shift-flip"
+    assert progress[-1].val_accuracy is not None and np.isfinite(progress[-1].loss)
+    # A non-image training set is refused with one clear line, before any training.
+    flat = TrainingSet(inputs={"x": fmnist_small.inputs["x"].reshape(600, -1)}, labels=fmnist_small.labels,
+                       val_inputs={}, val_labels=np.array([], dtype=np.int64))
+    with pytest.raises(ConversionError, match=r"needs a single image input of shape \(N, C, H, W\)"):
+        from edgehub.converters.torch_passes.training import TrainSettings, fit
+        from edgehub.hub.examples.nets import resnet_small
+
+        fit(resnet_small(width=8), flat, TrainSettings(augment="shift"))

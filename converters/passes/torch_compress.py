@@ -17,6 +17,7 @@ from pydantic import Field
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import NotApplicable, Pass, PassConfig, PassContext, TrainingSet, register
+from edgehub.converters.torch_passes.augment import Augment
 
 
 def input_module(artifact: Artifact, ctx: PassContext, pass_name: str) -> Any:
@@ -65,6 +66,19 @@ class TrainingConfig(PassConfig):
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(128, ge=1)
     seed: int = 0
+    # Random shifts (and mirror flips) of image inputs (N, C, H, W) while training; the teacher, if
+    # any, scores each augmented batch (converters/torch_passes/augment.py).
+    augment: Augment = "none"
+    # With a teacher: alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels).
+    temperature: float = Field(4.0, gt=0)
+    alpha: float = Field(0.7, ge=0, le=1)
+
+
+def train_settings(config: TrainingConfig):
+    from edgehub.converters.torch_passes.training import TrainSettings
+
+    return TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                         temperature=config.temperature, alpha=config.alpha, augment=config.augment)
 
 
 class StructuredPruneConfig(TrainingConfig):
@@ -77,8 +91,6 @@ class StructuredPruneConfig(TrainingConfig):
     round_to: int | None = Field(8, ge=1)
     # Fine-tune with the labels only ("none"), or distil from the unpruned model as well.
     teacher: Literal["none", "parent", "source"] = "none"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.7, ge=0, le=1)
 
 
 @register
@@ -92,7 +104,7 @@ class StructuredPrune(Pass[StructuredPruneConfig]):
     def run(self, artifact: Artifact, config: StructuredPruneConfig, ctx: PassContext) -> Artifact:
         from edgehub.converters.torch_passes.channel_pruning import prune_to_ratio
         from edgehub.converters.torch_passes.model_io import as_tensors, example_inputs
-        from edgehub.converters.torch_passes.training import TrainSettings, accuracy, fit, set_threads
+        from edgehub.converters.torch_passes.training import accuracy, fit, set_threads
 
         model = input_module(artifact, ctx, self.name)
         data = training_set(ctx, self.name)
@@ -103,8 +115,7 @@ class StructuredPrune(Pass[StructuredPruneConfig]):
                                config.metric, uniform=config.uniform, round_to=config.round_to)
         if len(data.val_labels):
             stats["val_accuracy_before_finetune"] = round(accuracy(model, data.val_inputs, data.val_labels), 5)
-        settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                                 temperature=config.temperature, alpha=config.alpha)
+        settings = train_settings(config)
         stats["training"] = fit(model, data, settings, teacher=teacher, task="fine-tune",
                                 on_progress=ctx.on_train_progress)
         return _finish(model, data, ctx, "pruned", stats)
@@ -118,8 +129,6 @@ class DistillConfig(TrainingConfig):
     params_ratio: float = Field(0.3, gt=0, lt=1)  # for "narrow": the student's share of the params
     round_to: int | None = Field(8, ge=1)  # for "narrow": channel counts stay multiples of this
     teacher: Literal["source", "parent"] = "source"
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.7, ge=0, le=1)
     epochs: int = Field(2, ge=0, le=1000)
     lr: float = Field(2e-3, gt=0, le=1)
 
@@ -152,7 +161,7 @@ class Distill(Pass[DistillConfig]):
     def run(self, artifact: Artifact, config: DistillConfig, ctx: PassContext) -> Artifact:
         from edgehub.converters.torch_passes.cost import macs_and_params
         from edgehub.converters.torch_passes.model_io import as_tensors, example_inputs
-        from edgehub.converters.torch_passes.training import TrainSettings, accuracy, fit, set_threads
+        from edgehub.converters.torch_passes.training import accuracy, fit, set_threads
 
         parent = input_module(artifact, ctx, self.name)
         data = training_set(ctx, self.name)
@@ -165,8 +174,7 @@ class Distill(Pass[DistillConfig]):
         notes["params_ratio_to_teacher"] = round(student_params / teacher_params, 4)
         if len(data.val_labels):
             notes["teacher_val_accuracy"] = round(accuracy(teacher, data.val_inputs, data.val_labels), 5)
-        settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                                 temperature=config.temperature, alpha=config.alpha)
+        settings = train_settings(config)
         notes["training"] = fit(student, data, settings, teacher=teacher, task="distill",
                                 on_progress=ctx.on_train_progress)
         return _finish(student, data, ctx, "distilled", notes)
@@ -175,8 +183,6 @@ class Distill(Pass[DistillConfig]):
 class DepthwiseSeparableConfig(TrainingConfig):
     # Convolutions with fewer input channels stay (a 1-channel stem would become rank 1).
     min_in_channels: int = Field(4, ge=2)
-    temperature: float = Field(4.0, gt=0)
-    alpha: float = Field(0.7, ge=0, le=1)
 
 
 @register
@@ -189,7 +195,7 @@ class DepthwiseSeparable(Pass[DepthwiseSeparableConfig]):
 
     def run(self, artifact: Artifact, config: DepthwiseSeparableConfig, ctx: PassContext) -> Artifact:
         from edgehub.converters.torch_passes.depthwise import replace_convolutions
-        from edgehub.converters.torch_passes.training import TrainSettings, accuracy, fit, set_threads
+        from edgehub.converters.torch_passes.training import accuracy, fit, set_threads
 
         original = input_module(artifact, ctx, self.name)
         data = training_set(ctx, self.name)
@@ -202,8 +208,7 @@ class DepthwiseSeparable(Pass[DepthwiseSeparableConfig]):
         notes: dict = {"replaced": replaced}
         if len(data.val_labels):
             notes["val_accuracy_after_init"] = round(accuracy(model, data.val_inputs, data.val_labels), 5)
-        settings = TrainSettings(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
-                                 temperature=config.temperature, alpha=config.alpha)
+        settings = train_settings(config)
         notes["training"] = fit(model, data, settings, teacher=original, task="recover",
                                 on_progress=ctx.on_train_progress)
         return _finish(model, data, ctx, "separable", notes)

@@ -1,8 +1,9 @@
 """The training loop shared by the passes that train: fine-tuning and knowledge distillation.
 
 Distillation loss (Hinton et al.): alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
-+ (1 - alpha) * cross-entropy with the labels. The teacher's logits are computed once over the
-training set (no augmentation here, so they never change), which halves the cost per epoch.
++ (1 - alpha) * cross-entropy with the labels. Without augmentation the teacher's logits are
+computed once over the training set (they never change), which halves the cost per epoch; with
+it (augment.py) the teacher scores every augmented batch the student sees.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgehub.converters.passes.base import TrainingSet, TrainProgress
+from edgehub.converters.torch_passes.augment import Augment, augment_batch, check_augmentable
 
 
 @dataclass
@@ -27,6 +29,7 @@ class TrainSettings:
     seed: int = 0
     temperature: float = 4.0  # distillation only
     alpha: float = 0.7  # weight of the distillation term; 1 - alpha goes to the labels
+    augment: Augment = "none"  # random shifts (and flips) of image inputs, a fresh draw every batch
 
 
 def set_threads() -> None:
@@ -83,7 +86,11 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
     rng = np.random.default_rng(settings.seed)
     n = data.size
     labels = data.labels.astype(np.int64)
-    teacher_logits = predict_logits(teacher, data.inputs) if teacher is not None else None
+    check_augmentable(data.inputs, settings.augment)
+    augmenting = settings.augment != "none"
+    teacher_logits = predict_logits(teacher, data.inputs) if teacher is not None and not augmenting else None
+    if teacher is not None:
+        teacher.eval()
     steps = math.ceil(n / settings.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps * settings.epochs))
@@ -97,10 +104,19 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
         for step in range(1, steps + 1):
             idx = order[(step - 1) * settings.batch_size: step * settings.batch_size]
             target = torch.from_numpy(labels[idx])
-            logits = model(*_tensors(data.inputs, idx))
-            if teacher_logits is not None:
-                loss = distillation_loss(logits, torch.from_numpy(teacher_logits[idx]), target,
-                                         settings.temperature, settings.alpha)
+            if augmenting:
+                images = next(iter(data.inputs.values()))
+                batch = [torch.from_numpy(augment_batch(images[idx], settings.augment, rng))]
+            else:
+                batch = _tensors(data.inputs, idx)
+            logits = model(*batch)
+            if teacher is not None:
+                if teacher_logits is not None:
+                    soft_targets = torch.from_numpy(teacher_logits[idx])
+                else:
+                    with torch.no_grad():
+                        soft_targets = teacher(*batch).float()
+                loss = distillation_loss(logits, soft_targets, target, settings.temperature, settings.alpha)
             else:
                 loss = F.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
@@ -115,6 +131,7 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
             val_accuracy = accuracy(model, data.val_inputs, data.val_labels)
             on_progress(TrainProgress(task, epoch, settings.epochs, steps, steps, loss_avg, val_accuracy))
     model.eval()
-    return {"task": task, "epochs": settings.epochs, "samples": n, "final_loss": round(loss_avg, 5),
+    return {"task": task, "epochs": settings.epochs, "samples": n, "augment": settings.augment,
+            "final_loss": round(loss_avg, 5),
             "val_accuracy": None if val_accuracy is None else round(val_accuracy, 5),
             "seconds": round(time.perf_counter() - started, 2)}
