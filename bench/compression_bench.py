@@ -164,7 +164,8 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
     rt = getattr(args, f"{arch}_round_to")
     ft = {"epochs": args.ft_epochs, "round_to": rt, "augment": args.augment}
     kd = {"epochs": args.kd_epochs, "augment": args.augment}
-    step("pruned", "fp32", "structured_prune", {"target_ratio": 0.5, "metric": "macs", "teacher": args.ft_teacher, **ft},
+    step("pruned", "fp32", "structured_prune", {"target_ratio": 0.5, "metric": "macs", "teacher": args.ft_teacher,
+                                                 "uniform": not args.prune_global, **ft},
          lambda n: f"MACs {n['macs_ratio']:.2f}x")
     step("pruned-int8", "pruned", "int8_static", {})
     step("distilled", "fp32", "distill", {"student": "narrow", "params_ratio": 0.3, "round_to": rt, **kd},
@@ -184,7 +185,8 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
 
     # The chain: prune -> distill -> int8, each step its own variant.
     step("chain-pruned", "fp32", "structured_prune", {"target_ratio": args.chain_ratio, "metric": "params", "epochs": 1,
-                                                       "round_to": rt, "augment": args.augment},
+                                                       "round_to": rt, "augment": args.augment,
+                                                       "uniform": not args.chain_global},
          lambda n: f"params {n['params_ratio']:.2f}x")
     step("chain-pruned-kd", "chain-pruned", "distill", {"student": "parent", "teacher": "source", **kd})
     step("chain-pruned-kd-int8", "chain-pruned-kd", "int8_static", {})
@@ -292,6 +294,11 @@ def main() -> None:
                              "student gets the same)")
     parser.add_argument("--chain-ratio", type=float, default=0.4,
                         help="the chain's first step: structured pruning to this share of the params")
+    parser.add_argument("--prune-global", action="store_true",
+                        help="the 'pruned' variant: channels compete across layers (default: the same share)")
+    parser.add_argument("--chain-global", action="store_true",
+                        help="the chain's pruning: channels compete across layers by magnitude (default: "
+                             "the same share of every layer)")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per latency round")
     parser.add_argument("--arch", choices=["resnet", "mobilenet"], action="append")
