@@ -35,28 +35,25 @@ def url_expiry(url: str | None) -> int | None:
     return int(values[0])
 
 
+def _any_expiring(urls, now: float, margin_s: float) -> bool:
+    for url in urls:
+        if url is None:
+            continue
+        exp = url_expiry(url)
+        if exp is None or exp - now < margin_s:
+            return True
+    return False
+
+
 def needs_refresh(desired: DesiredState, now: float, margin_s: float = REFRESH_MARGIN_S) -> bool:
     """True if any URL in `desired` expires within `margin_s` of `now` (or carries no deadline)."""
-    for c in desired.candidates:
-        for url in (c.url, c.references_url):
-            if url is None:
-                continue
-            exp = url_expiry(url)
-            if exp is None or exp - now < margin_s:
-                return True
-    return False
+    return _any_expiring((u for c in desired.candidates for u in (c.url, c.references_url)), now, margin_s)
 
 
 def stored_needs_refresh(body: dict, now: float, margin_s: float = REFRESH_MARGIN_S) -> bool:
     """`needs_refresh` on a stored desired-state body (its JSON form), without parsing the model."""
-    for c in body.get("candidates") or ():
-        for url in (c.get("url"), c.get("references_url")):
-            if url is None:
-                continue
-            exp = url_expiry(url)
-            if exp is None or exp - now < margin_s:
-                return True
-    return False
+    candidates = body.get("candidates") or ()
+    return _any_expiring((c.get(k) for c in candidates for k in ("url", "references_url")), now, margin_s)
 
 
 def refreshed(desired: DesiredState, base_url: str, secret: bytes, ttl_s: int, now: float) -> DesiredState:
