@@ -189,7 +189,7 @@ class EvalRunner:
         if line is None:
             self._kill()
             raise ConversionError(f"{what}: evaluation timed out after {self.limits.timeout_s:g} s "
-                                  f"(raise the limit with {ENV_TIMEOUT})")
+                                  f"(raise the limit with --eval-timeout or {ENV_TIMEOUT})")
         if not line:
             raise self._died(what)
         try:
@@ -219,7 +219,7 @@ class EvalRunner:
         self._kill()  # after an allocation failure the child's heap is not to be trusted
         extra = f"; {detail}" if detail else ""
         return ConversionError(f"{what}: ran out of memory (limit {self.limits.effective_memory_mb} MB{extra}; "
-                               f"raise it with {ENV_MEMORY})")
+                               f"raise it with --eval-memory or {ENV_MEMORY})")
 
     def _failed(self, reply: dict, what: str) -> ConversionError:
         if reply.get("kind") == "memory":

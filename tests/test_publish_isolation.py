@@ -179,3 +179,14 @@ def test_bad_limit_in_the_environment_is_one_clear_line(seeded, tiny_mlp, monkey
     message = publish_fails(seeded, str(tiny_mlp["onnx"]), "--name", "x", "--eval", str(tiny_mlp["eval"]),
                             limit_s=SLACK_S)
     assert f"{ENV_TIMEOUT}='soon' is not a number" in message
+
+
+def test_limits_from_the_command_line(seeded, small_eval, tmp_path):
+    """`edgehub publish --eval-timeout S` bounds the evaluation like the environment variable does."""
+    model = hang(tmp_path / "hang.onnx")
+    message = publish_fails(seeded, str(model), "--name", "hang", "--eval", str(small_eval),
+                            "--eval-timeout", str(TIMEOUT_S), limit_s=TIMEOUT_S + SLACK_S)
+    assert f"timed out after {TIMEOUT_S} s" in message
+    bad = CliRunner().invoke(cli, ["publish", str(model), "--name", "hang", "--eval", str(small_eval),
+                                   "--eval-memory", "10", "--home", str(seeded)])
+    assert bad.exit_code == 2 and "--eval-memory" in bad.output

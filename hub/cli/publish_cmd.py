@@ -59,11 +59,16 @@ class RichSink:
               help="TOML/YAML file of pass chains that extend or narrow the profiles' recipes.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
 @click.option("--no-deploy", is_flag=True, help="Register only; do not send candidates to enrolled devices.")
+@click.option("--eval-timeout", "eval_timeout_s", type=click.FloatRange(min=1),
+              help="Seconds one evaluation of a model may take in its child process (default "
+                   "$EDGEHUB_EVAL_TIMEOUT_S or 600).")
+@click.option("--eval-memory", "eval_memory_mb", type=click.IntRange(min=64),
+              help="Address-space limit in MB of the evaluation child (default $EDGEHUB_EVAL_MEMORY_MB or 8192).")
 @home_option
 @json_option
 @one_line_errors
 def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, recipe_path, new_version,
-            no_deploy, home, as_json):
+            no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
@@ -83,7 +88,8 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     registry = Registry(paths.db_url)
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
-                             profiles_file=profiles_file, train_path=train_path, recipe_path=recipe_path)
+                             profiles_file=profiles_file, train_path=train_path, recipe_path=recipe_path,
+                             eval_timeout_s=eval_timeout_s, eval_memory_mb=eval_memory_mb)
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=err_console, transient=as_json)
