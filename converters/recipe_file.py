@@ -22,13 +22,12 @@ typo fails before anything is built.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import parse_config
+from edgehub.zoo.config_files import read_toml_or_yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 
@@ -88,33 +87,10 @@ class RecipeFile(BaseModel):
                     raise ConversionError(f"variant {label!r}: {exc}") from None
 
 
-def _read(path: Path) -> object:
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".yaml", ".yml"):
-        raise ConversionError(f"{path}: recipe files are .toml or .yaml, not {suffix or 'extension-less'}")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConversionError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConversionError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        import yaml
-    except ImportError:
-        raise ConversionError(f"{path}: YAML recipes need PyYAML (pip install pyyaml); or use .toml") from None
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise ConversionError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-
-
 def load_recipe_file(path: Path) -> RecipeFile:
     """Read and validate a recipe file; one-line ConversionError on anything wrong."""
     path = Path(path)
-    data = _read(path)
+    data = read_toml_or_yaml(path, "recipe", ConversionError)
     if not isinstance(data, dict):
         raise ConversionError(f"{path}: expected a table of settings and [[chain]] entries")
     try:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from edgehub.zoo.config_files import read_toml_or_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 Int8Scheme = Literal["u8s8", "reduce_range", "u8u8", "s8s8-symmetric"]
@@ -195,32 +195,6 @@ _BUILTINS = [
 BUILTIN_PROFILES: dict[str, Profile] = {p.name: p for p in _BUILTINS}
 
 
-def _read_file(path: Path) -> Any:
-    suffix = path.suffix.lower()
-    if suffix not in (".toml", ".yaml", ".yml"):
-        raise ProfileError(f"{path}: unsupported profiles file type {suffix!r}; use .toml or .yaml")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ProfileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(raw.decode("utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ProfileError(f"{path}: not valid TOML: {exc}") from exc
-    try:
-        import yaml  # optional: TOML needs nothing beyond the standard library
-    except ImportError:
-        raise ProfileError(
-            f"{path}: YAML profiles need PyYAML (pip install pyyaml); or use a .toml file"
-        ) from None
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        detail = " ".join(str(exc).split())  # YAML errors span several lines
-        raise ProfileError(f"{path}: not valid YAML: {detail}") from exc
-
-
 def _entries(path: Path, data: Any) -> list[dict[str, Any]]:
     """Normalise `profiles = [...]` or `[profiles.<name>]` into a list of dicts with a name."""
     if not isinstance(data, dict) or "profiles" not in data:
@@ -267,7 +241,7 @@ def load_profiles(path: Path | None = None) -> dict[str, Profile]:
         return profiles
     path = Path(path)
     seen: set[str] = set()
-    for body in _entries(path, _read_file(path)):
+    for body in _entries(path, read_toml_or_yaml(path, "profiles", ProfileError)):
         name = body["name"]
         if name in seen:
             raise ProfileError(f"{path}: profile {name!r} is defined twice")
