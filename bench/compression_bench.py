@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/compression_bench.py [--resnet-width 32] [--mobilenet-width 12]
         [--train-samples 20000] [--epochs 4] [--ft-epochs 2] [--ft-teacher parent] [--kd-epochs 5]
-        [--chain-ratio 0.4] [--augment none|shift|shift-flip] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
+        [--chain-ratio 0.4] [--seeds 1] [--kd-ratio 0.3] [--kd-init teacher|random] [--augment none|shift|shift-flip] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
         [--out results.md]
 
 For a ResNet-style and a MobileNet-style network (edgehub.hub.examples.nets) trained here, it
@@ -163,12 +163,13 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         facts["sensitivity"] = sens.notes
     rt = getattr(args, f"{arch}_round_to")
     ft = {"epochs": args.ft_epochs, "round_to": rt, "augment": args.augment}
-    kd = {"epochs": args.kd_epochs, "augment": args.augment}
+    kd = {"epochs": args.kd_epochs, "augment": args.augment, "temperature": args.kd_temperature, "alpha": args.kd_alpha}
     step("pruned", "fp32", "structured_prune", {"target_ratio": 0.5, "metric": "macs", "teacher": args.ft_teacher,
                                                  "uniform": not args.prune_global, **ft},
          lambda n: f"MACs {n['macs_ratio']:.2f}x")
     step("pruned-int8", "pruned", "int8_static", {})
-    step("distilled", "fp32", "distill", {"student": "narrow", "params_ratio": 0.3, "round_to": rt, **kd},
+    step("distilled", "fp32", "distill", {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt,
+                                           "init": args.kd_init, **kd},
          lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
     step("distilled-int8", "distilled", "int8_static", {})
 
@@ -176,12 +177,30 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
     from edgehub.converters.passes.torch_compress import DistillConfig, make_student
 
     if wanted("student-no-kd"):
-        student, _ = make_student(DistillConfig(params_ratio=0.3, round_to=rt), teacher, as_tensors(example))
+        seed = 0
+        student, _ = make_student(DistillConfig(params_ratio=args.kd_ratio, round_to=rt, init=args.kd_init, seed=seed),
+                                  teacher, as_tensors(example))
         fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3, augment=args.augment), task="no-teacher",
             on_progress=report)
         s_macs, s_params = macs_and_params(student, as_tensors(example))
         add("student-no-kd", "fp32", export_module(student, example, tmp / f"{arch}-nokd.onnx",
                                                    tmp / f"{arch}-nokd.pt"), s_params, s_macs, "same student, labels only")
+
+    # More seeds for the distillation comparison: one run each is within seed-to-seed noise.
+    if args.seeds > 1 and "distilled" in built and wanted("student-no-kd"):
+        runs = facts["seed_runs"] = {"distilled": [get_row(rows, "distilled").accuracy],
+                                     "student-no-kd": [get_row(rows, "student-no-kd").accuracy]}
+        for seed in range(1, args.seeds):
+            kd_art = run_pass("distill", built["fp32"], {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt,
+                                                         "init": args.kd_init, "seed": seed, **kd}, ctx)
+            runs["distilled"].append(score(kd_art))
+            student, _ = make_student(DistillConfig(params_ratio=args.kd_ratio, round_to=rt, init=args.kd_init, seed=seed),
+                                  teacher, as_tensors(example))
+            fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3, augment=args.augment, seed=seed),
+                task=f"no-teacher seed {seed}", on_progress=report)
+            runs["student-no-kd"].append(score(export_module(student, example, tmp / f"{arch}-nokd-{seed}.onnx",
+                                                             tmp / f"{arch}-nokd-{seed}.pt")))
+            console.print(f"{arch} seed {seed}: KD {runs['distilled'][-1]:.4f}, no-KD {runs['student-no-kd'][-1]:.4f}")
 
     # The chain: prune -> distill -> int8, each step its own variant.
     step("chain-pruned", "fp32", "structured_prune", {"target_ratio": args.chain_ratio, "metric": "params", "epochs": 1,
@@ -202,6 +221,10 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         facts["guard"] = guarded.notes["guard"] if guarded else None
         facts["outlier_plain"] = plain is not None
     return rows, facts
+
+
+def get_row(rows: list[Row], label: str) -> Row:
+    return next(r for r in rows if r.label == label)
 
 
 def latency_ratios(rows: list[Row], x_test: np.ndarray, seconds: float) -> dict[tuple[str, str], tuple[float, float]]:
@@ -256,7 +279,17 @@ def targets_table(rows: list[Row], latency, facts: dict) -> str:
                            f"MACs {r.macs / fp32.macs:.2f}x, latency b1 {l1:.2f}x / b32 {l32:.2f}x, drop {drop(r):+.2f}",
                            min(l1, l32) <= 0.6 and drop(r) <= 1.0))
         r, nokd = get(arch, "distilled"), get(arch, "student-no-kd")
-        if r and nokd:
+        runs = facts[arch].get("seed_runs")
+        if r and nokd and runs:
+            kd_acc, plain_acc = np.array(runs["distilled"]), np.array(runs["student-no-kd"])
+            wins = int((kd_acc > plain_acc).sum())
+            kd_drop = (fp32.accuracy - kd_acc.mean()) * 100
+            checks.append(("distilled student <= 0.3x params: within 1.5 pts, better than no-KD",
+                           f"params {r.params / fp32.params:.2f}x, {len(kd_acc)} seeds: KD top-1 {kd_acc.mean():.4f} "
+                           f"+- {kd_acc.std(ddof=1):.4f} (drop {kd_drop:+.2f}), no-KD {plain_acc.mean():.4f} "
+                           f"+- {plain_acc.std(ddof=1):.4f}; KD ahead with {wins} of {len(kd_acc)} seeds",
+                           r.params / fp32.params <= 0.3 and kd_drop <= 1.5 and kd_acc.mean() > plain_acc.mean()))
+        elif r and nokd:
             checks.append(("distilled student <= 0.3x params: within 1.5 pts, better than no-KD",
                            f"params {r.params / fp32.params:.2f}x, KD top-1 {r.accuracy:.4f} (drop {drop(r):+.2f}), "
                            f"no-KD top-1 {nokd.accuracy:.4f}",
@@ -299,6 +332,16 @@ def main() -> None:
     parser.add_argument("--chain-global", action="store_true",
                         help="the chain's pruning: channels compete across layers by magnitude (default: "
                              "the same share of every layer)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train the distilled and the label-only student with this many seeds each and "
+                             "compare the means")
+    parser.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature T")
+    parser.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation term")
+    parser.add_argument("--kd-ratio", type=float, default=0.3,
+                        help="the narrowed student's share of the teacher's params (the target asks <= 0.3)")
+    parser.add_argument("--kd-init", choices=["teacher", "random"], default="teacher",
+                        help="the narrowed student (and its label-only twin) starts from the teacher's "
+                             "weights or from a random initialisation")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per latency round")
     parser.add_argument("--arch", choices=["resnet", "mobilenet"], action="append")
@@ -333,7 +376,7 @@ def main() -> None:
                   f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs; augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])
@@ -348,6 +391,10 @@ def main() -> None:
                 s = f["sensitivity"]
                 text += (f"\n\n{arch} sensitivity-70 per-layer ratios: "
                          + ", ".join(f"{k} {v:.2f}" for k, v in s["layer_ratios"].items()))
+            if f.get("seed_runs"):
+                text += (f"\n\n{arch} distillation per seed (KD / no-KD): "
+                         + ", ".join(f"seed {i} {a:.4f} / {b:.4f}" for i, (a, b) in
+                                     enumerate(zip(f["seed_runs"]["distilled"], f["seed_runs"]["student-no-kd"]))))
             for label, why in f.get("not_applicable", {}).items():
                 text += f"\n\n{arch} {label}: not applicable: {why}"
     print(text)

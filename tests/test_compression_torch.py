@@ -105,6 +105,31 @@ def test_distill_into_a_narrow_student(resnet, fmnist_small, tmp_path):
     assert {p.task for p in progress} == {"distill"} and progress[-1].val_accuracy is not None
 
 
+def test_narrow_student_can_start_from_random_weights():
+    import torch
+
+    from edgehub.converters.passes.torch_compress import DistillConfig, make_student
+    from edgehub.hub.examples.nets import ResNetSmall
+
+    torch.manual_seed(0)
+    teacher = ResNetSmall(width=8).eval()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    example = (torch.zeros(1, 1, 28, 28),)
+    kept, _ = make_student(DistillConfig(params_ratio=0.3, round_to=None), teacher, example)
+    fresh, notes = make_student(DistillConfig(params_ratio=0.3, round_to=None, init="random", seed=3),
+                                teacher, example)
+    again, _ = make_student(DistillConfig(params_ratio=0.3, round_to=None, init="random", seed=3),
+                            teacher, example)
+    assert notes["init"] == "random"
+    kept_state, fresh_state, again_state = kept.state_dict(), fresh.state_dict(), again.state_dict()
+    assert {k: v.shape for k, v in kept_state.items()} == {k: v.shape for k, v in fresh_state.items()}
+    # Not the teacher's weights; the same seed gives the same start (the label-only baseline needs it).
+    assert not torch.equal(kept_state["layer1.0.conv1.weight"], fresh_state["layer1.0.conv1.weight"])
+    assert all(torch.equal(fresh_state[k], again_state[k]) for k in fresh_state)
+    assert torch.equal(fresh_state["layer1.0.bn1.running_var"], torch.ones_like(fresh_state["layer1.0.bn1.running_var"]))
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
+
+
 def test_channel_counts_stay_multiples_of_round_to():
     """Ragged channel counts defeat the CPU's blocked conv kernels (measured: a ResNet pruned to
     0.48x MACs ran 1.03x the fp32 latency with 11/22/45 channels, 0.79x with multiples of 8)."""

@@ -128,9 +128,26 @@ class DistillConfig(TrainingConfig):
     student: str = "narrow"
     params_ratio: float = Field(0.3, gt=0, lt=1)  # for "narrow": the student's share of the params
     round_to: int | None = Field(8, ge=1)  # for "narrow": channel counts stay multiples of this
+    # For "narrow": start from the teacher's own (narrowed) weights, or from a fresh random
+    # initialisation (seeded by `seed`), the textbook distillation setting.
+    init: Literal["teacher", "random"] = "teacher"
     teacher: Literal["source", "parent"] = "source"
     epochs: int = Field(2, ge=0, le=1000)
     lr: float = Field(2e-3, gt=0, le=1)
+
+
+def reinitialise(model: Any, seed: int) -> None:
+    """Fresh default initialisation of every layer that has one (BN statistics included), seeded,
+    without disturbing the caller's random state."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_running_stats"):
+                module.reset_running_stats()
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
 
 
 def make_student(config: DistillConfig, parent: Any, example: tuple) -> tuple[Any, dict]:
@@ -143,7 +160,9 @@ def make_student(config: DistillConfig, parent: Any, example: tuple) -> tuple[An
         student = copy.deepcopy(parent)
         stats = prune_to_ratio(student, example, config.params_ratio, "params", uniform=True,
                                round_to=config.round_to)
-        return student, {"student": "narrow", "narrowing": stats}
+        if config.init == "random":
+            reinitialise(student, config.seed)
+        return student, {"student": "narrow", "init": config.init, "narrowing": stats}
     if is_factory_ref(config.student):
         return load_torch_model(config.student).train(), {"student": config.student}
     raise ConversionError(f"distill: student must be 'narrow', 'parent' or 'package.module:factory', "
