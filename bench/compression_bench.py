@@ -168,38 +168,35 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
                                                  "uniform": not args.prune_global, **ft},
          lambda n: f"MACs {n['macs_ratio']:.2f}x")
     step("pruned-int8", "pruned", "int8_static", {})
-    step("distilled", "fp32", "distill", {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt,
-                                           "init": args.kd_init, **kd},
-         lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
+
+    def kd_config(seed: int) -> dict:
+        return {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt, "init": args.kd_init,
+                "seed": seed, **kd}
+
+    step("distilled", "fp32", "distill", kd_config(0), lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
     step("distilled-int8", "distilled", "int8_static", {})
 
-    # The same student (same init, same epochs and schedule) trained on the labels alone.
-    from edgehub.converters.passes.torch_compress import DistillConfig, make_student
+    from edgehub.converters.passes.torch_compress import DistillConfig, make_student, train_settings
+
+    def label_only_student(seed: int):
+        """The distilled student's twin (same start, epochs and schedule), trained on the labels alone."""
+        config = DistillConfig(**kd_config(seed))
+        student, _ = make_student(config, teacher, as_tensors(example))
+        fit(student, data, train_settings(config), task=f"no-teacher seed {seed}", on_progress=report)
+        return student, export_module(student, example, tmp / f"{arch}-nokd-{seed}.onnx", tmp / f"{arch}-nokd-{seed}.pt")
 
     if wanted("student-no-kd"):
-        seed = 0
-        student, _ = make_student(DistillConfig(params_ratio=args.kd_ratio, round_to=rt, init=args.kd_init, seed=seed),
-                                  teacher, as_tensors(example))
-        fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3, augment=args.augment), task="no-teacher",
-            on_progress=report)
+        student, art = label_only_student(0)
         s_macs, s_params = macs_and_params(student, as_tensors(example))
-        add("student-no-kd", "fp32", export_module(student, example, tmp / f"{arch}-nokd.onnx",
-                                                   tmp / f"{arch}-nokd.pt"), s_params, s_macs, "same student, labels only")
+        add("student-no-kd", "fp32", art, s_params, s_macs, "same student, labels only")
 
     # More seeds for the distillation comparison: one run each is within seed-to-seed noise.
     if args.seeds > 1 and "distilled" in built and wanted("student-no-kd"):
         runs = facts["seed_runs"] = {"distilled": [get_row(rows, "distilled").accuracy],
                                      "student-no-kd": [get_row(rows, "student-no-kd").accuracy]}
         for seed in range(1, args.seeds):
-            kd_art = run_pass("distill", built["fp32"], {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt,
-                                                         "init": args.kd_init, "seed": seed, **kd}, ctx)
-            runs["distilled"].append(score(kd_art))
-            student, _ = make_student(DistillConfig(params_ratio=args.kd_ratio, round_to=rt, init=args.kd_init, seed=seed),
-                                  teacher, as_tensors(example))
-            fit(student, data, TrainSettings(epochs=args.kd_epochs, lr=2e-3, augment=args.augment, seed=seed),
-                task=f"no-teacher seed {seed}", on_progress=report)
-            runs["student-no-kd"].append(score(export_module(student, example, tmp / f"{arch}-nokd-{seed}.onnx",
-                                                             tmp / f"{arch}-nokd-{seed}.pt")))
+            runs["distilled"].append(score(run_pass("distill", built["fp32"], kd_config(seed), ctx)))
+            runs["student-no-kd"].append(score(label_only_student(seed)[1]))
             console.print(f"{arch} seed {seed}: KD {runs['distilled'][-1]:.4f}, no-KD {runs['student-no-kd'][-1]:.4f}")
 
     # The chain: prune -> distill -> int8, each step its own variant.
