@@ -137,15 +137,13 @@ class DistillConfig(TrainingConfig):
 
 
 def reinitialise(model: Any, seed: int) -> None:
-    """Fresh default initialisation of every layer that has one (BN statistics included), seeded,
-    without disturbing the caller's random state."""
+    """PyTorch's default initialisation of every layer that has one (BatchNorm's also resets its
+    running statistics), seeded, without disturbing the caller's random state."""
     import torch
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for module in model.modules():
-            if hasattr(module, "reset_running_stats"):
-                module.reset_running_stats()
             if callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
 
