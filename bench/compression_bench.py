@@ -173,7 +173,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         return {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt, "init": args.kd_init,
                 "seed": seed, **kd}
 
-    step("distilled", "fp32", "distill", kd_config(0), lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
+    step("distilled", "fp32", "distill", kd_config(args.first_seed), lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
     step("distilled-int8", "distilled", "int8_static", {})
 
     from edgehub.converters.passes.torch_compress import DistillConfig, make_student, train_settings
@@ -186,7 +186,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         return student, export_module(student, example, tmp / f"{arch}-nokd-{seed}.onnx", tmp / f"{arch}-nokd-{seed}.pt")
 
     if wanted("student-no-kd"):
-        student, art = label_only_student(0)
+        student, art = label_only_student(args.first_seed)
         s_macs, s_params = macs_and_params(student, as_tensors(example))
         add("student-no-kd", "fp32", art, s_params, s_macs, "same student, labels only")
 
@@ -194,7 +194,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
     if args.seeds > 1 and "distilled" in built and wanted("student-no-kd"):
         runs = facts["seed_runs"] = {"distilled": [get_row(rows, "distilled").accuracy],
                                      "student-no-kd": [get_row(rows, "student-no-kd").accuracy]}
-        for seed in range(1, args.seeds):
+        for seed in range(args.first_seed + 1, args.first_seed + args.seeds):
             runs["distilled"].append(score(run_pass("distill", built["fp32"], kd_config(seed), ctx)))
             runs["student-no-kd"].append(score(label_only_student(seed)[1]))
             console.print(f"{arch} seed {seed}: KD {runs['distilled'][-1]:.4f}, no-KD {runs['student-no-kd'][-1]:.4f}")
@@ -332,6 +332,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="train the distilled and the label-only student with this many seeds each and "
                              "compare the means")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run from this one")
     parser.add_argument("--kd-temperature", type=float, default=4.0, help="distillation temperature T")
     parser.add_argument("--kd-alpha", type=float, default=0.7, help="weight of the distillation term")
     parser.add_argument("--kd-ratio", type=float, default=0.3,
@@ -391,7 +392,8 @@ def main() -> None:
             if f.get("seed_runs"):
                 text += (f"\n\n{arch} distillation per seed (KD / no-KD): "
                          + ", ".join(f"seed {i} {a:.4f} / {b:.4f}" for i, (a, b) in
-                                     enumerate(zip(f["seed_runs"]["distilled"], f["seed_runs"]["student-no-kd"]))))
+                                     enumerate(zip(f["seed_runs"]["distilled"], f["seed_runs"]["student-no-kd"]),
+                                               start=args.first_seed)))
             for label, why in f.get("not_applicable", {}).items():
                 text += f"\n\n{arch} {label}: not applicable: {why}"
     print(text)
