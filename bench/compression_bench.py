@@ -173,7 +173,8 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         return {"student": "narrow", "params_ratio": args.kd_ratio, "round_to": rt, "init": args.kd_init,
                 "seed": seed, **kd}
 
-    step("distilled", "fp32", "distill", kd_config(args.first_seed), lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
+    step("distilled", "fp32", "distill", kd_config(args.first_seed),
+         lambda n: f"{n['params_ratio_to_teacher']:.2f}x teacher params")
     step("distilled-int8", "distilled", "int8_static", {})
 
     from edgehub.converters.passes.torch_compress import DistillConfig, make_student, train_settings
