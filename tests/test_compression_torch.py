@@ -128,6 +128,8 @@ def test_narrow_student_can_start_from_random_weights():
     assert all(torch.equal(fresh_state[k], again_state[k]) for k in fresh_state)
     assert torch.equal(fresh_state["layer1.0.bn1.running_var"], torch.ones_like(fresh_state["layer1.0.bn1.running_var"]))
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())  # teacher untouched
+    with pytest.raises(ConversionError, match="init = 'random' applies to student = 'narrow'"):
+        make_student(DistillConfig(student="parent", init="random"), teacher, example)
 
 
 def test_channel_counts_stay_multiples_of_round_to():

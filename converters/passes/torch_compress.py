@@ -152,6 +152,9 @@ def make_student(config: DistillConfig, parent: Any, example: tuple) -> tuple[An
     from edgehub.converters.torch_export import is_factory_ref, load_torch_model
     from edgehub.converters.torch_passes.channel_pruning import prune_to_ratio
 
+    if config.init == "random" and config.student != "narrow":
+        # A user's factory student starts random anyway; re-initialising "parent" would discard it.
+        raise ConversionError(f"distill: init = 'random' applies to student = 'narrow', not {config.student!r}")
     if config.student == "parent":
         return parent, {"student": "parent"}
     if config.student == "narrow":
