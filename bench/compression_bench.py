@@ -341,6 +341,10 @@ def main() -> None:
     parser.add_argument("--kd-init", choices=["teacher", "random"], default="teacher",
                         help="the narrowed student (and its label-only twin) starts from the teacher's "
                              "weights or from a random initialisation")
+    parser.add_argument("--kd-unlabeled", type=int, default=0,
+                        help="this many more training images, after --train-samples, as an unlabeled transfer "
+                             "set: every pass with a teacher also learns its outputs on them (the label-only "
+                             "twin cannot use them)")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per latency round")
     parser.add_argument("--arch", choices=["resnet", "mobilenet"], action="append")
@@ -354,10 +358,15 @@ def main() -> None:
     from edgehub.hub.examples.nets import mobilenet_small, resnet_small
     from edgehub.agent.protocol import TensorSpec
 
-    x_train, y_train = load_fashion_mnist("train", limit=args.train_samples)
+    x_train, y_train = load_fashion_mnist("train", limit=args.train_samples + args.kd_unlabeled)
     x_test, y_test = load_fashion_mnist("test")
-    data = bind_training_set({"x": x_train, "y": y_train},
+    n = args.train_samples
+    data = bind_training_set({"x": x_train[:n], "y": y_train[:n]},
                              [TensorSpec(name="x", dtype="float32", shape=["batch", 1, 28, 28])], "train")
+    if args.kd_unlabeled:  # their labels are dropped here
+        data.unlabeled = {"x": x_train[n:]}
+        if data.unlabeled_size < args.kd_unlabeled:
+            parser.error(f"--kd-unlabeled: only {data.unlabeled_size} training images are left after {n}")
     archs = {"resnet": resnet_small, "mobilenet": mobilenet_small}
     started = time.perf_counter()
     rows: list[Row] = []
@@ -375,7 +384,7 @@ def main() -> None:
                   f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}, {args.kd_unlabeled:,} unlabeled transfer images); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])

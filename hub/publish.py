@@ -53,6 +53,8 @@ class PublishOptions:
     new_version: bool = False
     profiles_file: Path | None = None
     train_path: Path | None = None  # labelled .npz for the passes that train (pruning, distillation)
+    # Inputs without labels (a transfer set): passes that train with a teacher learn its outputs on them.
+    unlabeled_path: Path | None = None
     recipe_path: Path | None = None  # TOML/YAML chains that extend or narrow the profiles' recipes
     # Limits of each evaluation's child process (hub/eval_child.py); None: $EDGEHUB_EVAL_TIMEOUT_S /
     # $EDGEHUB_EVAL_MEMORY_MB, else 600 s and 8192 MB.
@@ -99,7 +101,8 @@ def _source_identity(options: PublishOptions, is_torch: bool) -> str:
         return sha256_file(Path(options.source))
     digest = hashlib.sha256(options.source.encode() if is_torch else sha256_file(Path(options.source)).encode())
     # What gets built depends on the training set and the recipe too: another one is other content.
-    for path in (options.weights if is_torch else None, options.train_path, options.recipe_path):
+    for path in (options.weights if is_torch else None, options.train_path, options.unlabeled_path,
+                 options.recipe_path):
         if path:
             digest.update(sha256_file(path).encode())
     return digest.hexdigest()
@@ -111,9 +114,12 @@ def _validate(options: PublishOptions) -> None:
     if not options.profiles:
         raise PublishError("give at least one --profile (see `edgehub profiles list`)")
     for path, what in ((options.eval_path, "eval set"), (options.calib_path, "calibration set"), (options.weights, "weights"),
-                       (options.train_path, "training set"), (options.recipe_path, "recipe file")):
+                       (options.train_path, "training set"), (options.unlabeled_path, "unlabeled set"),
+                       (options.recipe_path, "recipe file")):
         if path is not None and not Path(path).is_file():
             raise PublishError(f"{what} {path}: no such file")
+    if options.unlabeled_path is not None and options.train_path is None:
+        raise PublishError("--unlabeled adds a transfer set to the training set: give --train train.npz too")
 
 
 def _load_source(options: PublishOptions, arrays: dict[str, np.ndarray], workdir: Path) -> tuple[Artifact, dict]:
@@ -266,6 +272,7 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     arrays = load_npz(options.eval_path)
     calib_arrays = load_npz(options.calib_path) if options.calib_path else None
     train_arrays = load_npz(options.train_path) if options.train_path else None
+    unlabeled_arrays = load_npz(options.unlabeled_path) if options.unlabeled_path else None
     recipe = _load_recipe(options.recipe_path)
     try:
         plan = plan_for_profiles(profiles, training=train_arrays is not None, recipe=recipe)
@@ -285,6 +292,9 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
         evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name)
         calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
         training = bind_training_set(train_arrays, root.inputs, options.train_path.name) if train_arrays else None
+        if training is not None and unlabeled_arrays is not None:
+            # Labels in it, if any, are not used: it is the teacher's outputs the student learns there.
+            training.unlabeled = bind_eval_set(unlabeled_arrays, root.inputs, options.unlabeled_path.name).inputs
 
         source_sha = _source_identity(options, root_step["pass"] == "export")
         latest = registry.latest_version(options.name)

@@ -60,7 +60,12 @@ def data(tmp_path_factory):
     np.savez(out / "train.npz", x=x, y=y)
     np.savez(out / "train-nolabels.npz", x=x)
     np.savez(out / "eval.npz", x=xe, y=ye)
+    xu, _ = load_fashion_mnist("train", limit=700)
+    np.savez(out / "unlabeled.npz", x=xu[400:])  # 300 images the training set does not hold
+    np.savez(out / "unlabeled-small.npz", x=xu[400:, :, :14, :14])
     (out / "chains.toml").write_text(RECIPE)
+    (out / "kd.toml").write_text('replace_defaults = true\n[[chain]]\n'
+                                 'steps = [{ pass = "distill", label = "kd", config = { epochs = 1 } }]\n')
     return out
 
 
@@ -124,6 +129,25 @@ def test_training_set_without_labels_is_refused(data, hub_home):
     code, _, err = run_cli("publish", SOURCE, "--weights", str(data / "w.pt"), "--name", "nolabels",
                            "--eval", str(data / "eval.npz"), "--train", str(data / "train-nolabels.npz"))
     assert code == 1 and "labels" in err
+
+
+def test_unlabeled_transfer_set_joins_distillation(data, hub_home):
+    common = ("publish", SOURCE, "--weights", str(data / "w.pt"), "--eval", str(data / "eval.npz"),
+              "--recipe", str(data / "kd.toml"))
+    # Without --train, and with images of another size: one line each, nothing registered.
+    code, _, err = run_cli(*common, "--name", "kd-u", "--unlabeled", str(data / "unlabeled.npz"))
+    assert code == 1 and "--train" in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run_cli(*common, "--name", "kd-u", "--train", str(data / "train.npz"),
+                           "--unlabeled", str(data / "unlabeled-small.npz"))
+    assert code == 1 and "unlabeled-small.npz" in err and "shape" in err and len(err.strip().splitlines()) == 1, err
+    assert json.loads(run_cli("zoo", "list", "--json")[1])["models"] == []
+
+    code, out, err = run_cli(*common, "--name", "kd-u", "--train", str(data / "train.npz"),
+                             "--unlabeled", str(data / "unlabeled.npz"), "--json")
+    assert code == 0, err
+    kd = next(v for v in json.loads(out)["variants"] if v["label"] == "kd")
+    training = kd["recipe"][-1]["notes"]["training"]
+    assert training["unlabeled_samples"] == 300 and training["samples"] == 360  # 40 held out for validation
 
 
 def test_recipe_with_training_passes_needs_train(data, hub_home):

@@ -10,6 +10,7 @@ import pytest
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.onnx_model import load_onnx
 from edgehub.converters.passes.base import NotApplicable, PassContext, TrainingSet, run_pass
+from edgehub.converters.passes.torch_compress import reinitialise
 from edgehub.hub.evaluate import run_onnx
 
 
@@ -171,6 +172,53 @@ def test_distillation_loss_blends_soft_and_hard_terms():
     soft = distillation_loss(student, teacher, labels, 2.0, 1.0)
     expected = F.kl_div(F.log_softmax(student / 2, 1), F.softmax(teacher / 2, 1), reduction="batchmean") * 4
     assert torch.isclose(soft, expected, atol=1e-5)
+
+
+def test_unlabeled_samples_learn_the_distillation_term_alone():
+    import torch
+
+    from edgehub.converters.torch_passes.training import UNLABELED, distillation_loss
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    labels = torch.randint(0, 10, (8,))
+    unlabeled = torch.full((8,), UNLABELED)
+    soft_only = distillation_loss(student, teacher, labels, 4.0, 1.0)
+    assert torch.isclose(distillation_loss(student, teacher, unlabeled, 4.0, 0.3), soft_only)
+    mixed = torch.cat([labels[:4], unlabeled[4:]])
+    half = (distillation_loss(student[:4], teacher[:4], labels[:4], 4.0, 0.3)
+            + distillation_loss(student[4:], teacher[4:], unlabeled[4:], 4.0, 0.3)) / 2
+    assert torch.isclose(distillation_loss(student, teacher, mixed, 4.0, 0.3), half, atol=1e-6)
+
+
+def test_an_unlabeled_transfer_set_teaches_the_student_the_teachers_outputs(resnet, fmnist_small, tmp_path):
+    """With 64 labelled images and 536 unlabeled ones, the student learns the teacher's outputs on
+    many more inputs than with the 64 alone: it agrees with the teacher more on held-out images."""
+    from edgehub.converters.torch_passes.model_io import load_module
+    from edgehub.converters.torch_passes.training import TrainSettings, fit, predict_logits
+
+    x, y = fmnist_small.inputs["x"], fmnist_small.labels
+    few = TrainingSet(inputs={"x": x[:64]}, labels=y[:64], val_inputs={}, val_labels=np.array([], np.int64))
+    transfer = TrainingSet(inputs={"x": x[:64]}, labels=y[:64], val_inputs={}, val_labels=np.array([], np.int64),
+                           unlabeled={"x": x[64:]})
+    teacher = load_module(resnet.torch_model)
+    wanted = predict_logits(teacher, fmnist_small.val_inputs).argmax(1)
+    agreement = {}
+    for name, data in (("few", few), ("transfer", transfer)):
+        student = load_module(resnet.torch_model)
+        reinitialise(student, 0)
+        report = fit(student, data, TrainSettings(epochs=3, lr=3e-3, batch_size=64), teacher=teacher)
+        assert report["samples"] == 64 and report["unlabeled_samples"] == (536 if name == "transfer" else 0)
+        agreement[name] = float((predict_logits(student, fmnist_small.val_inputs).argmax(1) == wanted).mean())
+    assert agreement["transfer"] > agreement["few"] + 0.08, agreement
+    # Without a teacher the transfer set has nothing to teach: it is left out.
+    student = load_module(resnet.torch_model)
+    assert fit(student, transfer, TrainSettings(epochs=1, batch_size=64))["unlabeled_samples"] == 0
+    # A transfer set of another image size is refused with a clear message.
+    odd = TrainingSet(inputs={"x": x[:64]}, labels=y[:64], val_inputs={}, val_labels=np.array([], np.int64),
+                      unlabeled={"x": x[64:, :, :14, :14]})
+    with pytest.raises(ConversionError, match=r"unlabeled set's 'x' has samples of shape \[1, 14, 14\]"):
+        fit(load_module(resnet.torch_model), odd, TrainSettings(), teacher=teacher)
 
 
 def test_separable_init_is_exact_for_rank_one_filters():

@@ -33,17 +33,24 @@ class TrainingSet:
     """Labelled samples for passes that train: inputs keyed by the model's input names.
 
     `val_inputs`/`val_labels` are held out from training and only reported (validation accuracy
-    in the progress bar and the notes), never used to pick a model.
+    in the progress bar and the notes), never used to pick a model. `unlabeled` holds inputs
+    without labels (a transfer set): training with a teacher learns the teacher's outputs on them
+    as well; training without one ignores them.
     """
 
     inputs: dict[str, np.ndarray]
     labels: np.ndarray
     val_inputs: dict[str, np.ndarray]
     val_labels: np.ndarray
+    unlabeled: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
         return len(self.labels)
+
+    @property
+    def unlabeled_size(self) -> int:
+        return len(next(iter(self.unlabeled.values()))) if self.unlabeled else 0
 
 
 @dataclass

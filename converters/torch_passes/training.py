@@ -3,7 +3,10 @@
 Distillation loss (Hinton et al.): alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
 + (1 - alpha) * cross-entropy with the labels. Without augmentation the teacher's logits are
 computed once over the training set (they never change), which halves the cost per epoch; with
-it (augment.py) the teacher scores every augmented batch the student sees.
+it (augment.py) the teacher scores every augmented batch the student sees. With a teacher, an
+unlabeled transfer set (TrainingSet.unlabeled) joins the training set, each of its samples
+learning the distillation term alone: the teacher's outputs on images it never trained on say
+more than its near-one-hot outputs on the images it fitted.
 """
 
 from __future__ import annotations
@@ -16,8 +19,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import TrainingSet, TrainProgress
 from edgehub.converters.torch_passes.augment import Augment, augment_batch, check_augmentable
+
+
+UNLABELED = -1  # the label of a transfer-set sample (no label: the teacher's outputs only)
 
 
 @dataclass
@@ -62,14 +69,35 @@ def accuracy(model: Any, inputs: dict[str, np.ndarray], labels: np.ndarray) -> f
 
 
 def distillation_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float):
-    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels)."""
+    """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(student, labels), averaged over
+    the batch; a sample labelled -1 (from the unlabeled transfer set) has the distillation term
+    alone, at full weight: the teacher is all there is to learn from on it."""
+    import torch
     import torch.nn.functional as F
 
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
                     F.log_softmax(teacher_logits / temperature, dim=1),
-                    reduction="batchmean", log_target=True) * temperature ** 2
-    hard = F.cross_entropy(student_logits, labels)
-    return alpha * soft + (1 - alpha) * hard
+                    reduction="none", log_target=True).sum(dim=1) * temperature ** 2
+    hard = F.cross_entropy(student_logits, labels, ignore_index=UNLABELED, reduction="none")
+    labelled = labels != UNLABELED
+    per_sample = torch.where(labelled, alpha * soft + (1 - alpha) * hard, soft)
+    return per_sample.mean()
+
+
+def _with_unlabeled(data: TrainingSet) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The training inputs followed by the unlabeled ones, and the labels padded with UNLABELED."""
+    labels = data.labels.astype(np.int64)
+    if not data.unlabeled_size:
+        return data.inputs, labels
+    if set(data.unlabeled) != set(data.inputs):
+        raise ConversionError(f"the unlabeled set has inputs {sorted(data.unlabeled)}, "
+                              f"the training set {sorted(data.inputs)}")
+    for k, v in data.inputs.items():
+        if data.unlabeled[k].shape[1:] != v.shape[1:]:
+            raise ConversionError(f"the unlabeled set's {k!r} has samples of shape {list(data.unlabeled[k].shape[1:])}, "
+                                  f"the training set's {list(v.shape[1:])}")
+    inputs = {k: np.concatenate([v, data.unlabeled[k].astype(v.dtype)]) for k, v in data.inputs.items()}
+    return inputs, np.concatenate([labels, np.full(data.unlabeled_size, UNLABELED, np.int64)])
 
 
 def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any | None = None,
@@ -84,11 +112,12 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
     set_threads()
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    n = data.size
-    labels = data.labels.astype(np.int64)
-    check_augmentable(data.inputs, settings.augment)
+    # The unlabeled transfer set only means something with a teacher to score it.
+    inputs, labels = _with_unlabeled(data) if teacher is not None else (data.inputs, data.labels.astype(np.int64))
+    n = len(labels)
+    check_augmentable(inputs, settings.augment)
     augmenting = settings.augment != "none"
-    teacher_logits = predict_logits(teacher, data.inputs) if teacher is not None and not augmenting else None
+    teacher_logits = predict_logits(teacher, inputs) if teacher is not None and not augmenting else None
     if teacher is not None:
         teacher.eval()
     steps = math.ceil(n / settings.batch_size)
@@ -105,10 +134,10 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
             idx = order[(step - 1) * settings.batch_size: step * settings.batch_size]
             target = torch.from_numpy(labels[idx])
             if augmenting:
-                images = next(iter(data.inputs.values()))
+                images = next(iter(inputs.values()))
                 batch = [torch.from_numpy(augment_batch(images[idx], settings.augment, rng))]
             else:
-                batch = _tensors(data.inputs, idx)
+                batch = _tensors(inputs, idx)
             logits = model(*batch)
             if teacher is not None:
                 if teacher_logits is not None:
@@ -131,7 +160,8 @@ def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any 
             val_accuracy = accuracy(model, data.val_inputs, data.val_labels)
             on_progress(TrainProgress(task, epoch, settings.epochs, steps, steps, loss_avg, val_accuracy))
     model.eval()
-    return {"task": task, "epochs": settings.epochs, "samples": n, "augment": settings.augment,
+    return {"task": task, "epochs": settings.epochs, "samples": int((labels != UNLABELED).sum()),
+            "unlabeled_samples": int((labels == UNLABELED).sum()), "augment": settings.augment,
             "final_loss": round(loss_avg, 5),
             "val_accuracy": None if val_accuracy is None else round(val_accuracy, 5),
             "seconds": round(time.perf_counter() - started, 2)}

@@ -55,6 +55,10 @@ class RichSink:
 @click.option("--train", "train_path", type=click.Path(path_type=Path),
               help="Labelled .npz (same format as --eval) for the passes that train: structured pruning with "
                    "fine-tuning, distillation (PyTorch sources only).")
+@click.option("--unlabeled", "unlabeled_path", type=click.Path(path_type=Path),
+              help="Inputs without labels (same keys as --train; any 'y' is ignored): passes that train with "
+                   "a teacher (distillation, depthwise-separable recovery, fine-tuning with a teacher) also learn "
+                   "its outputs on them.")
 @click.option("--recipe", "recipe_path", type=click.Path(path_type=Path),
               help="TOML/YAML file of pass chains that extend or narrow the profiles' recipes.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
@@ -67,8 +71,8 @@ class RichSink:
 @home_option
 @json_option
 @one_line_errors
-def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, recipe_path, new_version,
-            no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
+def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, unlabeled_path,
+            recipe_path, new_version, no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
@@ -88,7 +92,8 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     registry = Registry(paths.db_url)
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
-                             profiles_file=profiles_file, train_path=train_path, recipe_path=recipe_path,
+                             profiles_file=profiles_file, train_path=train_path, unlabeled_path=unlabeled_path,
+                             recipe_path=recipe_path,
                              eval_timeout_s=eval_timeout_s, eval_memory_mb=eval_memory_mb)
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
