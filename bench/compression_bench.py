@@ -181,7 +181,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
 
     def label_only_student(seed: int):
         """The distilled student's twin (same start, epochs and schedule), trained on the labels alone."""
-        config = DistillConfig(**kd_config(seed))
+        config = DistillConfig(**{**kd_config(seed), "epochs": args.twin_epochs or args.kd_epochs})
         student, _ = make_student(config, teacher, as_tensors(example))
         fit(student, data, train_settings(config), task=f"no-teacher seed {seed}", on_progress=report)
         return student, export_module(student, example, tmp / f"{arch}-nokd-{seed}.onnx", tmp / f"{arch}-nokd-{seed}.pt")
@@ -345,6 +345,10 @@ def main() -> None:
                         help="this many more training images, after --train-samples, as an unlabeled transfer "
                              "set: every pass with a teacher also learns its outputs on them (the label-only "
                              "twin cannot use them)")
+    parser.add_argument("--twin-epochs", type=int, default=0,
+                        help="epochs of the label-only twin (default: --kd-epochs); with --kd-unlabeled, "
+                             "(labelled + unlabeled) / labelled times as many gives it the distilled "
+                             "student's number of steps")
     parser.add_argument("--teacher-cache", type=Path, help="keep trained teachers here and reuse them")
     parser.add_argument("--seconds", type=float, default=0.5, help="time budget per latency round")
     parser.add_argument("--arch", choices=["resnet", "mobilenet"], action="append")
@@ -384,7 +388,7 @@ def main() -> None:
                   f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}, {args.kd_unlabeled:,} unlabeled transfer images); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}, {args.kd_unlabeled:,} unlabeled transfer images; label-only twin {args.twin_epochs or args.kd_epochs} epochs); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])

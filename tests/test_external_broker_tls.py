@@ -188,3 +188,22 @@ def test_enroll_ships_the_hubs_ca_and_the_brokers_together(tmp_path, private_ca)
     save_settings(paths.root, HubSettings(broker_url="mqtts://broker.example:8883", broker_ca=str(private_ca["ca"])))
     with pytest.raises(CertError, match="is missing"):
         enroll_device(paths, "cam-03", "x86-cpu", data_dir=tmp_path / "data")
+
+
+def test_serve_settings_keep_change_and_clear_the_broker(private_ca):
+    """What `hub serve` keeps from the last run, and how --broker managed / --broker-ca system undo it."""
+    from edgehub.hub.certs import CertError
+    from edgehub.hub.cli.hub_cmd import serve_settings
+
+    external = serve_settings(HubSettings(workers=2), broker_url="mqtts://broker.example:8883",
+                              broker_ca=str(private_ca["ca"]), http_port=None)
+    assert (external.broker_url, external.broker_ca, external.workers) == ("mqtts://broker.example:8883",
+                                                                           str(private_ca["ca"]), 2)
+    assert serve_settings(external, fleet="lab") == external.model_copy(update={"fleet": "lab"})  # kept
+    system = serve_settings(external, broker_ca="system")
+    assert system.broker_url == external.broker_url and system.broker_ca is None
+    managed = serve_settings(external, broker_url="managed")
+    assert managed.broker_url is None and managed.broker_ca is None and managed.workers == 2
+    with pytest.raises(CertError, match="--broker mqtts://"):
+        serve_settings(external, broker_url="managed", broker_ca=str(private_ca["ca"]))
+    assert external.broker_ca == str(private_ca["ca"])  # the settings given are not changed

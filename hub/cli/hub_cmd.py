@@ -61,14 +61,44 @@ def checked_broker_ca(path: Path) -> str:
     return str(path.resolve())
 
 
+MANAGED = "managed"  # `--broker managed`: back to the hub's own Mosquitto
+SYSTEM_CAS = "system"  # `--broker-ca system`: trust the system's CAs again
+
+
+def serve_settings(settings, *, broker_url: str | None = None, broker_ca: str | None = None, **values):
+    """`settings` (kept from the last run) with what this `hub serve` was given; None keeps a value.
+
+    `broker_url` "managed" drops an external broker (and its CA); `broker_ca` "system" drops the CA
+    file; `broker_ca` otherwise is a checked absolute path. Raises CertError for a CA without an
+    mqtts:// broker."""
+    from edgehub.hub.certs import CertError
+
+    settings = settings.model_copy()
+    if broker_url == MANAGED:
+        settings.broker_url = settings.broker_ca = None
+    elif broker_url is not None:
+        settings.broker_url = broker_url
+    if broker_ca == SYSTEM_CAS:
+        settings.broker_ca = None
+    elif broker_ca is not None:
+        if not (settings.broker_url or "").startswith("mqtts://"):
+            raise CertError("--broker-ca is the CA of an external TLS broker: give it with --broker mqtts://host:port")
+        settings.broker_ca = broker_ca
+    for name, value in values.items():
+        if value is not None:
+            setattr(settings, name, value)
+    return settings
+
+
 @hub.command("serve")
 @click.option("--fleet", help="Fleet name (topic root edgehub/v1/<fleet>/). Default: as before, or 'default'.")
 @click.option("--broker", "broker_url", help="Use this broker (mqtt://host:port or mqtts://...) instead of "
-              "managing a local Mosquitto. The hub user's password is read from <home>/hub-mqtt-password.")
+              "managing a local Mosquitto. The hub user's password is read from <home>/hub-mqtt-password. "
+              "Kept for later runs; `--broker managed` goes back to the hub's own Mosquitto.")
 @click.option("--broker-ca", type=click.Path(path_type=Path), metavar="FILE",
               help="CA certificate (PEM) that signed the --broker mqtts:// broker's certificate, when the "
                    "system does not trust it (a private CA). Kept for later runs; devices enrolled from "
-                   "then on get it with their agent config.")
+                   "then on get it with their agent config. `--broker-ca system` trusts the system's CAs again.")
 @click.option("--mqtt-port", type=int, help="Port of the managed broker (default: kept from the first run).")
 @click.option("--http-host", help="Address of the artifact server (default 127.0.0.1).")
 @click.option("--http-port", type=int, help="Port of the artifact server (default: kept from the first run).")
@@ -100,7 +130,8 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = HubPaths.from_home(home)
-    broker_ca = checked_broker_ca(broker_ca) if broker_ca is not None else None
+    if broker_ca is not None and str(broker_ca) != SYSTEM_CAS:
+        broker_ca = checked_broker_ca(broker_ca)
     if tls is not None:
         material = TlsPaths(paths.root)
         current = material.read_settings()
@@ -108,14 +139,10 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
             raise CertError(f"no TLS certificates in {material.root}: run `edgehub hub certs` first")
         if current is not None and current.enabled != tls:
             material.write_settings(current.model_copy(update={"enabled": tls}))
-    settings = load_settings(paths.root)
-    for name, value in (("fleet", fleet), ("broker_url", broker_url), ("broker_ca", broker_ca),
-                        ("mqtt_port", mqtt_port), ("http_host", http_host), ("http_port", http_port),
-                        ("public_http_url", public_url), ("workers", workers), ("cohort_sample", cohort_sample)):
-        if value is not None:
-            setattr(settings, name, value)
-    if broker_ca is not None and not (settings.broker_url or "").startswith("mqtts://"):
-        raise CertError("--broker-ca is the CA of an external TLS broker: give it with --broker mqtts://host:port")
+    settings = serve_settings(load_settings(paths.root), broker_url=broker_url,
+                              broker_ca=None if broker_ca is None else str(broker_ca), fleet=fleet,
+                              mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
+                              public_http_url=public_url, workers=workers, cohort_sample=cohort_sample)
     service = HubService(paths, settings).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
