@@ -22,7 +22,7 @@ from edgehub.agent.protocol import Manifest
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import NotApplicable, PassContext, TrainingSet, TrainProgress, parse_config, run_pass
-from edgehub.hub.eval_data import EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
+from edgehub.hub.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
 from edgehub.hub.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.evaluate import EvalSpec, score_outputs
 from edgehub.hub.recipes import Plan, PlanError, Skipped, VariantPlan, plan_for_profiles
@@ -293,8 +293,9 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
         calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
         training = bind_training_set(train_arrays, root.inputs, options.train_path.name) if train_arrays else None
         if training is not None and unlabeled_arrays is not None:
-            # Labels in it, if any, are not used: it is the teacher's outputs the student learns there.
-            training.unlabeled = bind_eval_set(unlabeled_arrays, root.inputs, options.unlabeled_path.name).inputs
+            # Labels in it, if any, are dropped: it is the teacher's outputs the student learns there.
+            inputs_only = {k: v for k, v in unlabeled_arrays.items() if k != LABEL_KEY}
+            training.unlabeled = bind_eval_set(inputs_only, root.inputs, options.unlabeled_path.name).inputs
 
         source_sha = _source_identity(options, root_step["pass"] == "export")
         latest = registry.latest_version(options.name)

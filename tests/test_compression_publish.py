@@ -61,7 +61,8 @@ def data(tmp_path_factory):
     np.savez(out / "train-nolabels.npz", x=x)
     np.savez(out / "eval.npz", x=xe, y=ye)
     xu, _ = load_fashion_mnist("train", limit=700)
-    np.savez(out / "unlabeled.npz", x=xu[400:])  # 300 images the training set does not hold
+    # 300 images the training set does not hold; a stray 'y' (of the wrong length, even) is dropped.
+    np.savez(out / "unlabeled.npz", x=xu[400:], y=np.zeros(5, np.int64))
     np.savez(out / "unlabeled-small.npz", x=xu[400:, :, :14, :14])
     (out / "chains.toml").write_text(RECIPE)
     (out / "kd.toml").write_text('replace_defaults = true\n[[chain]]\n'
