@@ -286,25 +286,23 @@ def targets_table(rows: list[Row], latency, facts: dict) -> str:
                            min(l1, l32) <= 0.6 and drop(r) <= 1.0))
         r = get(arch, "distilled")
         twins = [t for t in (get(arch, "student-no-kd"), get(arch, "student-no-kd-steps")) if t]
-        runs = facts[arch].get("seed_runs")
-        if r and twins and runs:
+        if r and twins:
+            # One run per seed (--seeds), or the rows' single run.
+            runs = facts[arch].get("seed_runs") or {row.label: [row.accuracy] for row in (r, *twins)}
             kd_acc = np.array(runs["distilled"])
             kd_drop = (fp32.accuracy - kd_acc.mean()) * 100
             # Against the better of the twins (same epochs; same steps when a transfer set is used).
             best = max((t.label for t in twins), key=lambda label: np.mean(runs[label]))
             plain_acc = np.array(runs[best])
             wins = int((kd_acc > plain_acc).sum())
+
+            def mean_sd(a: np.ndarray) -> str:
+                return f"{a.mean():.4f}" + (f" +- {a.std(ddof=1):.4f}" if len(a) > 1 else "")
+
             checks.append(("distilled student <= 0.3x params: within 1.5 pts, better than no-KD",
-                           f"params {r.params / fp32.params:.2f}x, {len(kd_acc)} seeds: KD top-1 {kd_acc.mean():.4f} "
-                           f"+- {kd_acc.std(ddof=1):.4f} (drop {kd_drop:+.2f}), {best} {plain_acc.mean():.4f} "
-                           f"+- {plain_acc.std(ddof=1):.4f}; KD ahead with {wins} of {len(kd_acc)} seeds",
+                           f"params {r.params / fp32.params:.2f}x, {len(kd_acc)} seed(s): KD top-1 {mean_sd(kd_acc)} "
+                           f"(drop {kd_drop:+.2f}), {best} {mean_sd(plain_acc)}; KD ahead with {wins} of {len(kd_acc)}",
                            r.params / fp32.params <= 0.3 and kd_drop <= 1.5 and kd_acc.mean() > plain_acc.mean()))
-        elif r and twins:
-            nokd = max(twins, key=lambda t: t.accuracy)
-            checks.append(("distilled student <= 0.3x params: within 1.5 pts, better than no-KD",
-                           f"params {r.params / fp32.params:.2f}x, KD top-1 {r.accuracy:.4f} (drop {drop(r):+.2f}), "
-                           f"{nokd.label} top-1 {nokd.accuracy:.4f}",
-                           r.params / fp32.params <= 0.3 and drop(r) <= 1.5 and r.accuracy > nokd.accuracy))
         r = get(arch, "chain-pruned-kd-int8")
         if r:
             checks.append(("prune -> distill -> int8: size <= 0.15x, drop <= 1.5 pts",
@@ -415,8 +413,8 @@ def main() -> None:
             if f.get("seed_runs"):
                 runs = f["seed_runs"]
                 text += (f"\n\n{arch} distillation per seed ({' / '.join(runs)}): "
-                         + ", ".join(f"seed {i} " + " / ".join(f"{v[n]:.4f}" for v in runs.values())
-                                     for n, i in enumerate(range(args.first_seed, args.first_seed + args.seeds))))
+                         + ", ".join(f"seed {args.first_seed + k} " + " / ".join(f"{v[k]:.4f}" for v in runs.values())
+                                     for k in range(args.seeds)))
             for label, why in f.get("not_applicable", {}).items():
                 text += f"\n\n{arch} {label}: not applicable: {why}"
     print(text)

@@ -19,6 +19,7 @@ from edgehub.hub.cli.common import (
     one_line_errors,
     print_json,
 )
+from edgehub.hub.hub_settings import HubSettings
 from rich.table import Table
 
 
@@ -65,7 +66,8 @@ MANAGED = "managed"  # `--broker managed`: back to the hub's own Mosquitto
 SYSTEM_CAS = "system"  # `--broker-ca system`: trust the system's CAs again
 
 
-def serve_settings(settings, *, broker_url: str | None = None, broker_ca: str | None = None, **values):
+def serve_settings(settings: HubSettings, *, broker_url: str | None = None, broker_ca: str | None = None,
+                   **values) -> HubSettings:
     """`settings` (kept from the last run) with what this `hub serve` was given; None keeps a value.
 
     `broker_url` "managed" drops an external broker (and its CA); `broker_ca` "system" drops the CA
