@@ -156,6 +156,16 @@ class DesiredState(Body):
 
 # ---- agent -> hub: events (QoS 1, not retained, de-duplicated by event_id) -----------------
 
+class Sequenced(BaseModel):
+    """Where an event stands in its device's stream: the agent numbers its events 1, 2, 3, ... per
+    outbox (`stream` names the outbox; a wiped data directory starts a new one). The hub counts
+    what it stored against the highest number it saw, so events the broker acknowledged but the
+    hub never got (a subscriber that should not exist, a broker that dropped them) show up as a
+    gap instead of vanishing. Optional: agents before this field send neither."""
+
+    stream: str | None = Field(None, pattern=r"^[0-9a-f]{8,32}$")
+    seq: int | None = Field(None, ge=1, le=2**53)
+
 class Latency(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -186,7 +196,7 @@ class Measurement(BaseModel):
     max_abs_diff: float | None = None
 
 
-class BenchmarkReport(Body, Measurement):
+class BenchmarkReport(Body, Measurement, Sequenced):
     kind: Literal["benchmark"] = "benchmark"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId
@@ -195,7 +205,7 @@ class BenchmarkReport(Body, Measurement):
     at: UtcTime = Field(default_factory=now_utc)
 
 
-class ActivationResult(Body):
+class ActivationResult(Body, Sequenced):
     kind: Literal["activation"] = "activation"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId
@@ -207,7 +217,7 @@ class ActivationResult(Body):
     at: UtcTime = Field(default_factory=now_utc)
 
 
-class AgentError(Body):
+class AgentError(Body, Sequenced):
     kind: Literal["error"] = "error"
     event_id: str = Field(min_length=8, max_length=64)
     device_id: DeviceId

@@ -126,10 +126,10 @@ class MqttLink:
         self._publish(self.topics.state(self.config.device_id), encode(state), retain=True)
 
     def publish_event(self, event) -> None:
-        """Put the event in the outbox, then send it; it leaves the outbox on PUBACK."""
-        payload = encode(event)
+        """Number the event, put it in the outbox, then send it; it leaves the outbox on PUBACK."""
         topic = self.topics.events(self.config.device_id)
-        self.outbox.add(event.event_id, topic, payload)
+        payload = self.outbox.add_numbered(
+            event.event_id, topic, lambda stream, seq: encode(event.model_copy(update={"stream": stream, "seq": seq})))
         self._publish(topic, payload, event_id=event.event_id)
 
     def _publish(self, topic: str, payload: bytes, *, retain: bool = False, event_id: str | None = None) -> None:

@@ -12,9 +12,11 @@ after a crash between PUBACK and the update; the hub de-duplicates those the sam
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REDELIVERY_WINDOW_S = 120.0  # longer than keepalive x 1.5: a dead broker is noticed within it
@@ -31,7 +33,29 @@ class Outbox:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         if "acked" not in columns:  # an outbox written by an older agent
             self._db.execute("ALTER TABLE outbox ADD COLUMN acked REAL")
+        # The event stream: its name and the last number given (see messages.Sequenced).
+        self._db.execute("CREATE TABLE IF NOT EXISTS stream (name TEXT NOT NULL, seq INTEGER NOT NULL)")
+        if self._db.execute("SELECT COUNT(*) FROM stream").fetchone()[0] == 0:
+            self._db.execute("INSERT INTO stream (name, seq) VALUES (?, 0)", (secrets.token_hex(8),))
+        self.stream = self._db.execute("SELECT name FROM stream").fetchone()[0]
         self._lock = threading.Lock()
+
+    def add_numbered(self, event_id: str, topic: str, payload_for: Callable[[str, int], bytes]) -> bytes:
+        """Number the next event of the stream and keep it, in one transaction: `payload_for(stream,
+        seq)` makes its body. Returns the body."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE stream SET seq = seq + 1")  # (no RETURNING: SQLite < 3.35 on devices)
+                seq = self._db.execute("SELECT seq FROM stream").fetchone()[0]
+                payload = payload_for(self.stream, seq)
+                self._db.execute("INSERT OR IGNORE INTO outbox (event_id, topic, payload, created) VALUES (?, ?, ?, ?)",
+                                 (event_id, topic, payload, time.time()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return payload
 
     def add(self, event_id: str, topic: str, payload: bytes) -> None:
         with self._lock:

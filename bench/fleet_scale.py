@@ -58,6 +58,7 @@ def serve_worker(home: str, index: int, workers: int, cohort_k: int, port: int, 
     from edgehub.agent.messages import BenchmarkSettings
     from edgehub.hub.cohorts import CohortPolicy
     from edgehub.hub.fleet_service import FleetService, FleetSettings
+    from edgehub.hub.service import share_group
     from edgehub.hub.selection import Policy
     from edgehub.zoo.fleet import FleetStore
     from edgehub.zoo.home import HubPaths
@@ -70,7 +71,7 @@ def serve_worker(home: str, index: int, workers: int, cohort_k: int, port: int, 
     user = "edgehub-hub" if index == 0 else f"edgehub-hub-{index}"
     settings = FleetSettings(fleet="default", broker_url=f"mqtt://127.0.0.1:{port}", username=user, password=password,
                              client_id=user, artifact_base_url="http://127.0.0.1:9/", url_secret=b"b" * 32,
-                             policy=Policy(), benchmark=BenchmarkSettings(), tick_s=0.5,
+                             policy=Policy(), benchmark=BenchmarkSettings(), share_group=share_group(paths), tick_s=0.5,
                              public_key_b64=HubKey.load_or_create(paths.keys_dir).public_b64,
                              cohorts=CohortPolicy(sample_size=cohort_k) if cohort_k else None,
                              worker_index=index, worker_count=workers,
@@ -104,7 +105,7 @@ class Bench:
     def __init__(self, n: int, workers: int, cohort_k: int, db_url: str | None, receive_maximum: int):
         from edgehub.hub.broker import ManagedBroker
         from edgehub.hub.hub_settings import HubSettings, save_settings
-        from edgehub.hub.service import broker_dir
+        from edgehub.hub.service import broker_dir, share_group
         from edgehub.zoo.fleet import FleetStore
         from edgehub.zoo.home import HubPaths
         from edgehub.zoo.registry import Registry
@@ -123,7 +124,8 @@ class Bench:
             os.environ["EDGEHUB_DB_URL"] = f"{db_url}?options=-csearch_path%3D{self.pg_schema}"
         self.paths = HubPaths.from_home(self.home)
         users = tuple(f"edgehub-hub-{i}" for i in range(1, workers))
-        self.broker = ManagedBroker(broker_dir(self.paths), "default", extra_hub_users=users)
+        self.broker = ManagedBroker(broker_dir(self.paths), "default", extra_hub_users=users,
+                                    share_group=share_group(self.paths))
         self.passwords = [self.broker.files.hub_password()]
         for user in users:
             self.passwords.append(os.urandom(12).hex())
@@ -367,7 +369,7 @@ def replay(home: Path, per_device: int = FLOOD_PER_DEVICE) -> dict:
     store, registry = FleetStore(paths.db_url), Registry(paths.db_url)
     settings = FleetSettings(fleet="default", broker_url="mqtt://127.0.0.1:9", username="u", password="p",
                              artifact_base_url="http://127.0.0.1:9/", url_secret=b"b" * 32, policy=Policy(),
-                             benchmark=BenchmarkSettings(), cohorts=CohortPolicy())
+                             benchmark=BenchmarkSettings(), share_group="g", cohorts=CohortPolicy())
     service = FleetService(settings, registry, store, load_profiles())  # not started: no broker
     topics, messages = Topics("default"), []
     ids = store.device_ids()

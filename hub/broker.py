@@ -1,7 +1,7 @@
 """A local Mosquitto managed by the hub: the process (start, adopt, supervise, reload, stop).
 
-Its files (config, ACL, password file, state) are `edgehub.hub.broker_files`; the password
-file is `edgehub.hub.broker_passwords`; finding and signalling a running broker from another
+Its files (config, accounts, state) are `edgehub.hub.broker_files`; the accounts and rights are
+Mosquitto's dynamic-security plugin (`edgehub.hub.broker_dynsec`); finding and signalling a running broker from another
 process is `edgehub.hub.broker_control`; shared names and helpers are
 `edgehub.hub.broker_tools`. Every name callers imported from this module before it was split
 (see `__all__`, and `_locked`) is still importable from here.
@@ -26,9 +26,7 @@ from edgehub.hub.broker_control import (
     signal_reload,
 )
 from edgehub.hub.broker_files import BrokerFiles, BrokerSettings, TLSFiles
-from edgehub.hub.broker_passwords import PasswordFile
 from edgehub.hub.broker_tools import (
-    ACL_NAME,
     CONF_NAME,
     DB_NAME,
     HUB_SECRET_NAME,
@@ -38,7 +36,6 @@ from edgehub.hub.broker_tools import (
     MAX_LOG_BYTES,
     MAX_PASSWORD_CHARS,
     OUT_NAME,
-    PASSWD_NAME,
     PID_NAME,
     STATE_NAME,
     USER_PATTERN,
@@ -69,16 +66,12 @@ def find_mosquitto() -> str:
     return find_tool("mosquitto", TOOL_DIRS)
 
 
-def find_mosquitto_passwd() -> str:
-    """Path of `mosquitto_passwd`, or MosquittoNotFound."""
-    return find_tool("mosquitto_passwd", TOOL_DIRS)
 
 class ManagedBroker:
     """A Mosquitto child process with the generated config, for one fleet.
 
     >>> with ManagedBroker(home / "broker", "default") as broker:
-    ...     broker.files.set_password("dev-1", "...")
-    ...     broker.reload()
+    ...     broker.files.set_password("dev-1", "...")   # effective at once
     ...     print(broker.url)
 
     The port is remembered in state.json, so a restart keeps it. The broker runs in its own
@@ -89,10 +82,10 @@ class ManagedBroker:
     def __init__(self, directory: Path | str, fleet: str, port: int | None = None,
                  host: str = "127.0.0.1", *, tls: TLSFiles | None = None,
                  settings: BrokerSettings | None = None, hub_user: str = HUB_USER,
-                 extra_hub_users: tuple[str, ...] = (), start_timeout: float = 10.0,
-                 mosquitto: str | None = None):
+                 extra_hub_users: tuple[str, ...] = (), share_group: str | None = None,
+                 start_timeout: float = 10.0, mosquitto: str | None = None):
         self.files = BrokerFiles(directory, fleet, hub_user=hub_user, settings=settings, tls=tls,
-                                 extra_hub_users=extra_hub_users)
+                                 extra_hub_users=extra_hub_users, share_group=share_group)
         self.host = validate_host(host)
         if port is not None and (not isinstance(port, int) or not 0 < port < 65536):
             raise ValueError(f"invalid port {port!r}")
@@ -161,8 +154,21 @@ class ManagedBroker:
 
     @property
     def pid(self) -> int | None:
-        if self._proc is not None:
-            return self._proc.pid if self._proc.poll() is None else None
+        own = self._own_pid()
+        if own is not None:
+            return own
+        # Started from this folder by another process or object (say around a bulk enrolment) on the
+        # port this one would use: adopt it.
+        found = running_broker_pid(self.directory)
+        if found is not None and self._requested_port in (None, self.files.read_state().get("port")):
+            self._reap()
+            self._proc, self._adopted_pid = None, found
+            return found
+        return None
+
+    def _own_pid(self) -> int | None:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
         if self._adopted_pid is not None and is_our_broker(self._adopted_pid, self.files.conf_path):
             return self._adopted_pid
         return None
@@ -183,42 +189,45 @@ class ManagedBroker:
 
     def start(self) -> ManagedBroker:
         """Start the broker (or adopt the one already running from this directory)."""
-        if self.running:
+        if self._own_pid() is not None:
             return self
         self.files.ensure_directory()
         with locked(self.directory, START_LOCK_NAME):  # two hubs starting at once: one broker
-            existing = running_broker_pid(self.directory)
-            if existing is not None and not self._config_changed():
-                return self._adopt(existing)
-            if existing is not None:
-                # E.g. TLS was switched on: listeners are not reloaded by SIGHUP, so restart.
-                log.warning("broker: the config changed since mosquitto pid %s started; restarting it", existing)
-                self.stop()
-            mosquitto = self._mosquitto or find_mosquitto()
-            find_mosquitto_passwd()
-            port, picked_now = self._choose_port()
-            attempts = 3 if picked_now else 1
-            for attempt in range(attempts):
-                if attempt:
-                    port = free_port(local_host(self.host))
-                local_port = self._choose_local_port()
-                self.files.write(port, self.host, local_port=local_port)
-                if port_in_use(self.host, port):
-                    if attempt + 1 < attempts:
-                        continue
-                    raise BrokerError(
-                        f"port {port} on {self.host} is already in use by another process; stop it, "
-                        f"or give the broker another port (the devices are told {self.host}:{port})")
-                self._port = port
-                self.files.write_state(port=port, host=self.host, local_port=local_port)
-                try:
-                    self._spawn(mosquitto, port)
-                except _PortRace:
-                    if attempt + 1 < attempts:
-                        continue
-                    raise BrokerError(f"mosquitto could not listen on {self.host}:{port}: "
-                                      f"{self._failure_detail()}") from None
-                return self
+            return self._start_locked()
+
+    def _start_locked(self) -> ManagedBroker:
+        existing = running_broker_pid(self.directory)
+        if existing is not None and not self._config_changed():
+            return self._adopt(existing)
+        if existing is not None:
+            # E.g. TLS was switched on (listeners are not reloaded by SIGHUP), or the hub role changed
+            # (the accounts plugin reads it only at start): restart. Sessions and queues are saved.
+            log.warning("broker: the config changed since mosquitto pid %s started; restarting it", existing)
+            self.stop()
+        mosquitto = self._mosquitto or find_mosquitto()
+        port, picked_now = self._choose_port()
+        attempts = 3 if picked_now else 1
+        for attempt in range(attempts):
+            if attempt:
+                port = free_port(local_host(self.host))
+            local_port = self._choose_local_port()
+            self.files.write(port, self.host, local_port=local_port)
+            if port_in_use(self.host, port):
+                if attempt + 1 < attempts:
+                    continue
+                raise BrokerError(
+                    f"port {port} on {self.host} is already in use by another process; stop it, "
+                    f"or give the broker another port (the devices are told {self.host}:{port})")
+            self._port = port
+            self.files.write_state(port=port, host=self.host, local_port=local_port)
+            try:
+                self._spawn(mosquitto, port)
+            except _PortRace:
+                if attempt + 1 < attempts:
+                    continue
+                raise BrokerError(f"mosquitto could not listen on {self.host}:{port}: "
+                                  f"{self._failure_detail()}") from None
+            return self
         raise BrokerError("could not find a free port for the broker")  # pragma: no cover
 
     def _config_changed(self) -> bool:
@@ -229,7 +238,7 @@ class ManagedBroker:
             return False
         if self._requested_port is not None and self._requested_port != port:
             return False  # _adopt() reports the clash
-        if (self.files.tls is None) != (local is None):
+        if (self.files.tls is None) != (local is None) or not self.files.base_is_current():
             return True
         try:
             current = self.files.conf_path.read_text()
@@ -362,7 +371,7 @@ class ManagedBroker:
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc is not None:
+            if self._proc is not None and self._proc.pid == pid:  # (not an older child of ours)
                 try:
                     self._proc.wait(min(0.05, max(0.0, deadline - time.monotonic())))
                     return True
@@ -378,33 +387,52 @@ class ManagedBroker:
             self._proc = None
 
     def reload(self, timeout: float = 5.0) -> None:
-        """SIGHUP: re-read the password and ACL files, keeping connections.
+        """SIGHUP: re-read the config and reopen the log, keeping connections. (Account changes
+        need no reload: they reach a running broker through its control topic.)
 
         Returns once the broker logged the reload (or after `timeout`).
         """
         pid = self.pid
         if pid is None:
             raise BrokerError("the broker is not running")
-        self.files.write_acl()
         signal_reload(self.directory, pid, timeout)
+
+    @contextlib.contextmanager
+    def edit_stopped(self):
+        """Stop the broker if it runs, yield for edits of its files (e.g. `files.add_devices` for
+        thousands of devices), then start it again. Sessions, queues and retained messages are
+        saved by the stop; clients reconnect. Another process's supervisor cannot start it in
+        between: the start lock is held throughout."""
+        self.files.ensure_directory()
+        with locked(self.directory, START_LOCK_NAME):
+            was_running = running_broker_pid(self.directory) is not None
+            if was_running:
+                self.stop()
+            yield self.files
+            if was_running:
+                self._start_locked()
 
     def ensure_running(self) -> bool:
         """Supervision: start the broker again (same port) if its process died. True if it did.
 
-        Cheap enough to call every few seconds; also keeps the log from growing without bound.
+        A broker another process started meanwhile from this folder (say `fleet simulate`, which
+        restarts it around a bulk enrolment) is adopted instead: False. Cheap enough to call every
+        few seconds; also keeps the log from growing without bound.
         """
         if self.running:
             self.rotate_log()
             return False
         code = self._proc.poll() if self._proc is not None else None
         self._reap()
-        log.warning("broker: mosquitto is not running (exit code %s); starting it again. %s",
-                    code, self.log_tail(5).replace("\n", " | "))
         self.start()
+        if self._proc is None:  # adopted
+            return False
+        log.warning("broker: mosquitto had stopped (exit code %s); started it again. %s",
+                    code, self.log_tail(5).replace("\n", " | "))
         self.restarts += 1
         return True
 
-    # password convenience (take effect after reload())
+    # account convenience (effective at once)
     def set_password(self, user: str, password: str) -> None:
         self.files.set_password(user, password)
 
@@ -429,9 +457,9 @@ class _PortRace(Exception):
 
 
 __all__ = [
-    "ACL_NAME", "CONF_NAME", "DB_NAME", "HUB_SECRET_NAME", "HUB_USER", "LOG_NAME", "MANAGED_HEADER",
-    "MAX_LOG_BYTES", "MAX_PASSWORD_CHARS", "OUT_NAME", "PASSWD_NAME", "PID_NAME", "STATE_NAME",
+    "CONF_NAME", "DB_NAME", "HUB_SECRET_NAME", "HUB_USER", "LOG_NAME", "MANAGED_HEADER",
+    "MAX_LOG_BYTES", "MAX_PASSWORD_CHARS", "OUT_NAME", "PID_NAME", "STATE_NAME",
     "TOOL_DIRS", "USER_PATTERN", "BrokerError", "BrokerFiles", "BrokerSettings", "ManagedBroker",
-    "MosquittoNotFound", "PasswordFile", "TLSFiles", "find_mosquitto", "find_mosquitto_passwd",
+    "MosquittoNotFound", "TLSFiles", "find_mosquitto",
     "free_port", "reload_running_broker", "running_broker_pid", "validate_username",
 ]

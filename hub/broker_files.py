@@ -2,16 +2,18 @@
 
 Everything lives in one directory (the hub home's ``broker/`` folder)::
 
-    mosquitto.conf   generated config (rewritten while it keeps the "managed by edgehub" header)
-    acl              generated ACL: the hub user reads and writes the fleet's topics; a device
-                     (pattern %u) writes only its own state/events, reads only its own desired
-                     and the hub state
-    passwd           password file, edited only through the real ``mosquitto_passwd`` tool
-                     (see `broker_passwords`)
-    state.json       {"port": ..., "host": ...}: a restart keeps the port the devices know
+    mosquitto.conf         generated config (rewritten while it keeps the "managed by edgehub" header)
+    dynamic-security.json  accounts and rights (Mosquitto's dynamic-security plugin, see
+                           `broker_dynsec`): hashed passwords, a role per device, the hub role
+    admin.secret           the admin user's password (changes accounts on a running broker)
+    state.json             {"port": ..., "host": ...}: a restart keeps the port the devices know
     mosquitto.pid    pid of the running broker, so another process can send SIGHUP
     mosquitto.db     persistence (retained messages, persistent sessions, queued QoS 1)
-    mosquitto.log    the broker's log (no passwords are ever written anywhere but passwd, hashed)
+    mosquitto.log    the broker's log (no password is written anywhere in clear but the 0600 secrets)
+
+Accounts change through the plugin's control topic while the broker runs (at once, no reload:
+`broker_admin`) and in its file while it does not (the plugin reads it at start). Either way under
+the directory's start lock, so a broker starting meanwhile cannot load a file about to change.
 
 With TLS the devices' listener is TLS-only and a second, plain listener on the loopback
 interface serves the hub's own connection (the hub runs on this machine; TLS protects the path
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgehub.agent.messages import Topics
-from edgehub.hub.broker_passwords import PasswordFile
+from edgehub.hub import broker_dynsec as dynsec
+from edgehub.hub.broker_admin import run_commands
+from edgehub.hub.broker_control import running_broker_pid
 from edgehub.hub.broker_tools import (
     ACL_NAME,
     CONF_NAME,
@@ -41,13 +46,22 @@ from edgehub.hub.broker_tools import (
     OUT_NAME,
     PASSWD_NAME,
     PID_NAME,
+    START_LOCK_NAME,
     STATE_NAME,
+    BrokerError,
     conf_path_value,
+    local_host,
     locked,
     validate_host,
+    validate_password,
     validate_username,
     write_private,
 )
+
+log = logging.getLogger("edgehub.hub.broker")
+
+# Worker users (hub/workers.py): the hub's own, whatever the list given to BrokerFiles says.
+_WORKER_USER = re.compile(re.escape(HUB_USER) + r"-\d{1,3}")
 
 
 @dataclass(frozen=True)
@@ -111,11 +125,11 @@ class BrokerSettings:
 
 
 class BrokerFiles:
-    """The files of a managed broker inside `directory`: config, ACL, password file, state."""
+    """The files of a managed broker inside `directory`: config, accounts (dynamic security), state."""
 
     def __init__(self, directory: Path | str, fleet: str, *, hub_user: str = HUB_USER,
                  settings: BrokerSettings | None = None, tls: TLSFiles | None = None,
-                 extra_hub_users: tuple[str, ...] = ()):
+                 extra_hub_users: tuple[str, ...] = (), share_group: str | None = None):
         self.directory = Path(directory).expanduser().resolve()
         self.topics = Topics(fleet)  # validates the fleet name
         self.fleet = fleet
@@ -125,6 +139,8 @@ class BrokerFiles:
         self.extra_hub_users = tuple(validate_username(u) for u in extra_hub_users)
         self.settings = settings or BrokerSettings()
         self.tls = tls
+        # The one shared subscription the hub users may join (None: none at all).
+        self.share_group = dynsec.valid_share_group(share_group) if share_group is not None else None
 
     # paths
     @property
@@ -132,11 +148,16 @@ class BrokerFiles:
         return self.directory / CONF_NAME
 
     @property
-    def acl_path(self) -> Path:
-        return self.directory / ACL_NAME
+    def dynsec_path(self) -> Path:
+        return self.directory / dynsec.DYNSEC_NAME
 
     @property
-    def password_path(self) -> Path:
+    def admin_secret_path(self) -> Path:
+        return self.directory / dynsec.ADMIN_SECRET_NAME
+
+    @property
+    def legacy_password_path(self) -> Path:
+        """An older edgehub's password file: its users are taken over once, then it is removed."""
         return self.directory / PASSWD_NAME
 
     @property
@@ -165,26 +186,8 @@ class BrokerFiles:
             os.chmod(self.directory, 0o700)
 
     # rendering
-    def render_acl(self) -> str:
-        root = self.topics.root
-        return "\n".join([
-            MANAGED_HEADER,
-            f"# fleet {self.fleet}. Devices authenticate with user name == device id == client id.",
-            "",
-            "# Every device (%u is its user name): its own state and events, its own desired, the hub state.",
-            f"pattern write {root}/devices/%u/state",
-            f"pattern write {root}/devices/%u/events",
-            f"pattern read {root}/devices/%u/desired",
-            f"pattern read {root}/hub/state",
-            "",
-            "# (Mosquitto warns that the hub/state pattern has no %u: it is meant for every device.)",
-            "",
-            "# The hub: everything in the fleet, and the broker's statistics.",
-            *[line for user in (self.hub_user, *self.extra_hub_users)
-              for line in (f"user {user}", f"topic readwrite {root}/#", "topic read $SYS/#", "")],
-        ])
-
-    def render_config(self, port: int, host: str = "127.0.0.1", local_port: int | None = None) -> str:
+    def render_config(self, port: int, host: str = "127.0.0.1", local_port: int | None = None,
+                      plugin: str | None = None) -> str:
         """The config; with TLS, `local_port` adds the hub's plain listener on 127.0.0.1."""
         for value in (port, local_port):
             if value is not None and (not isinstance(value, int) or not 0 < value < 65536):
@@ -197,8 +200,9 @@ class BrokerFiles:
             f"# fleet {self.fleet}",
             "per_listener_settings false",
             "allow_anonymous false",
-            f"password_file {conf_path_value(self.password_path)}",
-            f"acl_file {conf_path_value(self.acl_path)}",
+            "# Accounts and rights, subscriptions checked at SUBSCRIBE (see edgehub.hub.broker_dynsec).",
+            f"plugin {conf_path_value(Path(plugin or dynsec.find_plugin()))}",
+            f"plugin_opt_config_file {conf_path_value(self.dynsec_path)}",
             "",
             f"listener {port} {host}",
             clientid,
@@ -244,12 +248,6 @@ class BrokerFiles:
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         return "\n".join(lines) + "\n"
 
-    # writing
-    def write_acl(self) -> Path:
-        self.ensure_directory()
-        write_private(self.acl_path, self.render_acl())
-        return self.acl_path
-
     def config_is_managed(self) -> bool:
         try:
             return self.conf_path.read_text().startswith(MANAGED_HEADER)
@@ -273,11 +271,45 @@ class BrokerFiles:
         return self.conf_path
 
     def write(self, port: int, host: str = "127.0.0.1", local_port: int | None = None) -> None:
-        """Config, ACL and (if missing) an empty password file."""
+        """Config and accounts, before the broker starts (the caller holds the start lock)."""
         self.write_config(port, host, local_port=local_port)
-        self.write_acl()
-        self.ensure_directory()
-        self.passwords.ensure_exists()
+        with locked(self.directory):
+            self._write_base()
+
+    def _write_base(self) -> None:
+        doc = self._load_document()
+        admin, created = self._admin_password()
+        fresh = created or dynsec.ADMIN_USER not in dynsec.client_names(doc)
+        self._save_document(dynsec.with_base(doc, self.topics, self.share_group,
+                                             dynsec.hashed(admin) if fresh else None))
+        # Taken over; an older broker that read them is stopped before the new one starts.
+        for old in (self.legacy_password_path, self.directory / ACL_NAME):
+            old.unlink(missing_ok=True)
+
+    def _load_document(self) -> dict:
+        """The accounts file for an edit; the first time, with an older edgehub's password-file
+        users taken over (same hash scheme: nobody has to be enrolled again)."""
+        doc = dynsec.read_document(self.dynsec_path)
+        if doc is not None:
+            return doc
+        doc = dynsec.empty_document()
+        with contextlib.suppress(FileNotFoundError):
+            for user, password in dynsec.from_password_file(self.legacy_password_path.read_text()).items():
+                dynsec.put_client(doc, user, password, self._role_of(user))
+        return doc
+
+    def _save_document(self, doc: dict) -> None:
+        dynsec.write_document(self.dynsec_path, doc)
+
+    def base_is_current(self) -> bool:
+        """Whether the accounts file has this hub's roles (a running broker with another base must be
+        restarted: the plugin reads the hub role only at start)."""
+        try:
+            doc = dynsec.read_document(self.dynsec_path)
+        except BrokerError:
+            return False
+        return (doc is not None and self.admin_secret_path.exists()
+                and dynsec.base_matches(doc, self.topics, self.share_group))
 
     # state (the port a restart keeps)
     def read_state(self) -> dict:
@@ -293,43 +325,115 @@ class BrokerFiles:
         data.update(values)
         write_private(self.state_path, json.dumps(data, indent=2) + "\n")
 
-    # passwords (take effect in a running broker after a reload)
-    @property
-    def passwords(self) -> PasswordFile:
-        return PasswordFile(self.password_path, self.directory)
+    # accounts
+    def is_hub_user(self, user: str) -> bool:
+        return user in (self.hub_user, *self.extra_hub_users) or bool(_WORKER_USER.fullmatch(user))
+
+    def _role_of(self, user: str) -> dict:
+        return dynsec.hub_role(self.topics, self.share_group) if self.is_hub_user(user) \
+            else dynsec.device_role(self.topics, user)
 
     def users(self) -> list[str]:
-        """User names in the password file, in file order."""
-        return self.passwords.users()
+        """User names with access to the broker (the admin user aside), in file order."""
+        try:
+            doc = dynsec.read_document(self.dynsec_path)
+        except BrokerError:
+            return []
+        return [u for u in dynsec.client_names(doc or {}) if u != dynsec.ADMIN_USER]
 
     def has_user(self, user: str) -> bool:
-        return self.passwords.has_user(user)
+        return validate_username(user) in self.users()
 
     def set_password(self, user: str, password: str) -> None:
-        """Add `user` or change its password (mosquitto_passwd; reload to apply)."""
-        self.ensure_directory()
-        self.passwords.set_password(user, password)
+        """Add `user` or give it a new password (a connected client with that name is disconnected).
+        Hub users get the hub role, every other user a device role of its own."""
+        validate_username(user)
+        validate_password(password)
+        role = self._role_of(user)
+        self._change(lambda doc: dynsec.put_client(doc, user, dynsec.hashed(password), role),
+                     dynsec.put_client_commands(user, password, role))
+        log.info("broker: credentials set for user %s", user)
 
     def remove_user(self, user: str) -> bool:
-        """Remove `user` from the password file; False if it was not there."""
-        return self.passwords.remove_user(user)
+        """Remove `user` (a connected client is disconnected at once); False if it was not there."""
+        validate_username(user)
+        if user not in self.users():
+            return False
+        self._change(lambda doc: dynsec.drop_client(doc, user), dynsec.drop_client_commands(user))
+        log.info("broker: user %s removed", user)
+        return True
+
+    def add_devices(self, passwords: dict[str, str]) -> None:
+        """Add or replace many devices at once, in the file: for a broker that is not running (the
+        plugin saves its whole file after every command, so thousands of commands take minutes;
+        `ManagedBroker.edit_stopped` stops and restarts a running one around this)."""
+        for user, password in passwords.items():
+            validate_username(user)
+            validate_password(password)
+        self.ensure_directory()
+        with locked(self.directory):
+            if self._running_with_accounts():
+                raise BrokerError("the broker is running: add many devices through ManagedBroker.edit_stopped")
+            doc = self._load_document()
+            for user, password in passwords.items():
+                dynsec.put_client(doc, user, dynsec.hashed(password), self._role_of(user))
+            self._save_document(doc)
+
+    def _change(self, edit, commands: list[dict]) -> None:
+        """One account change: through the control topic of a running broker, else in the file."""
+        self.ensure_directory()
+        with locked(self.directory, START_LOCK_NAME), locked(self.directory):
+            if self._running_with_accounts():
+                host, port = self.admin_address()
+                run_commands(host, port, self._admin_password()[0], commands)
+                return
+            doc = self._load_document()
+            edit(doc)
+            self._save_document(doc)
+
+    def _running_with_accounts(self) -> bool:
+        """A broker runs from this folder with the accounts plugin. One an older edgehub started
+        (password and ACL files) is restarted by the next `start()`: until then, edits go to the file."""
+        if running_broker_pid(self.directory) is None:
+            return False
+        try:
+            return "plugin_opt_config_file" in self.conf_path.read_text()
+        except OSError:
+            return False
+
+    def admin_address(self) -> tuple[str, int]:
+        """Where the admin connects: the plain loopback listener with TLS, else the devices' one."""
+        state = self.read_state()
+        port = state.get("local_port") if self.tls is not None else state.get("port")
+        if not isinstance(port, int):
+            raise BrokerError("the broker's port is not known yet (start it first)")
+        host = "127.0.0.1" if self.tls is not None else local_host(str(state.get("host", "127.0.0.1")))
+        return host, port
+
+    def _admin_password(self) -> tuple[str, bool]:
+        """(password, created now) of the admin user, kept in admin.secret (0600)."""
+        return _secret(self.admin_secret_path)
 
     def hub_password(self) -> str:
         """The hub user's password: made (random) and set on first use, kept in hub.secret (0600)."""
-        secret_path = self.directory / HUB_SECRET_NAME
         self.ensure_directory()
         with locked(self.directory):
-            try:
-                password = secret_path.read_text().strip()
-            except FileNotFoundError:
-                password = ""
-            created = not password
-            if created:
-                password = secrets.token_urlsafe(32)
-                write_private(secret_path, password + "\n")
+            password, created = _secret(self.directory / HUB_SECRET_NAME)
         if created or self.hub_user not in self.users():
             self.set_password(self.hub_user, password)
         return password
+
+
+def _secret(path: Path) -> tuple[str, bool]:
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        password = ""
+    if password:
+        return password, False
+    password = secrets.token_urlsafe(32)
+    write_private(path, password + "\n")
+    return password, True
 
 
 __all__ = ["BrokerFiles", "BrokerSettings", "TLSFiles"]

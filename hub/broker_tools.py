@@ -28,6 +28,7 @@ TOOL_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/opt
 MANAGED_HEADER = "# managed by edgehub"
 
 CONF_NAME = "mosquitto.conf"
+# An older edgehub's ACL and password files (taken over into the accounts file, then removed).
 ACL_NAME = "acl"
 PASSWD_NAME = "passwd"
 STATE_NAME = "state.json"
@@ -138,11 +139,6 @@ def find_tool(name: str, dirs: tuple[str, ...] = TOOL_DIRS) -> str:
 def find_mosquitto() -> str:
     """Path of the `mosquitto` executable (PATH, then /usr/sbin etc.), or MosquittoNotFound."""
     return find_tool("mosquitto")
-
-
-def find_mosquitto_passwd() -> str:
-    """Path of `mosquitto_passwd`, or MosquittoNotFound."""
-    return find_tool("mosquitto_passwd")
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -1,7 +1,7 @@
 """Enrolling and revoking devices: credentials in the broker and the registry, an agent config.
 
 Each device gets its own user name (= its id = its MQTT client id) and a random password; the
-registry keeps only a PBKDF2 hash, the broker's password file a mosquitto_passwd hash. The
+registry keeps only a PBKDF2 hash, the managed broker's accounts file (dynamic security) another. The
 agent config carries what the device needs to trust the hub: the CA when the hub runs TLS, an
 external broker's private CA (`hub serve --broker-ca`), and every ed25519 key whose manifests it
 may accept (the active key, a staged next key, earlier keys still trusted).
@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgehub.agent.config import AgentConfig
-from edgehub.hub.broker import free_port, reload_running_broker
+from edgehub.hub.broker import free_port
 from edgehub.hub.broker_tools import write_private
 from edgehub.hub.certs import CertError, TlsPaths
 from edgehub.hub.credentials import hash_password, new_password
 from edgehub.hub.hub_settings import HubSettings, load_settings, save_settings
-from edgehub.hub.service import broker_dir, managed_broker
+from edgehub.hub.service import managed_broker
 from edgehub.zoo.fleet import FleetStore
 from edgehub.zoo.home import HubPaths
 from edgehub.zoo.profiles import get_profile, load_profiles
@@ -55,8 +55,8 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
                   profiles_file: Path | None = None) -> AgentConfig:
     """Issue credentials for a device and return its agent config (with the password in it).
 
-    With a managed broker the password is added to its password file and a running broker
-    reloads it (SIGHUP: no other device is disconnected)."""
+    With a managed broker the device gets an account with a role of its own (its topics only); a
+    running broker takes it at once through its control topic (no other device notices)."""
     get_profile(profile, load_profiles(profiles_file))
     settings = load_settings(paths.root)
     ca_file = agent_ca_file(paths, settings)  # before enrolling: a missing CA file enrols nobody
@@ -71,7 +71,6 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
             settings.mqtt_port = free_port(settings.mqtt_host)
             save_settings(paths.root, settings)
         managed_broker(paths, settings).files.set_password(device_id, password)
-        reload_running_broker(broker_dir(paths))
         scheme = "mqtts" if TlsPaths(paths.root).enabled() else "mqtt"
         broker_url = f"{scheme}://{settings.mqtt_host}:{settings.mqtt_port}"
     else:
@@ -85,10 +84,10 @@ def enroll_device(paths: HubPaths, device_id: str, profile: str, *, data_dir: Pa
 
 
 def revoke_device(paths: HubPaths, device_id: str) -> None:
-    """Remove a device's credentials; the managed broker reloads without dropping other devices.
+    """Remove a device's credentials.
 
-    The broker disconnects the revoked device at the reload (its password no longer checks
-    out), and the artifact server refuses its downloads from the next request on."""
+    A running managed broker disconnects the revoked device at once (no other device notices),
+    and the artifact server refuses its downloads from the next request on."""
     settings = load_settings(paths.root)
     fleet = FleetStore(paths.db_url)
     try:
@@ -97,4 +96,3 @@ def revoke_device(paths: HubPaths, device_id: str) -> None:
         fleet.close()
     if settings.broker_url is None:
         managed_broker(paths, settings).files.remove_user(device_id)
-        reload_running_broker(broker_dir(paths))

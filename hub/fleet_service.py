@@ -11,7 +11,8 @@ cohort decisions written elsewhere) and reconciles only the devices those change
 per-report cost therefore stays the same whatever the fleet's size.
 
 Several workers can share a fleet (`worker_count`): events arrive on an MQTT 5 shared
-subscription (`$share/edgehub/...`), so the broker splits them; each device is reconciled by one
+subscription (`$share/<group>/...`, the group name derived from a per-hub secret that devices
+never see), so the broker splits them; each device is reconciled by one
 worker (a hash of its id), and a worker that stores an event of another worker's device names it
 in the change log. Worker 0 also reads device states (a plain subscription: brokers do not deliver
 retained messages on shared subscriptions), publishes the hub state, and steps the rollouts.
@@ -41,6 +42,7 @@ from edgehub.agent.messages import (
     parse_event,
 )
 from edgehub.agent.mqtt_link import broker_address
+from edgehub.hub.broker_dynsec import shared_events_filter
 from edgehub.hub.broker_tls import TlsDiagnosis, broker_tls_context
 from edgehub.hub.cohort_plan import parse_key
 from edgehub.hub.cohorts import CohortPolicy, cohort_key
@@ -62,7 +64,9 @@ from sqlalchemy.exc import InterfaceError, InternalError, OperationalError, Prog
 
 log = logging.getLogger("edgehub.hub.fleet")
 
-SHARE_GROUP = "edgehub"
+# The group every edgehub hub used before it was derived from a per-hub secret: a session kept
+# from then is unsubscribed from it.
+LEGACY_SHARE_GROUP = "edgehub"
 BATCH_MAX = 1000
 URL_TTL_S = 7 * 24 * 3600  # desired states are retained: their URLs must outlive a device's nap
 CHANGE_WINDOW = 1000  # ids re-read behind the cursor: PostgreSQL may commit ids out of order
@@ -82,6 +86,8 @@ class FleetSettings:
     url_secret: bytes
     policy: Policy
     benchmark: BenchmarkSettings
+    # The shared subscription's group (hub/share_group.py): the only one the hub users may join.
+    share_group: str
     client_id: str = "edgehub-hub"
     tick_s: float = 1.0
     version: str = "0"
@@ -153,6 +159,7 @@ class FleetService:
         client.reconnect_delay_set(1, 10)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = lambda *args: self.connected.clear()
         self._inbox = AckAfterCommitInbox(client)
         client.on_message = self._inbox.on_message
@@ -192,7 +199,10 @@ class FleetService:
             log.error("broker refused the hub: %s", reason_code)
             return
         root = self.topics.root
-        topics = [(f"$share/{SHARE_GROUP}/{root}/devices/+/events", SubscribeOptions(qos=1))]
+        # Retain As Published: an event is never retained; one that is (a device's mistake or
+        # attack) is seen as such, removed from the broker and rejected (see _drop_retained).
+        topics = [(shared_events_filter(self.topics, self.settings.share_group),
+                   SubscribeOptions(qos=1, retainAsPublished=True))]
         if self.leader:
             # Retained states only when the subscription is new: a hub that reconnects to the session
             # it kept would otherwise get every device's retained state again (10,000 messages).
@@ -202,9 +212,18 @@ class FleetService:
                                                                   public_key=self.settings.public_key_b64)),
                            qos=1, retain=True)
         client.subscribe(topics)
+        if self.settings.share_group != LEGACY_SHARE_GROUP:
+            client.unsubscribe(shared_events_filter(self.topics, LEGACY_SHARE_GROUP))
         self.connected.set()
         self._republish.set()
         log.info("hub worker %d connected to the broker", self.settings.worker_index)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(rc) for rc in reason_codes if rc.is_failure]
+        if refused:  # the broker does not give the hub its rights: nothing would arrive
+            log.error("broker refused a subscription of hub worker %d: %s", self.settings.worker_index,
+                      ", ".join(refused))
+            self.stats["subscriptions_refused"] = self.stats.get("subscriptions_refused", 0) + len(refused)
 
     def owns(self, device_id: str) -> bool:
         return owner_of(device_id, self.settings.worker_count) == self.settings.worker_index
@@ -227,7 +246,7 @@ class FleetService:
                     self.republish_desired()
                 batch = self._inbox.drain(timeout=0.1, limit=BATCH_MAX)
                 try:
-                    dirty |= self._store([(m.topic, m.payload) for m in batch])
+                    dirty |= self._store([(m.topic, m.payload) for m in self._drop_retained(batch)])
                 except Exception:
                     self._inbox.retry_later(batch)  # unacknowledged: tried again next turn
                     raise
@@ -251,6 +270,20 @@ class FleetService:
                 self.stats["loop_failures"] = self.stats.get("loop_failures", 0) + 1
                 log.exception("fleet loop iteration failed (%d in a row); retrying", failures)
                 time.sleep(min(5.0, 0.5 * failures))
+
+    def _drop_retained(self, batch: list) -> list:
+        """The batch without retained events. A retained event would be handed to every new plain
+        subscriber of the topic for ever; it is cleared from the broker and rejected."""
+        kept = []
+        for message in batch:
+            if message.retain and message.payload and message.topic.endswith("/events"):
+                self.stats["rejected"] += 1
+                log.warning("rejected a retained event on %s (events are never retained); cleared it",
+                            message.topic[:120])
+                self._client.publish(message.topic, b"", qos=1, retain=True)
+            else:
+                kept.append(message)
+        return kept
 
     def _store(self, batch: list[tuple[str, bytes]]) -> set[str]:
         """handle_batch. A database that is away, locked or not what the code expects (SYSTEMIC)
@@ -294,7 +327,7 @@ class FleetService:
                 if kind == "state":
                     if payload:  # an empty payload is a retained state being cleared
                         states.append(parse_body(payload, DeviceState, device=device))
-                elif kind == "events":
+                elif kind == "events" and payload:  # empty: the hub clearing a retained event
                     events.append(parse_event(payload, device=device))
             except MessageError as exc:
                 self.stats["rejected"] += 1

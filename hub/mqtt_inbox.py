@@ -42,6 +42,7 @@ class InboxMessage:
     payload: bytes
     mid: int
     qos: int
+    retain: bool = False  # as published (the hub subscribes to events with Retain As Published)
 
 
 class AckAfterCommitInbox:
@@ -56,7 +57,8 @@ class AckAfterCommitInbox:
 
     def on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
         """paho's on_message: queue only (the network thread must stay fast)."""
-        self._queue.put(InboxMessage(message.topic, bytes(message.payload), message.mid, message.qos))
+        self._queue.put(InboxMessage(message.topic, bytes(message.payload), message.mid, message.qos,
+                                     bool(message.retain)))
 
     def drain(self, timeout: float, limit: int) -> list[InboxMessage]:
         """Up to `limit` messages, waiting at most `timeout` for the first one."""

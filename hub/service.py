@@ -8,13 +8,17 @@ shared subscription: worker 0 in this process, the others as `edgehub hub worker
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgehub.agent.messages import BenchmarkSettings
 from edgehub.hub.artifact_server import ArtifactServer
-from edgehub.hub.broker import ManagedBroker, TLSFiles, free_port
+from edgehub.agent.messages import Topics
+from edgehub.hub.broker import HUB_USER, BrokerError, ManagedBroker, TLSFiles, free_port
+from edgehub.hub.broker_probe import ProbeResult, probe_broker, probe_password
+from edgehub.hub.broker_tools import write_private
 from edgehub.hub.broker_tls import broker_tls_context
 from edgehub.hub.certs import TlsPaths, server_context
 from edgehub.hub.cohorts import CohortPolicy
@@ -56,6 +60,24 @@ def url_secret_path(paths: HubPaths) -> Path:
     return paths.keys_dir / "url_secret"
 
 
+SHARE_GROUP_NAME = "mqtt_share_group"
+
+
+def share_group(paths: HubPaths) -> str:
+    """The group of the hub's shared subscription: random per hub, kept in <home>/keys/, never told
+    to a device. A device that cannot name it cannot join it, whatever a broker's rules."""
+    path = paths.keys_dir / SHARE_GROUP_NAME
+    try:
+        group = path.read_text().strip()
+    except FileNotFoundError:
+        group = ""
+    if not group:
+        paths.keys_dir.mkdir(parents=True, exist_ok=True)
+        group = "eh-" + secrets.token_hex(12)
+        write_private(path, group + "\n")
+    return group
+
+
 def managed_broker(paths: HubPaths, settings: HubSettings, retired: tuple[int, ...] = ()) -> ManagedBroker:
     """The hub's Mosquitto; TLS-only for devices when `<home>/tls/` is enabled (`hub certs`). Its ACL
     gives every worker user (and the `retired` ones, until they are drained) the hub's rights."""
@@ -63,7 +85,7 @@ def managed_broker(paths: HubPaths, settings: HubSettings, retired: tuple[int, .
     files = TLSFiles(cafile=tls.ca_cert, certfile=tls.server_cert, keyfile=tls.server_key) if tls.enabled() else None
     users = extra_users(settings.workers) + tuple(worker_user(i) for i in retired)
     return ManagedBroker(broker_dir(paths), settings.fleet, port=settings.mqtt_port, host=settings.mqtt_host,
-                         tls=files, extra_hub_users=users)
+                         tls=files, extra_hub_users=users, share_group=share_group(paths))
 
 
 @dataclass
@@ -71,6 +93,9 @@ class HubOptions:
     policy: Policy = field(default_factory=Policy)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     tick_s: float = 1.0
+    # An external broker that fails the start-up probe (hub/broker_probe.py): run anyway, warning.
+    # Never kept for later runs: each start that accepts an unsafe broker says so.
+    insecure_broker: bool = False
 
 
 class HubService:
@@ -88,7 +113,8 @@ class HubService:
         self.service: FleetService | None = None
         self.workers: WorkerPool | None = None
         self.spec: WorkerSpec | None = None
-        self.retired: dict[int, int] = {}  # worker index retired at start -> messages its session held
+        self.retired: dict[int, int] = {}
+        self.broker_probe: ProbeResult | None = None  # an external broker's start-up check  # worker index retired at start -> messages its session held
         self.stopped = threading.Event()
 
     def start(self) -> HubService:
@@ -113,7 +139,6 @@ class HubService:
             for i in password_files:
                 managed_worker_password(self.broker.files, i)
             self.broker.start()
-            self.broker.reload()  # a broker adopted from an earlier run re-reads the files too
             self.settings.mqtt_port = self.broker.port
             broker_url = self.broker.local_url  # with TLS: the loopback listener, on this machine
         else:
@@ -125,6 +150,7 @@ class HubService:
             for i in range(1, count):  # fail before anything starts if a worker has no credentials
                 external_worker_password(self.paths, i, count)
             password_files = {i: external_password_path(self.paths, i) for i in (*range(1, count), *retired)}
+            self._probe_broker(broker_url, password)
         if self.settings.http_port is None:
             self.settings.http_port = free_port(self.settings.http_host)
         checker = PasswordChecker(self.fleet.password_hash)
@@ -140,7 +166,8 @@ class HubService:
             broker_ca=self.settings.broker_ca if self.broker is None else None,
             artifact_base_url=self.settings.public_http_url or self.http.base_url,
             url_secret_file=str(url_secret_path(self.paths)),
-            password_files={i: str(path) for i, path in password_files.items()}, tick_s=self.options.tick_s,
+            password_files={i: str(path) for i, path in password_files.items()}, share_group=share_group(self.paths),
+            tick_s=self.options.tick_s,
             version=version("edgehub"), policy=self.options.policy, benchmark=self.options.benchmark,
             cohorts=CohortPolicy(sample_size=self.settings.cohort_sample) if self.settings.cohort_sample else None)
         self.service = FleetService(fleet_settings(self.spec, 0, password, secret, self.key.public_b64),
@@ -153,6 +180,31 @@ class HubService:
         log.info("hub up: broker %s, artifacts %s, %d worker(s), home %s", broker_url, self.http.base_url, count,
                  self.paths.root)
         return self
+
+    def _probe_broker(self, broker_url: str, hub_password: str) -> None:
+        """Refuse an external broker that lets a device subscribe to, or publish on, what it must
+        not (hub/broker_probe.py); with `insecure_broker`, warn instead."""
+        probe_pw, _ = probe_password(self.paths.root)
+        try:
+            result = probe_broker(broker_url, Topics(self.settings.fleet), share_group(self.paths), hub_user=HUB_USER,
+                                  hub_password=hub_password, probe_password=probe_pw, ca=self.settings.broker_ca)
+        except BrokerError as exc:
+            if not self.options.insecure_broker:
+                raise BrokerError(f"{exc} (or run with --insecure-broker to skip this check)") from None
+            log.warning("INSECURE BROKER: could not check %s (%s); running anyway (--insecure-broker)", broker_url, exc)
+            return
+        self.broker_probe = result
+        if result.safe:
+            log.info("broker %s: a device is confined to its own topics (%d checks)", broker_url, result.checked)
+            return
+        summary = "; ".join(result.findings)
+        if not self.options.insecure_broker:
+            raise BrokerError(f"the broker {broker_url} does not confine devices: {summary}. A device could take "
+                              "other devices' events. Deny these at SUBSCRIBE (README: External brokers), or run with "
+                              "--insecure-broker")
+        for finding in result.findings:
+            log.warning("INSECURE BROKER %s: %s", broker_url, finding)
+        log.warning("INSECURE BROKER: running anyway (--insecure-broker); a device could take other devices' events")
 
     def _retire(self, indices: tuple[int, ...], secret: bytes) -> None:
         """Drain and end the sessions of workers an earlier, larger `--workers` left (hub/worker_retire.py);
@@ -185,7 +237,6 @@ class HubService:
         if done:
             self.broker.files.extra_hub_users = tuple(u for u in self.broker.files.extra_hub_users
                                                       if u not in {worker_user(i) for i in done})
-            self.broker.reload()  # the ACL and password file without them
 
     def supervise(self) -> list[str]:
         """Restart what died (the managed broker, worker processes); returns what was restarted.

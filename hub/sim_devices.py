@@ -52,6 +52,7 @@ class SimDevice:
         self.generation_seen = 0
         self.reported: dict[str, str] = {}  # variant -> sha256 benchmarked
         self.measured: dict[str, tuple[str, int]] = {}  # variant -> (precision, size): to measure again
+        self.stream, self.seq = uuid.uuid4().hex[:16], 0  # a new stream per run: nothing is kept on disk
         self.connected = False
         self.ever_connected = False
         self.next_reconnect = 0.0
@@ -136,6 +137,8 @@ class SimDevice:
         self.proc.stats["states_sent"] += 1
 
     def send_event(self, event) -> None:
+        self.seq += 1  # numbered like the agent's outbox: the hub counts what it got (messages.Sequenced)
+        event = event.model_copy(update={"stream": self.stream, "seq": self.seq})
         info = self.client.publish(self.proc.topics.events(self.id), encode(event), qos=1)
         self.events_out.add(info.mid)
         self.proc.stats["events_sent"] += 1

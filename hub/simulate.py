@@ -1,7 +1,8 @@
 """`edgehub fleet simulate`: enrol N simulated devices and run them in a few processes.
 
-Enrolment is one database transaction (devices flagged `simulated`) and one `mosquitto_passwd -U`
-run for the managed broker's password file; each device's password is an HMAC of its id under
+Enrolment is one database transaction (devices flagged `simulated`) and one write of the managed
+broker's accounts file (a running broker is stopped and started around it: through the control
+topic, thousands of devices would take minutes); each device's password is an HMAC of its id under
 a secret kept in the hub's keys, so the processes derive it instead of reading a 10,000-line file.
 The devices themselves are hub/sim_devices.py; their numbers come from the declared
 `SyntheticDistribution` (hub/sim_model.py).
@@ -15,16 +16,12 @@ import hmac
 import math
 import multiprocessing
 import os
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from edgehub.hub.broker import BrokerFiles, find_mosquitto_passwd, reload_running_broker
 from edgehub.hub.credentials import hash_password
 from edgehub.hub.hub_settings import load_settings
-from edgehub.hub.service import broker_dir, managed_broker
+from edgehub.hub.service import managed_broker
 from edgehub.hub.sim_devices import process_main
 from edgehub.hub.sim_model import DeviceSpec, ProcessSpec, SyntheticDistribution
 from edgehub.zoo.fleet import FleetStore
@@ -62,37 +59,6 @@ def sim_ids(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{i:0{width}d}" for i in range(count)]
 
 
-def add_broker_users(files: BrokerFiles, users: dict[str, str]) -> None:
-    """Add or replace many users in the broker's password file with one mosquitto_passwd run.
-
-    Same discipline as BrokerFiles.set_password: passwords never on a command line, the file
-    edited on a copy under the broker directory's lock and moved into place atomically.
-    """
-    from edgehub.hub.broker import (
-        _locked,  # the broker files' own lock; no public bulk API yet
-    )
-
-    files.ensure_directory()
-    with tempfile.TemporaryDirectory(dir=files.directory, prefix=".bulk.") as tmp:
-        plain = Path(tmp) / "plain"
-        plain.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
-        os.chmod(plain, 0o600)
-        result = subprocess.run([find_mosquitto_passwd(), "-U", str(plain)], capture_output=True, text=True,
-                                timeout=300, check=False)
-        if result.returncode != 0:
-            raise SimulationError(f"mosquitto_passwd -U failed: {(result.stderr or '').strip()[:300]}")
-        hashed = plain.read_text()
-        with _locked(files.directory):
-            keep = []
-            if files.password_path.exists():
-                keep = [line for line in files.password_path.read_text().splitlines()
-                        if line.strip() and line.split(":", 1)[0] not in users]
-            staged = Path(tmp) / "passwd"
-            staged.write_text("".join(f"{line}\n" for line in keep) + hashed)
-            os.chmod(staged, 0o600)
-            shutil.move(str(staged), files.password_path)
-
-
 def enroll_simulated(paths: HubPaths, count: int, *, profile: str = "x86-cpu", tags: list[str] | None = None,
                      prefix: str = "sim", profiles_file: Path | None = None) -> list[DeviceSpec]:
     """Enrol (or re-enrol) `count` simulated devices; their broker credentials are set and the
@@ -114,8 +80,8 @@ def enroll_simulated(paths: HubPaths, count: int, *, profile: str = "x86-cpu", t
                            for i in ids], simulated=True, replace=True)
     finally:
         fleet.close()
-    add_broker_users(managed_broker(paths, settings).files, passwords)
-    reload_running_broker(broker_dir(paths))
+    with managed_broker(paths, settings).edit_stopped() as files:
+        files.add_devices(passwords)
     addresses = max(1, math.ceil(count / PER_ADDRESS))
     return [DeviceSpec(id=i, password=passwords[i], profile=profile,
                        source_address=f"127.0.0.{1 + n % addresses}" if addresses > 1 else None)

@@ -20,9 +20,10 @@ import time
 import paho.mqtt.client as mqtt
 from edgehub.agent.mqtt_link import broker_address
 from edgehub.hub.broker_tls import broker_tls_context
+from edgehub.hub.broker_dynsec import shared_events_filter
 from edgehub.hub.fleet_service import (
     BATCH_MAX,
-    SHARE_GROUP,
+    LEGACY_SHARE_GROUP,
     FleetService,
     FleetSettings,
 )
@@ -43,7 +44,9 @@ def retire_session(settings: FleetSettings, service: FleetService, *, quiet_s: f
     inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
     connected, unsubscribed = threading.Event(), threading.Event()
     refused: list[str] = []
-    shared = f"$share/{SHARE_GROUP}/{service.topics.root}/devices/+/events"
+    # The session may still hold the group of an edgehub from before the per-hub group: both go.
+    shared = [shared_events_filter(service.topics, g) for g in dict.fromkeys(
+        (settings.share_group, LEGACY_SHARE_GROUP))]
 
     def on_connect(client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:

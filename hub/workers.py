@@ -142,6 +142,7 @@ class WorkerSpec(BaseModel):
     artifact_base_url: str
     url_secret_file: str
     password_files: dict[int, str]  # worker index -> file holding its broker password
+    share_group: str  # the events' shared-subscription group (a per-hub secret)
     tick_s: float
     version: str
     policy: Policy
@@ -173,7 +174,7 @@ def fleet_settings(spec: WorkerSpec, index: int, password: str, url_secret: byte
         fleet=spec.fleet, broker_url=spec.broker_url, broker_ca=spec.broker_ca, username=worker_user(index),
         password=password, client_id=worker_user(index), artifact_base_url=spec.artifact_base_url,
         url_secret=url_secret,
-        policy=spec.policy, benchmark=spec.benchmark, tick_s=spec.tick_s, version=spec.version,
+        policy=spec.policy, benchmark=spec.benchmark, share_group=spec.share_group, tick_s=spec.tick_s, version=spec.version,
         public_key_b64=public_key_b64, worker_index=index, worker_count=spec.count, cohorts=spec.cohorts)
 
 

@@ -21,7 +21,7 @@ from edgehub.hub.fleet_service import FleetService, FleetSettings
 from edgehub.hub.hub_settings import HubSettings, save_settings
 from edgehub.hub.publish import PublishOptions, publish
 from edgehub.hub.selection import Policy
-from edgehub.hub.service import broker_dir
+from edgehub.hub.service import broker_dir, share_group
 from edgehub.hub.sim_model import SyntheticDistribution
 from edgehub.hub.simulate import Simulation, enroll_simulated
 from edgehub.zoo.fleet import FleetStore
@@ -36,7 +36,8 @@ class SimHub:
         self.paths = HubPaths.from_home(home)
         self.cohorts, self.tick_s, self.worker_count = cohorts, tick_s, workers
         users = tuple(f"edgehub-hub-{i}" for i in range(1, workers))
-        self.broker = ManagedBroker(broker_dir(self.paths), "default", extra_hub_users=users)
+        self.broker = ManagedBroker(broker_dir(self.paths), "default", extra_hub_users=users,
+                                    share_group=share_group(self.paths))
         self.passwords = {"edgehub-hub": self.broker.files.hub_password()}
         for user in users:
             self.passwords[user] = os.urandom(12).hex()
@@ -56,7 +57,8 @@ class SimHub:
             settings = FleetSettings(
                 fleet="default", broker_url=self.broker.url, username=user, password=self.passwords[user],
                 client_id=user, artifact_base_url="http://127.0.0.1:9/", url_secret=self.secret, policy=Policy(),
-                benchmark=BenchmarkSettings(), tick_s=self.tick_s, public_key_b64=key.public_b64,
+                benchmark=BenchmarkSettings(), share_group=share_group(self.paths), tick_s=self.tick_s,
+                public_key_b64=key.public_b64,
                 cohorts=self.cohorts, worker_index=index, worker_count=self.worker_count)
             worker = FleetService(settings, Registry(self.paths.db_url), FleetStore(self.paths.db_url),
                                   load_profiles())

@@ -5,6 +5,7 @@ Every test runs a real broker (Mosquitto 2.x) on a free port with the generated 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -50,6 +51,7 @@ except MosquittoNotFound as exc:  # pragma: no cover - the test machine has it
     pytest.skip(str(exc), allow_module_level=True)
 
 FLEET = "f1"
+GROUP = "hub-group-x1"  # the hub's shared-subscription group
 T = Topics(FLEET)
 PASSWORDS = {HUB_USER: "hub-secret-Zq8", "dev-a": "pw-a-7Xk", "dev-b": "pw-b-3Lm"}
 REFUSED = (NOT_AUTHORIZED, 134)  # Mosquitto 2.0 answers 135; 134 would be as good
@@ -57,7 +59,7 @@ ACCEPTED = (0, NO_MATCHING_SUBSCRIBERS)  # MQTT 5 PUBACK codes that mean "taken"
 
 
 def _make_broker(directory: Path, users: dict[str, str] = PASSWORDS, **kwargs) -> ManagedBroker:
-    broker = ManagedBroker(directory, FLEET, **kwargs)
+    broker = ManagedBroker(directory, FLEET, share_group=GROUP, **kwargs)
     for user, password in users.items():
         broker.set_password(user, password)
     return broker.start()
@@ -112,8 +114,7 @@ def test_generated_files(shared_broker):
     port = shared_broker.port
     for line in [
         "allow_anonymous false",
-        f"password_file {files.password_path}",
-        f"acl_file {files.acl_path}",
+        f"plugin_opt_config_file {files.dynsec_path}",
         f"listener {port} 127.0.0.1",
         "persistence true",
         f"persistence_location {files.directory}/",
@@ -124,21 +125,32 @@ def test_generated_files(shared_broker):
         f"log_dest file {files.log_path}",
     ]:
         assert line in conf.splitlines(), line
+    assert any(line.startswith("plugin ") and line.endswith("mosquitto_dynamic_security.so")
+               for line in conf.splitlines())
+    assert "password_file" not in conf and "acl_file" not in conf  # never checked at SUBSCRIBE
     assert "max_inflight_messages" in conf and "log_type error" in conf
     assert shared_broker.url == f"mqtt://127.0.0.1:{port}"
 
-    acl = files.acl_path.read_text().splitlines()
-    assert "pattern write edgehub/v1/f1/devices/%u/state" in acl
-    assert "pattern write edgehub/v1/f1/devices/%u/events" in acl
-    assert "pattern read edgehub/v1/f1/devices/%u/desired" in acl
-    assert "pattern read edgehub/v1/f1/hub/state" in acl
-    assert acl.index(f"user {HUB_USER}") < acl.index("topic readwrite edgehub/v1/f1/#")
-    assert not any(line.startswith("pattern readwrite") for line in acl)
+    doc = json.loads(files.dynsec_path.read_text())
+    assert doc["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False,
+                                       "subscribe": False, "unsubscribe": True}
+    roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in doc["roles"]}
+    assert roles["device:dev-a"] == {
+        ("publishClientSend", "edgehub/v1/f1/devices/dev-a/state"),
+        ("publishClientSend", "edgehub/v1/f1/devices/dev-a/events"),
+        ("subscribeLiteral", "edgehub/v1/f1/devices/dev-a/desired"),
+        ("subscribeLiteral", "edgehub/v1/f1/hub/state"),
+        ("publishClientReceive", "edgehub/v1/f1/devices/dev-a/desired"),
+        ("publishClientReceive", "edgehub/v1/f1/hub/state"),
+    }
+    assert ("subscribeLiteral", f"$share/{GROUP}/edgehub/v1/f1/devices/+/events") in roles["edgehub-hub"]
+    clients = {c["username"]: [r["rolename"] for r in c["roles"]] for c in doc["clients"]}
+    assert clients["dev-a"] == ["device:dev-a"] and clients[HUB_USER] == ["edgehub-hub"]
 
     assert sorted(files.users()) == sorted(PASSWORDS)
-    for path in (files.password_path, files.acl_path, files.conf_path):
+    for path in (files.dynsec_path, files.admin_secret_path, files.conf_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-    # No password in clear anywhere in the broker's folder (password file is hashed; log clean).
+    # No password in clear anywhere in the broker's folder (accounts are hashed; log clean).
     for path in files.directory.iterdir():
         if path.is_file():
             text = path.read_bytes()
@@ -165,10 +177,13 @@ def test_tls_listener_config(tmp_path):
 
 def test_extra_hub_users_get_the_hub_rights(tmp_path):
     files = BrokerFiles(tmp_path / "broker", FLEET, extra_hub_users=("edgehub-hub.2",))
-    acl = files.render_acl().splitlines()
-    for user in (HUB_USER, "edgehub-hub.2"):
-        at = acl.index(f"user {user}")
-        assert acl[at + 1] == "topic readwrite edgehub/v1/f1/#"
+    for user in (HUB_USER, "edgehub-hub.2", "edgehub-hub-7"):
+        files.set_password(user, "pw")
+    files.set_password("edgehub-hubx", "pw")  # not a worker name: a device
+    doc = json.loads(files.dynsec_path.read_text())
+    clients = {c["username"]: [r["rolename"] for r in c["roles"]] for c in doc["clients"]}
+    assert clients == {HUB_USER: ["edgehub-hub"], "edgehub-hub.2": ["edgehub-hub"], "edgehub-hub-7": ["edgehub-hub"],
+                       "edgehub-hubx": ["device:edgehub-hubx"]}
     with pytest.raises(ValueError):
         BrokerFiles(tmp_path / "broker", FLEET, extra_hub_users=("bad/user",))
 
@@ -251,7 +266,7 @@ def test_authentication(shared_broker, clients):
 
 def test_device_writes_only_its_own_state_and_events(shared_broker, clients):
     hub = _hub(clients, shared_broker)
-    events = collect(hub, f"$share/edgehub/{T.root}/devices/+/events")  # hub workers share the load
+    events = collect(hub, f"$share/{GROUP}/{T.root}/devices/+/events")  # hub workers share the load
     states = collect(hub, f"{T.root}/devices/+/state")
     assert events.suback == [1] and states.suback == [1]
     a = _device(clients, shared_broker, "dev-a")
@@ -286,29 +301,33 @@ def test_device_reads_only_its_own_desired(shared_broker, clients):
     a = _device(clients, shared_broker, "dev-a")
     b = _device(clients, shared_broker, "dev-b")
     a_other = collect(a, T.desired("dev-b"))
-    a_all = collect(a, "#")
+    a_all = collect(a, "#")  # (the helper's sink sees whatever the client gets, whichever subscription)
+    # Refused when subscribed (the plugin checks at SUBSCRIBE), not merely filtered at delivery.
+    assert a_other.suback == [NOT_AUTHORIZED] and a_all.suback == [NOT_AUTHORIZED]
+    a_own = collect(a, T.desired("dev-a"))
+    a_hub = collect(a, T.hub_state)
+    assert a_own.suback == [1] and a_hub.suback == [1]
     b_desired = collect(b, T.desired("dev-b"))
-    assert a_other.suback == [1]  # Mosquitto grants the subscription; delivery is what the ACL stops
 
     assert publish(hub, T.desired("dev-b"), b"desired-b-1", retain=True) in ACCEPTED
     assert wait_for(lambda: b_desired == [(T.desired("dev-b"), b"desired-b-1")])
     # Sentinel on a topic dev-a may read: once it arrived, dev-b's desired would have arrived too.
     assert publish(hub, T.hub_state, b"hub-online", retain=True) in ACCEPTED
-    assert wait_for(lambda: (T.hub_state, b"hub-online") in a_all)
+    assert wait_for(lambda: (T.hub_state, b"hub-online") in a_hub)
     time.sleep(0.1)
     assert a_other == []
-    assert all(topic != T.desired("dev-b") for topic, _ in a.received)
+    assert {topic for topic, _ in a.received} <= {T.desired("dev-a"), T.hub_state}
 
-    # Its own desired does arrive; and a new subscription does not get dev-b's retained desired.
+    # Its own desired does arrive; and a new session does not get dev-b's retained desired.
     assert publish(hub, T.desired("dev-a"), b"desired-a-1", retain=True) in ACCEPTED
-    assert wait_for(lambda: (T.desired("dev-a"), b"desired-a-1") in a_all)
+    assert wait_for(lambda: (T.desired("dev-a"), b"desired-a-1") in a_own)
     close(a)
     a2 = _device(clients, shared_broker, "dev-a")
-    late = collect(a2, f"{T.root}/#")
-    _settle(hub, late)
-    assert {t for t, _ in late} >= {T.desired("dev-a"), T.hub_state}
-    assert T.desired("dev-b") not in {t for t, _ in late}
-    assert all("/devices/dev-b/" not in t for t, _ in late)
+    late = collect(a2, T.desired("dev-a"))
+    late_hub = collect(a2, T.hub_state)
+    _settle(hub, late_hub)
+    assert late == [(T.desired("dev-a"), b"desired-a-1")]
+    assert all("/devices/dev-b/" not in t for t, _ in a2.received)
 
 
 def test_device_cannot_write_desired_or_hub_state(shared_broker, clients):
@@ -331,9 +350,10 @@ def test_device_cannot_write_desired_or_hub_state(shared_broker, clients):
 
     # The retained values are still the hub's.
     b = _device(clients, shared_broker, "dev-b")
-    got = collect(b, f"{T.root}/#")
-    _settle(hub, got)
-    assert sorted(got) == sorted([(T.desired("dev-b"), b"hub-desired-b"), (T.hub_state, b"hub-state")])
+    got = collect(b, T.desired("dev-b"))
+    got_hub = collect(b, T.hub_state)
+    _settle(hub, got_hub)
+    assert got == [(T.desired("dev-b"), b"hub-desired-b")] and got_hub == [(T.hub_state, b"hub-state")]
 
 
 def test_forged_last_will_is_not_delivered(shared_broker, clients):
@@ -379,47 +399,51 @@ def test_device_cannot_take_over_another_devices_client_id(shared_broker, client
 
 # ---- reload ---------------------------------------------------------------------------------
 
-def test_reload_adds_and_removes_users(broker, clients):
+def test_accounts_change_at_once_without_a_reload(broker, clients):
     hub = _hub(clients, broker)
     echo = collect(hub, f"{T.root}/hub/state")
-    broker.set_password("dev-c", "pw-c")
-    assert try_connect(broker.url, "dev-c", "pw-c") in REFUSED  # not before the reload
-    broker.reload()
+    reloads = broker.files.log_path.read_text().count("Reloading config")
+    broker.set_password("dev-c", "pw-c")  # through the plugin's control topic: effective at once
     c = clients.connect(broker.url, "dev-c", "pw-c")
     assert c.connect_rc == 0
-    # The hub stayed connected through the reload and still works.
+    assert publish(c, T.events("dev-c"), b"c-event") in ACCEPTED  # with its own device role
+    assert publish(c, T.events("dev-a"), b"c-as-a") == NOT_AUTHORIZED
+    # Nobody else noticed.
     assert hub.is_connected() and hub.disconnects == []
     assert publish(hub, T.hub_state, b"still-here") in ACCEPTED
     assert wait_for(lambda: echo == [(T.hub_state, b"still-here")])
 
-    # Revoke dev-c: its live connection is dropped, and it cannot connect again.
+    # Revoke dev-c: its live connection is dropped at once, and it cannot connect again.
     assert broker.remove_user("dev-c") is True
     assert "dev-c" not in broker.users()
-    broker.reload()
     assert wait_for(lambda: not c.is_connected())
     assert try_connect(broker.url, "dev-c", "pw-c") in REFUSED
     assert hub.is_connected() and hub.disconnects == []
     assert try_connect(broker.url, "dev-a", PASSWORDS["dev-a"]) == 0
 
-    # Changing a password takes effect on reload too.
+    # A new password takes effect at once too.
     broker.set_password("dev-a", "new-pw-a")
-    broker.reload()
     assert try_connect(broker.url, "dev-a", PASSWORDS["dev-a"]) in REFUSED
     assert try_connect(broker.url, "dev-a", "new-pw-a") == 0
+    assert broker.files.log_path.read_text().count("Reloading config") == reloads  # no reload was needed
+    # SIGHUP still works (it reopens the log) and keeps connections.
+    broker.reload()
+    assert hub.is_connected() and hub.disconnects == []
 
 
 def test_reload_from_another_process_and_adoption(broker, clients):
     directory = broker.directory
     assert running_broker_pid(directory) == broker.pid
-    broker.files.set_password("dev-d", "pw-d")  # as `edgehub fleet enroll` would, from its own process
-    assert reload_running_broker(directory) is True
+    # As `edgehub fleet enroll` does, from its own process: a new BrokerFiles on the same folder.
+    BrokerFiles(directory, FLEET, share_group=GROUP).set_password("dev-d", "pw-d")
     assert try_connect(broker.url, "dev-d", "pw-d") == 0
+    assert reload_running_broker(directory) is True
 
     # A second manager of the same folder (a restarted hub) adopts the running broker.
-    other = ManagedBroker(directory, FLEET).start()
+    other = ManagedBroker(directory, FLEET, share_group=GROUP).start()
     assert other.pid == broker.pid and other.port == broker.port and other.running
     with pytest.raises(BrokerError, match="already runs"):
-        ManagedBroker(directory, FLEET, port=free_port()).start()
+        ManagedBroker(directory, FLEET, share_group=GROUP, port=free_port()).start()
     other.stop()
     assert not broker.running and not other.running
     assert reload_running_broker(directory) is False
@@ -457,7 +481,7 @@ def test_persistence_across_sigterm_restart(broker, clients):
 
     broker.stop()
     assert not broker.running
-    restarted = ManagedBroker(directory, FLEET).start()  # no port given: the remembered one
+    restarted = ManagedBroker(directory, FLEET, share_group=GROUP).start()  # no port given: the remembered one
     try:
         assert restarted.port == port
         a = _device(clients, restarted, "dev-a", clean_start=False, session_expiry=3600)

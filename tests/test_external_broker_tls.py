@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from edgehub.agent.config import load_config
 from edgehub.agent.messages import BenchmarkSettings
-from edgehub.hub.broker import ManagedBroker, TLSFiles
+from edgehub.hub.broker import BrokerError, ManagedBroker, TLSFiles
 from edgehub.hub.certs import CertError, generate, make_ca, make_server_cert
 from edgehub.hub.enrollment import AGENT_CA_BUNDLE, enroll_device
 from edgehub.hub.hub_settings import HubSettings, load_settings, save_settings
@@ -31,6 +31,7 @@ from edgehub.hub.publish import PublishOptions, deploy, publish
 from edgehub.hub.service import HubOptions, HubService
 from edgehub.hub.workers import fleet_settings, read_spec, read_status, worker_user
 from edgehub.zoo.home import HubPaths
+from external_broker import operator_broker
 from mqtt_helpers import wait_for
 
 CLI = [sys.executable, "-m", "edgehub.hub.cli"]
@@ -59,8 +60,9 @@ def private_ca(tmp_path) -> dict[str, Path]:
 @pytest.fixture
 def external(tmp_path, private_ca):
     """The 'external' broker: TLS only for clients, with a second hub worker user (edgehub-hub-1)."""
-    broker = ManagedBroker(tmp_path / "external-broker", "default", extra_hub_users=(worker_user(1),),
-                           tls=TLSFiles(private_ca["ca"], private_ca["cert"], private_ca["key"])).start()
+    paths = HubPaths.from_home(tmp_path / "home")  # the hub_home() below
+    broker = operator_broker(tmp_path / "external-broker", paths, extra_hub_users=(worker_user(1),),
+                             tls=TLSFiles(private_ca["ca"], private_ca["cert"], private_ca["key"]))
     yield broker
     broker.stop()
 
@@ -75,7 +77,6 @@ def hub_home(tmp_path: Path, broker: ManagedBroker, workers: int = 1) -> HubPath
         password = secrets.token_urlsafe(16)
         broker.files.set_password(worker_user(1), password)
         (paths.root / "hub-mqtt-password-1").write_text(password + "\n")
-    broker.reload()
     return paths
 
 
@@ -107,7 +108,6 @@ def test_hub_workers_and_a_device_trust_the_broker_through_its_private_ca(tmp_pa
         assert config.ca_file == (device / "cam-01-ca.pem").resolve()
         assert config.ca_file.read_bytes() == private_ca["ca"].read_bytes()
         external.files.set_password("cam-01", config.password.get_secret_value())  # the operator's step
-        external.reload()
         with open(tmp_path / "cam-01.log", "w") as log:  # the agent keeps its own copy of the handle
             agent = subprocess.Popen([*CLI, "agent", "run", "--config", str(device / "cam-01.toml")], stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -132,10 +132,22 @@ def test_hub_workers_and_a_device_trust_the_broker_through_its_private_ca(tmp_pa
     assert external.running  # the hub did not stop a broker it does not own
 
 
-def test_without_the_ca_the_hub_does_not_connect_and_says_why(tmp_path, external, caplog):
+def test_without_the_ca_the_hub_does_not_start_and_says_why(tmp_path, external):
+    """The start-up probe of the broker's rights connects first: an untrusted certificate stops the
+    hub before anything runs, with the reason and the flag to fix it."""
+    paths = hub_home(tmp_path, external)
+    hub = HubService(paths, HubSettings(broker_url=external.url), HubOptions(tick_s=0.3))
+    with pytest.raises(BrokerError, match="not trusted") as caught:
+        hub.start()
+    assert "--broker-ca" in str(caught.value) and f"127.0.0.1:{external.port}" in str(caught.value)
+    assert hub.service is None and hub.http is None
+
+
+def test_the_fleet_loop_says_why_a_tls_connection_fails(tmp_path, external, caplog):
+    """Past the probe (--insecure-broker), a worker that cannot connect logs the reason, not silence."""
     paths = hub_home(tmp_path, external)
     caplog.set_level(logging.WARNING, logger="edgehub.hub.fleet")
-    hub = HubService(paths, HubSettings(broker_url=external.url), HubOptions(tick_s=0.3)).start()
+    hub = HubService(paths, HubSettings(broker_url=external.url), HubOptions(tick_s=0.3, insecure_broker=True)).start()
     try:
         assert wait_for(lambda: any("not trusted" in r.getMessage() for r in caplog.records), timeout=10)
         assert not hub.service.connected.wait(2)

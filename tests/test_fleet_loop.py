@@ -206,13 +206,11 @@ def test_hub_restart_loses_nothing_and_last_will_marks_offline(fleet, tiny_mlp, 
 
 def test_hub_with_an_external_broker(tmp_path, tiny_mlp):
     """--broker: the hub manages no Mosquitto of its own and uses the one it is given."""
-    from edgehub.hub.broker import ManagedBroker
     from edgehub.hub.hub_settings import HubSettings
+    from external_broker import operator_broker
 
-    with ManagedBroker(tmp_path / "external-broker", "default") as external:
-        paths = HubPaths.from_home(tmp_path / "home")
-        (paths.root / "hub-mqtt-password").write_text(external.files.hub_password() + "\n")
-        external.reload()
+    paths = HubPaths.from_home(tmp_path / "home")
+    with operator_broker(tmp_path / "external-broker", paths) as external:
         hub = HubService(paths, HubSettings(broker_url=external.url),
                          HubOptions(benchmark=FAST_BENCH, tick_s=0.3)).start()
         try:
@@ -222,7 +220,6 @@ def test_hub_with_an_external_broker(tmp_path, tiny_mlp):
             assert config.broker_url == external.url
             # With an external broker the operator adds the device's credentials there.
             external.files.set_password("cam-01", config.password.get_secret_value())
-            external.reload()
             (tmp_path / "agent.toml").write_text(dump_config(config.model_copy(update={"serve_port": 0})))
             agent = subprocess.Popen([sys.executable, "-m", "edgehub.hub.cli", "agent", "run", "--config",
                                       str(tmp_path / "agent.toml")], stdout=subprocess.DEVNULL,

@@ -72,7 +72,7 @@ def fleet_of(tmp_path, n: int, model: dict):
     store.deploy("digits", 1, ["x86-cpu"])
     settings = FleetSettings(fleet="default", broker_url="mqtt://127.0.0.1:9", username="u", password="p",
                              artifact_base_url="http://127.0.0.1:9/", url_secret=b"s" * 32, policy=Policy(),
-                             benchmark=BenchmarkSettings())
+                             benchmark=BenchmarkSettings(), share_group="g")
     service = FleetService(settings, registry, store, load_profiles())
     service.reconcile_all = lambda: service._reconcile(store.device_ids())
     service.reconcile_all()

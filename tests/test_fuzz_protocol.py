@@ -163,7 +163,7 @@ def hub_loop(tmp_path_factory):
     fleet.enroll(DEVICE, "x86-cpu", "pbkdf2_sha256$1$AA==$AA==")
     settings_ = FleetSettings(fleet="default", broker_url="mqtt://127.0.0.1:9", username="edgehub-hub", password="x",
                               artifact_base_url="http://127.0.0.1:9", url_secret=b"s" * 32, policy=Policy(),
-                              benchmark=BenchmarkSettings())
+                              benchmark=BenchmarkSettings(), share_group="g")
     service = FleetService(settings_, registry, fleet, load_profiles())  # not started: no broker needed
     yield service, fleet
     fleet.close()

@@ -22,6 +22,7 @@ from edgehub.hub.simulate import Simulation, enroll_simulated
 from edgehub.hub.workers import read_status, status_path, worker_user
 from edgehub.zoo.fleet_views import StatusFilter
 from edgehub.zoo.home import HubPaths
+from external_broker import operator_broker
 from mqtt_helpers import wait_for
 
 DEVICES = 24
@@ -129,7 +130,7 @@ def test_fewer_workers_retire_the_sessions_left_over(tmp_path, tiny_mlp):
         hub = start_hub(paths, 1)
         assert hub.retired.get(1, 0) > 0 and hub.workers is None
         assert worker_user(1) not in hub.broker.users() and not (broker_dir(paths) / "hub-1.secret").exists()
-        assert worker_user(1) not in (broker_dir(paths) / "acl").read_text()
+        assert worker_user(1) not in (broker_dir(paths) / "dynamic-security.json").read_text()
         assert wait(lambda: len(set(acked_and_stored(hub, sim))) == 1, timeout=30), acked_and_stored(hub, sim)
         # No session is left to take a share: everything sent from now on is stored by worker 0.
         # The devices lost the broker with the hub's restart: flood once they are all back (what
@@ -202,10 +203,8 @@ def test_external_broker_with_the_worker_users(tmp_path):
     """With --broker, worker i logs in as edgehub-hub-i with <home>/hub-mqtt-password-i."""
     paths = HubPaths.from_home(tmp_path / "home")
     paths.root.mkdir(parents=True, exist_ok=True)
-    with ManagedBroker(tmp_path / "their-broker", "default", extra_hub_users=(worker_user(1),)) as broker:
-        (paths.root / "hub-mqtt-password").write_text(broker.files.hub_password() + "\n")
+    with operator_broker(tmp_path / "their-broker", paths, extra_hub_users=(worker_user(1),)) as broker:
         broker.files.set_password(worker_user(1), "worker-one-password")
-        broker.reload()
         (paths.root / "hub-mqtt-password-1").write_text("worker-one-password\n")
         hub = HubService(paths, HubSettings(broker_url=broker.url, workers=2), HubOptions(tick_s=0.3)).start()
         try:

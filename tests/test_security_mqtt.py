@@ -58,9 +58,11 @@ def test_a_device_cannot_act_as_another_or_read_its_desired_state(hub, clients, 
     a = clients.connect(url, "dev-a", passwords["dev-a"])
     b = clients.connect(url, "dev-b", passwords["dev-b"])
     assert a.connect_rc == 0 and b.connect_rc == 0
-    everything = collect(a, "#")  # granted by the broker; the ACL decides what is delivered
-    b_desired = collect(b, T.desired("dev-b"))
+    everything = collect(a, "#")  # (the helper's sink sees whatever `a` gets, whichever subscription)
     a_snoops = collect(a, T.desired("dev-b"))
+    assert everything.suback == [NOT_AUTHORIZED] and a_snoops.suback == [NOT_AUTHORIZED]  # at SUBSCRIBE
+    assert collect(a, T.desired("dev-a")).suback == [1] and collect(a, T.hub_state).suback == [1]
+    b_desired = collect(b, T.desired("dev-b"))
 
     # The hub writes both devices' desired states (a real deployment).
     model, refs = good_mlp(tmp_path / "m.onnx")

@@ -73,7 +73,6 @@ def test_enrolment_sets_broker_credentials(tmp_path):
         assert hub.broker.files.has_user("bulk-00299") and hub.broker.files.has_user("edgehub-hub")
         device = hub.fleet.get_device("bulk-00007")
         assert device.simulated and device.tags == ["lab"]
-        hub.broker.reload()
         ok = connect(hub.broker.url, "bulk-00007", specs[7].password)
         assert ok.connect_rc == 0
         close(ok)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from edgehub.zoo.schema import Base, UTCDateTime
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 
@@ -70,6 +70,21 @@ class EventRow(Base):
     variant_id: Mapped[str | None] = mapped_column(String, nullable=True)
     body: Mapped[dict] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EventStreamRow(Base):
+    """How many of a device's numbered events the hub stored, against the highest number it saw
+    (agent/messages.Sequenced): `max_seq - received` events were sent and never stored."""
+
+    __tablename__ = "event_streams"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    stream: Mapped[str] = mapped_column(String)
+    max_seq: Mapped[int] = mapped_column(BigInteger)
+    received: Mapped[int] = mapped_column(BigInteger)
+    # max_seq - received, kept as a column so the fleet's total is one indexed aggregate.
+    missing: Mapped[int] = mapped_column(BigInteger, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class BenchmarkRow(Base):

@@ -9,7 +9,7 @@ from typing import Any
 
 from edgehub.agent.messages import ActivationResult, BenchmarkReport, DeviceState
 from edgehub.zoo.fleet_records import RolloutOutcome
-from edgehub.zoo.fleet_schema import BenchmarkRow, EventRow, RolloutDeviceRow
+from edgehub.zoo.fleet_schema import BenchmarkRow, DeviceRow, EventRow, EventStreamRow, RolloutDeviceRow
 from edgehub.zoo.fleet_sql import chunks, insert_ignoring_duplicates, upsert
 from edgehub.zoo.records import utcnow
 from sqlalchemy import bindparam, func, select, update
@@ -22,6 +22,32 @@ def failed_activation_report(event: Any) -> BenchmarkReport | None:
     return BenchmarkReport(event_id=event.event_id, device_id=event.device_id, generation=event.generation,
                            variant_id=event.variant_id, ok=False, at=event.at,
                            error=f"failed after activation: {event.error or 'unknown error'}")
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """A device's event stream as the hub has stored it."""
+
+    stream: str
+    max_seq: int
+    received: int
+
+    @property
+    def missing(self) -> int:
+        return max(0, self.max_seq - self.received)
+
+
+def count_stream(before: StreamCount | None, numbered: list[tuple[str, int]]) -> StreamCount | None:
+    """`before` plus a device's newly stored events, as (stream, seq) in arrival order (each event
+    once: duplicates are dropped by event id before this). A new stream (the agent's outbox was
+    wiped) starts the count again; events of the stream left behind are not counted."""
+    if not numbered:
+        return before
+    stream = numbered[-1][0]
+    seqs = [seq for s, seq in numbered if s == stream]
+    if before is None or before.stream != stream:
+        return StreamCount(stream, max(seqs), len(seqs))
+    return StreamCount(stream, max(before.max_seq, *seqs), before.received + len(seqs))
 
 
 @dataclass
@@ -80,13 +106,56 @@ class TrafficTables:
                 rows = [dict(event_id=e.event_id, device_id=e.device_id, kind=e.kind, generation=e.generation,
                              variant_id=getattr(e, "variant_id", None), body=e.model_dump(mode="json"),
                              received_at=now) for e in events]
-                result.new_events = len(insert_ignoring_duplicates(session, EventRow.__table__, rows))
+                stored = set(insert_ignoring_duplicates(session, EventRow.__table__, rows))
+                result.new_events = len(stored)
+                self._count_streams(session, [e for e in events if e.event_id in stored and e.seq is not None])
                 bodies = {id(e): row["body"] for e, row in zip(events, rows, strict=True)}
                 upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
                        where=lambda table, new: table.c.at <= new.at)
             self._record_outcomes(session, list(outcomes))
             self._note(session, "device", notify)
         return result
+
+    @staticmethod
+    def _count_streams(session, numbered: list) -> None:
+        """Update the devices' event-stream counts for newly stored numbered events (two statements)."""
+        if not numbered:
+            return
+        table = EventStreamRow.__table__
+        by_device: dict[str, list[tuple[str, int]]] = {}
+        for e in numbered:
+            by_device.setdefault(e.device_id, []).append((e.stream, e.seq))
+        before = {r.device_id: StreamCount(r.stream, r.max_seq, r.received) for chunk in chunks(list(by_device))
+                  for r in session.execute(select(table).where(table.c.device_id.in_(chunk)))}
+        now = utcnow()
+        rows = []
+        for device, items in by_device.items():
+            count = count_stream(before.get(device), items)
+            rows.append(dict(device_id=device, stream=count.stream, max_seq=count.max_seq, received=count.received,
+                             missing=count.missing, updated_at=now))
+        # Events of devices that are not enrolled (revoked meanwhile) have no row to count in.
+        known = {r for chunk in chunks(list(by_device))
+                 for r in session.scalars(select(DeviceRow.id).where(DeviceRow.id.in_(chunk)))}
+        upsert(session, table, [r for r in rows if r["device_id"] in known], ["device_id"])
+
+    def stream_counts(self, device_ids: Iterable[str] | None = None) -> dict[str, StreamCount]:
+        """device -> its event-stream count (all devices with one when `device_ids` is None)."""
+        table = EventStreamRow.__table__
+        with self._sessions() as session:
+            if device_ids is None:
+                found = session.execute(select(table))
+            else:
+                found = (r for chunk in chunks(list(dict.fromkeys(device_ids)))
+                         for r in session.execute(select(table).where(table.c.device_id.in_(chunk))))
+            return {r.device_id: StreamCount(r.stream, r.max_seq, r.received) for r in found}
+
+    def events_missing(self) -> tuple[int, int]:
+        """(events missing over the fleet, devices missing any): one indexed aggregate."""
+        table = EventStreamRow.__table__
+        with self._sessions() as session:
+            total, devices = session.execute(select(func.coalesce(func.sum(table.c.missing), 0),
+                                                    func.count()).where(table.c.missing > 0)).one()
+            return int(total), int(devices)
 
     @staticmethod
     def _record_outcomes(session, outcomes: list[RolloutOutcome]) -> None:

@@ -66,7 +66,7 @@ def enroll(device_id, profile, out, data_dir, serve_port, tags, replace, home, a
 @home_option
 @one_line_errors
 def revoke(device_id, home):
-    """Remove DEVICE_ID's credentials (the broker reloads; other devices stay connected)."""
+    """Remove DEVICE_ID's credentials (it is disconnected at once; other devices stay connected)."""
     from edgehub.hub.enrollment import revoke_device
 
     revoke_device(_paths(home), device_id)

@@ -117,16 +117,19 @@ def serve_settings(settings: HubSettings, *, broker_url: str | None = None, brok
 @click.option("--tls/--no-tls", "tls", default=None,
               help="Serve MQTT and HTTP over TLS with the certificates of `edgehub hub certs` (kept for "
                    "later runs). Default: as before; on once `hub certs` has run.")
+@click.option("--insecure-broker", is_flag=True,
+              help="Run even when the --broker fails the start-up check (a device could subscribe to other "
+                   "devices' events or write their topics); the findings are logged as warnings. Not kept.")
 @click.option("-v", "--verbose", is_flag=True)
 @home_option
 @one_line_errors
 @security_errors
 def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls,
-          verbose, home):
+          insecure_broker, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.certs import CertError, TlsPaths
     from edgehub.hub.hub_settings import load_settings
-    from edgehub.hub.service import HubService
+    from edgehub.hub.service import HubOptions, HubService
     from edgehub.zoo.home import HubPaths
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
@@ -145,7 +148,7 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
                               broker_ca=None if broker_ca is None else str(broker_ca), fleet=fleet,
                               mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
                               public_http_url=public_url, workers=workers, cohort_sample=cohort_sample)
-    service = HubService(paths, settings).start()
+    service = HubService(paths, settings, HubOptions(insecure_broker=insecure_broker)).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
