@@ -166,6 +166,7 @@ class Sequenced(BaseModel):
     stream: str | None = Field(None, pattern=r"^[0-9a-f]{8,32}$")
     seq: int | None = Field(None, ge=1, le=2**53)
 
+
 class Latency(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

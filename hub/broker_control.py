@@ -1,8 +1,8 @@
 """Finding and signalling a broker that runs from a broker directory (from any process).
 
 `edgehub fleet enroll` and `revoke` run in their own processes: they find the hub's broker
-through its pid file (checking the pid really is that mosquitto, not a reused one) and make it
-re-read its password and ACL files with SIGHUP, which keeps every connection open.
+through its pid file (checking the pid really is that mosquitto, not a reused one), to change its
+accounts over the control topic while it runs, or in its accounts file while it does not.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def signal_reload(directory: Path, pid: int, timeout: float) -> None:
 
 
 def reload_running_broker(directory: Path | str, timeout: float = 5.0) -> bool:
-    """Make the broker managed in `directory` re-read its password and ACL files (SIGHUP).
+    """Make the broker managed in `directory` re-read its config and reopen its log (SIGHUP).
 
     For other processes (e.g. `edgehub fleet enroll`). False if no broker runs there.
     Returns once the broker logged the reload (or after `timeout`).

@@ -1,4 +1,4 @@
-"""The generated files of a managed Mosquitto: config, ACL, password file, state.
+"""The generated files of a managed Mosquitto: config, accounts and rights, state.
 
 Everything lives in one directory (the hub home's ``broker/`` folder)::
 
@@ -7,7 +7,7 @@ Everything lives in one directory (the hub home's ``broker/`` folder)::
                            `broker_dynsec`): hashed passwords, a role per device, the hub role
     admin.secret           the admin user's password (changes accounts on a running broker)
     state.json             {"port": ..., "host": ...}: a restart keeps the port the devices know
-    mosquitto.pid    pid of the running broker, so another process can send SIGHUP
+    mosquitto.pid    pid of the running broker, so another process can find (and adopt) it
     mosquitto.db     persistence (retained messages, persistent sessions, queued QoS 1)
     mosquitto.log    the broker's log (no password is written anywhere in clear but the 0600 secrets)
 

@@ -54,7 +54,7 @@ def validate_username(user: str) -> str:
     """Return `user` if it is a safe MQTT user name (device id), else raise ValueError.
 
     ^[a-z0-9][a-z0-9._-]{0,63}$, matched in full (a trailing newline does not pass), so no
-    '/', '+', '#', whitespace or ':' can reach the ACL (%u) or the password file.
+    '/', '+', '#', whitespace or ':' can reach a topic in the device's role.
     """
     if not isinstance(user, str) or not _USER_RE.fullmatch(user):
         raise ValueError(f"invalid MQTT user name {user!r}: must match ^{USER_PATTERN}$")

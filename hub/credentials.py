@@ -1,6 +1,6 @@
 """Device passwords: generated at enrolment, stored only as salted PBKDF2 hashes.
 
-The broker checks passwords against its own password file (mosquitto_passwd); the hub's HTTP
+The broker checks passwords against its own accounts (the dynamic-security plugin); the hub's HTTP
 artifact server checks the same passwords against these hashes. A verified (password, stored
 hash) pair is cached briefly so ranged downloads (many requests) do not pay PBKDF2 each time;
 the stored hash is looked up on every request, so a revoked or re-enrolled device is refused at

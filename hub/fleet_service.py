@@ -260,6 +260,7 @@ class FleetService:
                         if now >= next_prune:
                             next_prune = now + 60
                             self.fleet.prune_changes(utcnow() - timedelta(seconds=CHANGES_KEPT_S))
+                            self._check_missing()
                 self._reconcile(dirty)
                 dirty = set()
                 self.started.set()
@@ -306,6 +307,15 @@ class FleetService:
                 log.exception("dropped a message on %s that cannot be stored", topic[:120])
                 self.stats["dropped"] = self.stats.get("dropped", 0) + 1
         return dirty
+
+    def _check_missing(self) -> None:
+        """Events devices numbered and the hub never stored (zoo/fleet_traffic.py): a gauge in the
+        stats and a warning whenever the count grows, so a loss is seen, not silent."""
+        missing, devices = self.fleet.events_missing()
+        if missing > self.stats.get("events_missing", 0):
+            log.warning("%d event(s) from %d device(s) were sent and never stored (`edgehub fleet status` shows "
+                        "which devices)", missing, devices)
+        self.stats["events_missing"], self.stats["devices_missing_events"] = missing, devices
 
     def _step_rollouts(self) -> None:
         started = time.perf_counter()

@@ -82,7 +82,7 @@ def external_password_path(paths: HubPaths, index: int) -> Path:
 
 def managed_worker_password(files: BrokerFiles, index: int) -> str:
     """Worker `index`'s password on the managed broker: made (random) on first use, kept in
-    broker/hub-<i>.secret (0600), and set in the password file (reload the broker to apply)."""
+    broker/hub-<i>.secret (0600), and set in the broker's accounts (at once when it runs)."""
     path = managed_password_path(files, index)
     files.ensure_directory()
     with locked(files.directory):

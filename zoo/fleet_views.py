@@ -10,6 +10,7 @@ from edgehub.zoo.fleet_schema import (
     DesiredRow,
     DeviceRow,
     DeviceTagRow,
+    EventStreamRow,
     RolloutDeviceRow,
     RolloutRow,
     SelectionRow,
@@ -59,14 +60,16 @@ class ViewQueries:
                     offset: int = 0) -> list[dict[str, Any]]:
         where = where or StatusFilter()
         d, s, b, q = DeviceRow.__table__, SelectionRow.__table__, BenchmarkRow.__table__, DesiredRow.__table__
+        e = EventStreamRow.__table__
         query = where.apply(
             select(d.c.id, d.c.profile, d.c.online, d.c.last_seen, d.c.active_variant, d.c.simulated, d.c.cohort,
                    d.c.tags, d.c.state["runtimes"].label("runtimes"), s.c.winner, b.c.p50_ms, b.c.runtime,
-                   q.c.generation, q.c.model, q.c.version)
+                   q.c.generation, q.c.model, q.c.version, e.c.received, e.c.missing)
             .select_from(d)
             .outerjoin(s, s.c.device_id == d.c.id)
             .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
-            .outerjoin(q, q.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
+            .outerjoin(q, q.c.device_id == d.c.id)
+            .outerjoin(e, e.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self._sessions() as session:
@@ -84,6 +87,8 @@ class ViewQueries:
                 "accuracy": v["accuracy"] if v else None, "agreement": v["agreement"] if v else None,
                 "runtimes": r.runtimes or {}, "desired": f"{r.model} v{r.version}" if r.model else None,
                 "generation": r.generation, "rollout": rollouts.get(r.id),
+                # Numbered events stored, and those sent but never stored (gaps in the numbers).
+                "events": {"received": r.received or 0, "missing": r.missing or 0},
                 "last_seen": r.last_seen.isoformat() if r.last_seen else None,
             })
         return out
@@ -133,6 +138,11 @@ class ViewQueries:
             active = session.execute(select(RolloutRow.id, RolloutRow.model, RolloutRow.version, RolloutRow.selector,
                                             RolloutRow.status, RolloutRow.stage)
                                      .where(RolloutRow.status.in_(ACTIVE)).order_by(RolloutRow.id)).all()
+            e = EventStreamRow.__table__
+            lost = where.apply(select(func.coalesce(func.sum(e.c.missing), 0), func.count())
+                               .select_from(d).join(e, e.c.device_id == d.c.id).where(e.c.missing > 0))
+            missing, devices = session.execute(lost).one()
+        summary["events_missing"] = {"events": int(missing), "devices": int(devices)}
         summary["rollouts"] = []
         for rid, model, version, selector, status, stage in active:
             if where.rollout is not None and rid != where.rollout:

@@ -16,6 +16,10 @@ def summary_table(summary: dict) -> Group:
     head.add_row(str(summary["devices"]), str(summary["online"]), str(summary["settled"]),
                  str(summary["simulated"]) if summary["simulated"] else "0")
     parts = [head]
+    lost = summary.get("events_missing") or {}
+    if lost.get("events"):
+        parts.append(f"[bold red]{lost['events']} event(s) from {lost['devices']} device(s) were sent and never "
+                     "stored[/] (the 'missing' column; the broker or a device with another's rights lost them)")
     if len(summary["profiles"]) > 1:
         per = Table(title="per profile")
         for column in ("profile", "devices", "online", "settled"):
@@ -39,15 +43,19 @@ def summary_table(summary: dict) -> Group:
 def status_table(rows: list[dict], total: int | None = None) -> Table:
     shown = f" (first {len(rows)} of {total})" if total is not None and total > len(rows) else ""
     table = Table(title=f"devices{shown}")
-    for column in ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "rollout", "last seen"):
-        table.add_column(column, no_wrap=column in ("device", "variant"))
+    lossy = any(r.get("events", {}).get("missing") for r in rows)
+    columns = ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "rollout", "last seen")
+    for column in columns + (("missing",) if lossy else ()):
+        table.add_column(column, no_wrap=column in ("device", "variant"), justify="right" if column == "missing" else "left")
     for r in rows:
         rollout = r.get("rollout")
         label = f"#{rollout['id']} s{rollout['stage'] + 1} {rollout['status']}" if rollout else "-"
         p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-"
         if r.get("simulated") and r["p50_ms"] is not None:
             p50 += " (sim)"
-        table.add_row(r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
-                      "[green]yes[/]" if r["online"] else "[red]no[/]", r["model"] or "-", r["variant"] or "-",
-                      p50, percent(r["accuracy"]), label, (r["last_seen"] or "-")[11:19] or "-")
+        missing = r.get("events", {}).get("missing", 0)
+        cells = [r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
+                 "[green]yes[/]" if r["online"] else "[red]no[/]", r["model"] or "-", r["variant"] or "-",
+                 p50, percent(r["accuracy"]), label, (r["last_seen"] or "-")[11:19] or "-"]
+        table.add_row(*cells, *([f"[red]{missing}[/]" if missing else "0"] if lossy else []))
     return table
