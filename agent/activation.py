@@ -7,7 +7,7 @@ from typing import Callable
 
 from edgehub.agent.benchmark import run_benchmark
 from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
-from edgehub.agent.messages import BenchmarkSettings
+from edgehub.protocol.messages import BenchmarkSettings
 
 # A short run on the reference inputs, in a child process so a bad model cannot take the agent.
 HEALTH_SETTINGS = BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3, timeout_s=60)

@@ -25,9 +25,9 @@ from typing import TextIO
 import numpy as np
 
 from edgehub.agent.benchmark import BenchJob, BenchResult
-from edgehub.agent.messages import Latency
-from edgehub.agent.protocol import TensorSpec
 from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
+from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.messages import Latency
 
 REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
 _MAX_ERROR_CHARS = 500

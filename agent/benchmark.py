@@ -1,4 +1,4 @@
-"""Benchmark one model variant in a child process (DESIGN.md, "Benchmark method").
+"""Benchmark one model variant in a child process (the method is in the README, "Running a fleet").
 
 The child (edgehub.agent.bench_child) does the measuring; this side enforces the limits and turns
 every way the child can fail (crash, hang, out of memory, garbage output) into a BenchResult, so a
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgehub.agent.messages import BenchmarkReport, BenchmarkSettings, Measurement
+from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Measurement
 
 # Tests monkeypatch this to simulate children that crash or misbehave.
 CHILD_COMMAND: list[str] = [sys.executable, "-m", "edgehub.agent.bench_child"]

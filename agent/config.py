@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
-import tomllib
 from pathlib import Path
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from edgehub.agent.messages import ID_PATTERN
+from edgehub.protocol.base import ID_PATTERN
 
 
 class ConfigError(Exception):

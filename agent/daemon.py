@@ -11,12 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 from edgehub.agent.config import AgentConfig
 from edgehub.agent.hardware import hardware
 from edgehub.agent.local_state import CorruptState, StateFile
-from edgehub.agent.messages import DesiredState, DeviceState
 from edgehub.agent.mqtt_link import MqttLink
 from edgehub.agent.outbox import Outbox
 from edgehub.agent.reconciler import Reconciler
 from edgehub.agent.runtimes import available_runtimes
 from edgehub.agent.serving import LocalServer, ModelHolder
+from edgehub.protocol.messages import DesiredState, DeviceState
 
 log = logging.getLogger("edgehub.agent")
 

@@ -10,7 +10,6 @@ or put in error messages (see `_safe`).
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import logging
 import os
@@ -21,14 +20,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edgehub.agent.protocol import Manifest, SignatureError, SignedManifest, verify_manifest
 from edgehub.agent.tls import describe as describe_tls
+from edgehub.protocol.files import sha256_file
+from edgehub.protocol.manifest import Manifest, SignatureError, SignedManifest, verify_manifest
 
 log = logging.getLogger(__name__)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$", re.ASCII)
-_HASH_CHUNK = 1 << 20
 
 
 class DownloadError(Exception):
@@ -41,14 +40,6 @@ class VerificationError(DownloadError):
 
 class _Retry(Exception):
     """A transient failure: the loop resumes from the .part after a back-off."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_HASH_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _safe(url: str) -> str:
@@ -100,7 +91,7 @@ def download(
         raise DownloadError(f"{dest.name}: artifact is {size} bytes, over the {max_bytes} limit")
 
     if dest.exists():
-        if (size is None or dest.stat().st_size == size) and file_sha256(dest) == sha256:
+        if (size is None or dest.stat().st_size == size) and sha256_file(dest) == sha256:
             return dest  # already downloaded and verified: no network
         log.warning("%s exists but does not match sha256 %s; downloading again", dest, sha256[:12])
         dest.unlink()  # never leave an unverified file at dest, even if the download fails
@@ -120,7 +111,7 @@ def download(
             log.info("download of %s interrupted (%s); resuming in %.2fs", dest.name, exc, delay)
             time.sleep(delay)
 
-    got = file_sha256(part)
+    got = sha256_file(part)
     if got != sha256:
         part.unlink(missing_ok=True)
         raise VerificationError(f"sha256 mismatch for {dest.name}: expected {sha256}, got {got}")
@@ -265,11 +256,11 @@ def verify_artifact(path: Path, signed: SignedManifest, public_keys: bytes | Seq
     if actual_size != manifest.size_bytes:
         raise VerificationError(
             f"{path.name} is {actual_size} bytes, manifest says {manifest.size_bytes}")
-    got = file_sha256(path)
+    got = sha256_file(path)
     if got != manifest.sha256:
         raise VerificationError(
             f"sha256 mismatch for {path.name}: manifest says {manifest.sha256}, file is {got}")
     return manifest
 
 
-__all__ = ["DownloadError", "VerificationError", "download", "file_sha256", "verify_artifact"]
+__all__ = ["DownloadError", "VerificationError", "download", "verify_artifact"]

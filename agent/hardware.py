@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from edgehub.agent.messages import Hardware
+from edgehub.protocol.messages import Hardware
 
 
 def ram_mb() -> int:

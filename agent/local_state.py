@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from edgehub.agent.protocol import SignedManifest
+from edgehub.protocol.manifest import SignedManifest
 
 
 class InstalledVariant(BaseModel):

@@ -35,9 +35,11 @@ from paho.mqtt.properties import Properties
 
 from edgehub.agent.backoff import Backoff
 from edgehub.agent.config import AgentConfig
-from edgehub.agent.messages import DesiredState, DeviceState, MessageError, Topics, encode, parse_body
 from edgehub.agent.outbox import Outbox
 from edgehub.agent.tls import client_context, describe
+from edgehub.protocol.base import MessageError
+from edgehub.protocol.messages import DesiredState, DeviceState, encode, parse_body
+from edgehub.protocol.topics import Topics
 
 log = logging.getLogger("edgehub.agent.mqtt")
 

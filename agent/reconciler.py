@@ -17,12 +17,13 @@ from edgehub.agent.activation import activate, health_check
 from edgehub.agent.benchmark import run_benchmark, to_report
 from edgehub.agent.cache import make_room, touch
 from edgehub.agent.config import AgentConfig, public_keys
-from edgehub.agent.download import DownloadError, VerificationError, download, file_sha256, verify_artifact
+from edgehub.agent.download import DownloadError, VerificationError, download, verify_artifact
 from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
-from edgehub.agent.messages import ActivationResult, AgentError, BenchmarkReport, Candidate, DesiredState
-from edgehub.agent.protocol import SignatureError, verify_manifest
 from edgehub.agent.runtimes import RuntimeUnavailable, runtime_for
 from edgehub.agent.tls import client_context
+from edgehub.protocol.files import sha256_file
+from edgehub.protocol.manifest import SignatureError, verify_manifest
+from edgehub.protocol.messages import ActivationResult, AgentError, BenchmarkReport, Candidate, DesiredState
 
 log = logging.getLogger("edgehub.agent")
 
@@ -64,7 +65,7 @@ class Reconciler:
             try:
                 verify_artifact(installed.path, installed.manifest, self.public_keys)
                 refs, refs_sha = installed.references_path, installed.manifest.manifest.references_sha256
-                if refs is not None and (not refs.exists() or file_sha256(refs) != refs_sha):
+                if refs is not None and (not refs.exists() or sha256_file(refs) != refs_sha):
                     raise VerificationError(f"reference file {refs.name} changed on disk")
                 touch(self.state, c.variant_id)
                 return installed

@@ -18,9 +18,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgehub.agent.download import file_sha256
 from edgehub.agent.local_state import InstalledVariant
 from edgehub.agent.runtimes import runtime_for
+from edgehub.protocol.files import sha256_file
 
 log = logging.getLogger("edgehub.agent.serving")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
@@ -45,7 +45,7 @@ class ModelHolder:
         with self._lock:
             if self._loaded is None or self._loaded[0] != variant.sha256:
                 self._loaded = None
-                if file_sha256(variant.path) != variant.sha256:
+                if sha256_file(variant.path) != variant.sha256:
                     raise ModelUnavailable(f"the active model file of {variant.variant_id} does not match its "
                                            "sha256; it is not loaded")
                 try:

@@ -45,10 +45,10 @@ def wait(predicate, timeout: float) -> bool:
 
 def main() -> None:
     from edgehub.agent.config import dump_config
-    from edgehub.hub.enrollment import enroll_device
-    from edgehub.hub.publish import PublishOptions, deploy, publish
-    from edgehub.hub.service import HubService
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.publish.pipeline import PublishOptions, deploy, publish
+    from edgehub.hub.serve.enrollment import enroll_device
+    from edgehub.hub.serve.service import HubService
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)

@@ -23,8 +23,8 @@ import numpy as np
 import onnxruntime as ort
 
 from edgehub.agent.benchmark import run_benchmark
-from edgehub.agent.messages import BenchmarkSettings
 from edgehub.agent.runtimes.onnxruntime_rt import choose_providers
+from edgehub.protocol.messages import BenchmarkSettings
 
 
 def build_cnn(path: Path) -> Path:

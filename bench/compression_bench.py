@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/compression_bench.py [--resnet-width 32] [--mobilenet-width 12]
         [--train-samples 20000] [--epochs 4] [--ft-epochs 2] [--ft-teacher parent] [--kd-epochs 5]
-        [--chain-ratio 0.4] [--seeds 1] [--kd-ratio 0.3] [--kd-unlabeled 0] [--kd-init teacher|random] [--augment none|shift|shift-flip] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
+        [--chain-ratio 0.4] [--seeds 1] [--kd-ratio 0.3] [--kd-unlabeled 0] [--kd-init teacher|random]
+        [--augment none|shift|shift-flip] [--arch resnet] [--only distilled,student-no-kd] [--teacher-cache DIR]
         [--out results.md]
 
 For a ResNet-style and a MobileNet-style network (edgehub.hub.examples.nets) trained here, it
@@ -93,7 +94,7 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
     from edgehub.converters.torch_passes.cost import macs_and_params
     from edgehub.converters.torch_passes.model_io import as_tensors, example_inputs, export_module
     from edgehub.converters.torch_passes.training import TrainSettings, accuracy, fit
-    from edgehub.hub.evaluate import run_onnx, score_outputs
+    from edgehub.hub.publish.evaluate import run_onnx, score_outputs
 
     x_test, y_test = test
     example = example_inputs(data.inputs)
@@ -271,8 +272,8 @@ def targets_table(rows: list[Row], latency, facts: dict) -> str:
     lines = ["| arch | target | figures | met |", "|---|---|---|---|"]
     for arch in dict.fromkeys(r.arch for r in rows):
         fp32 = get(arch, "fp32")
-        size = lambda r: r.path.stat().st_size / fp32.path.stat().st_size  # noqa: E731
-        drop = lambda r: (fp32.accuracy - r.accuracy) * 100  # noqa: E731
+        size = lambda r, fp32=fp32: r.path.stat().st_size / fp32.path.stat().st_size  # noqa: E731
+        drop = lambda r, fp32=fp32: (fp32.accuracy - r.accuracy) * 100  # noqa: E731
         checks = []
         r = get(arch, "int8")
         if r:
@@ -364,10 +365,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the markdown tables here")
     args = parser.parse_args()
 
-    from edgehub.hub.eval_data import bind_training_set
     from edgehub.hub.examples.fashion_mnist import load_fashion_mnist
     from edgehub.hub.examples.nets import mobilenet_small, resnet_small
-    from edgehub.agent.protocol import TensorSpec
+    from edgehub.hub.publish.eval_data import bind_training_set
+    from edgehub.protocol.manifest import TensorSpec
 
     x_train, y_train = load_fashion_mnist("train", limit=args.train_samples + args.kd_unlabeled)
     x_test, y_test = load_fashion_mnist("test")
@@ -392,10 +393,14 @@ def main() -> None:
         latency = latency_ratios(rows, x_test, args.seconds)
         elapsed = time.perf_counter() - started
         header = (f"Widths: ResNet {args.resnet_width}, MobileNet {args.mobilenet_width} (pruned channels multiples "
-                  f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training images ({len(data.val_labels):,} more "
+                  f"of {args.resnet_round_to} / {args.mobilenet_round_to}); trained on {data.size:,} of the training "
+                  f"images ({len(data.val_labels):,} more "
                   f"held out for validation), {args.epochs} epochs; fine-tuning {args.ft_epochs} (teacher: "
                   f"{args.ft_teacher}), distillation "
-                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: {args.kd_ratio}x params, init {args.kd_init}, {args.kd_unlabeled:,} unlabeled transfer images); augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test images; whole run {elapsed / 60:.1f} min.\n"
+                  f"{args.kd_epochs} epochs (T={args.kd_temperature:g}, alpha={args.kd_alpha:g}; student: "
+                  f"{args.kd_ratio}x params, init {args.kd_init}, {args.kd_unlabeled:,} unlabeled transfer images); "
+                  f"augmentation {args.augment}; chain pruned to {args.chain_ratio}x params; top-1 on the 10,000 test "
+                  f"images; whole run {elapsed / 60:.1f} min.\n"
                   + "\n".join(f"- {a}: teacher trained in {f['train_s']:.0f} s, torch top-1 {f['torch_top1']:.4f}"
                               for a, f in facts.items()))
         text = "\n\n".join([header, results_table(rows, latency), targets_table(rows, latency, facts)])

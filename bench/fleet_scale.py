@@ -5,7 +5,7 @@
 
 For each size, on a fresh hub home: a managed Mosquitto (started here, as `hub serve` would),
 hub worker process(es) (FleetService, one per process, sharing events over a shared
-subscription), simulated devices in a few processes (hub/sim_devices.py: paho clients on one
+subscription), simulated devices in a few processes (hub/sim/devices.py: paho clients on one
 epoll loop per process, the real protocol through the real broker, numbers from the declared
 synthetic distribution). Measured side by side:
 
@@ -55,13 +55,14 @@ def serve_worker(home: str, index: int, workers: int, cohort_k: int, port: int, 
     """One hub worker: FleetService on the broker; writes its stats to <home>/worker-<i>.json."""
     import logging
 
-    from edgehub.agent.messages import BenchmarkSettings
-    from edgehub.hub.cohorts import CohortPolicy
-    from edgehub.hub.fleet_service import FleetService, FleetSettings
-    from edgehub.hub.service import share_group
-    from edgehub.hub.selection import Policy
-    from edgehub.zoo.fleet import FleetStore
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.control.cohorts import CohortPolicy
+    from edgehub.hub.control.selection import Policy
+    from edgehub.hub.control.settings import FleetSettings
+    from edgehub.hub.control.worker import FleetService
+    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.serve.service import share_group
+    from edgehub.protocol.messages import BenchmarkSettings
     from edgehub.zoo.profiles import load_profiles
     from edgehub.zoo.registry import Registry
     from edgehub.zoo.signing import HubKey
@@ -103,11 +104,11 @@ def serve_worker(home: str, index: int, workers: int, cohort_k: int, port: int, 
 
 class Bench:
     def __init__(self, n: int, workers: int, cohort_k: int, db_url: str | None, receive_maximum: int):
-        from edgehub.hub.broker import ManagedBroker
-        from edgehub.hub.hub_settings import HubSettings, save_settings
-        from edgehub.hub.service import broker_dir, share_group
-        from edgehub.zoo.fleet import FleetStore
-        from edgehub.zoo.home import HubPaths
+        from edgehub.hub.broker.managed import ManagedBroker
+        from edgehub.hub.fleet.store import FleetStore
+        from edgehub.hub.home import HubPaths
+        from edgehub.hub.serve.service import broker_dir, share_group
+        from edgehub.hub.serve.settings import HubSettings, save_settings
         from edgehub.zoo.registry import Registry
 
         self.n, self.workers, self.cohort_k, self.receive_maximum = n, workers, cohort_k, receive_maximum
@@ -198,7 +199,7 @@ class Bench:
 
 
 def publish_model(b: Bench, workdir: Path, new_version: bool = False):
-    from edgehub.hub.publish import PublishOptions, publish
+    from edgehub.hub.publish.pipeline import PublishOptions, publish
 
     return publish(PublishOptions(source=str(workdir / "model.onnx"), name="fleet-model",
                                   eval_path=workdir / "eval.npz", new_version=new_version), b.paths, b.registry)
@@ -208,8 +209,9 @@ def make_model(workdir: Path) -> None:
     """A small MLP on scikit-learn's digits (real data), as ONNX with an eval set."""
     import numpy as np
     import torch
-    from edgehub.converters.torch_export import export_onnx
     from sklearn.datasets import load_digits
+
+    from edgehub.converters.torch_export import export_onnx
 
     digits = load_digits()
     x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
@@ -225,11 +227,11 @@ def make_model(workdir: Path) -> None:
 
 
 def run_size(n: int, workers: int, cohort_k: int, db_url: str | None, workdir: Path, receive_maximum: int) -> dict:
-    from edgehub.hub import rollout
-    from edgehub.hub.rollout import RolloutSpec, RolloutState, StageSize
-    from edgehub.hub.rollout_ops import counts_of, start_rollout
-    from edgehub.hub.simulate import Simulation, enroll_simulated
-    from edgehub.zoo.fleet_views import StatusFilter
+    from edgehub.hub.fleet.views import StatusFilter
+    from edgehub.hub.rollout import machine as rollout
+    from edgehub.hub.rollout.machine import RolloutSpec, RolloutState, StageSize
+    from edgehub.hub.rollout.ops import counts_of, start_rollout
+    from edgehub.hub.sim.run import Simulation, enroll_simulated
     from edgehub.zoo.records import utcnow
 
     r: dict = {"devices": n, "workers": workers, "cohort_k": cohort_k, "receive_maximum": receive_maximum,
@@ -354,12 +356,14 @@ def replay(home: Path, per_device: int = FLOOD_PER_DEVICE) -> dict:
     import shutil
     import uuid
 
-    from edgehub.agent.messages import BenchmarkReport, BenchmarkSettings, Topics, encode
-    from edgehub.hub.cohorts import CohortPolicy
-    from edgehub.hub.fleet_service import BATCH_MAX, FleetService, FleetSettings
-    from edgehub.hub.selection import Policy
-    from edgehub.zoo.fleet import FleetStore
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.control.cohorts import CohortPolicy
+    from edgehub.hub.control.selection import Policy
+    from edgehub.hub.control.settings import BATCH_MAX, FleetSettings
+    from edgehub.hub.control.worker import FleetService
+    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.home import HubPaths
+    from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, encode
+    from edgehub.protocol.topics import Topics
     from edgehub.zoo.profiles import load_profiles
     from edgehub.zoo.registry import Registry
 
@@ -432,7 +436,8 @@ def main() -> None:
         x = r["devices"] / base["devices"]
         print(f"{r['devices']} vs {base['devices']} devices ({x:.0f}x): settle {r['settle_s'] / base['settle_s']:.1f}x, "
               f"ingest rate {r['ingest_per_s'] / base['ingest_per_s']:.2f}x, status view "
-              f"{r['status_view_ms'] / base['status_view_ms']:.1f}x, all rows {r['status_all_rows_ms'] / base['status_all_rows_ms']:.1f}x, "
+              f"{r['status_view_ms'] / base['status_view_ms']:.1f}x, "
+              f"all rows {r['status_all_rows_ms'] / base['status_all_rows_ms']:.1f}x, "
               f"decision {r['rollout_decision_ms'] / base['rollout_decision_ms']:.1f}x, "
               f"RSS {r['hub_rss_after_ingest_mb'] / base['hub_rss_after_ingest_mb']:.2f}x")
     if args.json:

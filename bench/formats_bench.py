@@ -1,6 +1,6 @@
 """Every device format built from one trained model, measured side by side on this machine.
 
-Trains SmallCNN one epoch on Fashion-MNIST, builds every variant issue 5 adds (TFLite fp32 / fp16 /
+Trains SmallCNN one epoch on Fashion-MNIST, builds every device-format variant (TFLite fp32 / fp16 /
 dynamic-range / full int8, the Edge TPU op report and compile with the stand-in compiler, Core ML
 fp16 / int8 / 4-bit / 2-bit, TensorRT-ready ONNX fp32 / fp16 / int8) next to ONNX fp32 and int8,
 and prints for each: size ratio, top-1 agreement with the PyTorch model and accuracy on the eval
@@ -26,13 +26,14 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 
 from edgehub.agent.benchmark import run_benchmark
-from edgehub.agent.messages import BenchmarkSettings
+from edgehub.protocol.messages import BenchmarkSettings
 
 STAND_IN = Path(__file__).resolve().parents[1] / "tests" / "fake_edgetpu_compiler"
 
 
 def train(n_train: int, n_eval: int, work: Path):
     import torch
+
     from edgehub.converters.onnx_model import onnx_artifact
     from edgehub.converters.torch_export import export_onnx
     from edgehub.converters.torch_passes.model_io import save_module
@@ -88,7 +89,7 @@ def build(root, calib: np.ndarray, work: Path) -> dict:
 
 def evaluate(artifact, xe: np.ndarray) -> np.ndarray | None:
     from edgehub.converters.tflite_model import run_tflite
-    from edgehub.hub.evaluate import run_onnx
+    from edgehub.hub.publish.evaluate import run_onnx
 
     if artifact.format in ("onnx", "tensorrt"):
         batch = artifact.inputs[0].shape[0]  # TensorRT-ready variants have a static batch

@@ -35,8 +35,8 @@ def main() -> None:
     from edgehub.hub.examples.fashion_mnist import load_fashion_mnist
     from edgehub.hub.examples.nets import small_cnn
     from edgehub.hub.examples.training import evaluate_accuracy, train_classifier
-    from edgehub.hub.publish import PublishOptions, publish
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.publish.pipeline import PublishOptions, publish
     from edgehub.zoo.registry import Registry
     from edgehub.zoo.store import ArtifactStore
 

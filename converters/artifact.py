@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from edgehub.agent.protocol import TensorSpec
+from edgehub.protocol.manifest import TensorSpec
 
 Format = Literal["onnx", "tflite", "edgetpu", "coreml", "tensorrt"]
 Precision = Literal["fp32", "fp16", "int8", "int4", "int2", "mixed"]

@@ -17,10 +17,11 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
-from edgehub.agent.protocol import TensorSpec
-from edgehub.agent.runtimes.coreml_rt import PACKAGE_NAME, extract_mlpackage
-from edgehub.converters.errors import ConversionError
 from pydantic import BaseModel
+
+from edgehub.converters.errors import ConversionError
+from edgehub.protocol.coreml_package import PACKAGE_NAME, extract_mlpackage
+from edgehub.protocol.manifest import TensorSpec
 
 __all__ = ["CoreMLSummary", "WeightInfo", "extract_mlpackage", "inspect_mlpackage", "zip_mlpackage"]
 

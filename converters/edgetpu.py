@@ -20,6 +20,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.tflite_model import (
     OpInfo,
@@ -28,7 +30,6 @@ from edgehub.converters.tflite_model import (
     constant_values,
     read_tflite,
 )
-from pydantic import BaseModel
 
 COMPILER_ENV = "EDGEHUB_EDGETPU_COMPILER"  # a path overriding the PATH lookup
 MAX_LOG_CHARS = 20_000

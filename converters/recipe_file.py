@@ -24,10 +24,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import parse_config
 from edgehub.zoo.config_files import read_toml_or_yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,47}$")
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from edgehub.converters.artifact import Artifact, TensorSpec
 from edgehub.converters.errors import ConversionError
 

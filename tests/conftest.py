@@ -58,6 +58,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, dict]
 
 
 @pytest.fixture
+def fleet_store(database: tuple[str, dict]):
+    """A FleetStore on each database of `database` (SQLite, then PostgreSQL), closed afterwards."""
+    from edgehub.hub.fleet.store import FleetStore
+
+    url, connect_args = database
+    fleet = FleetStore(url, connect_args=connect_args)
+    try:
+        yield fleet
+    finally:
+        fleet.close()
+
+
+@pytest.fixture
 def hub_home(tmp_path, monkeypatch) -> Path:
     """An empty hub home; EDGEHUB_HOME points at it so CLI calls use it."""
     home = tmp_path / "hub-home"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgehub.agent.protocol import SignedManifest, TensorSpec
+from edgehub.protocol.manifest import SignedManifest, TensorSpec
 from edgehub.zoo.records import ModelVersionRecord, VariantRecord
 from edgehub.zoo.schema import ModelVersionRow, VariantProfileRow, VariantRow
 

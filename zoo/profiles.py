@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from edgehub.zoo.config_files import read_toml_or_yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgehub.zoo.config_files import read_toml_or_yaml
 
 Int8Scheme = Literal["u8s8", "reduce_range", "u8u8", "s8s8-symmetric"]
 

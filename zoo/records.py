@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgehub.agent.protocol import SignedManifest, TensorSpec
+from edgehub.protocol.manifest import SignedManifest, TensorSpec
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 

@@ -181,14 +181,6 @@ class Registry:
             row = session.get(VariantRow, variant_id)
             return variant_record(row) if row else None
 
-    def snapshot_counts(self) -> dict[str, int]:
-        """Row count of every table (cheap proof that a failed write left nothing behind)."""
-        with self._sessions() as session:
-            return {
-                table.name: session.scalar(select(func.count()).select_from(table)) or 0
-                for table in Base.metadata.sorted_tables
-            }
-
     def close(self) -> None:
         """Release all database connections."""
         self.engine.dispose()

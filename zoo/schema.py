@@ -119,7 +119,3 @@ class VariantProfileRow(Base):
 
 __all__ = ["Base", "ModelRow", "ModelVersionRow", "UTCDateTime", "VariantProfileRow", "VariantRow"]
 
-
-# Every table lives on the one Base: importing the schema registers the fleet tables too, so
-# `create_all` and `snapshot_counts` always see the whole database.
-from edgehub.zoo import fleet_schema  # noqa: E402,F401

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel
 
-from edgehub.agent.protocol import Manifest, SignedManifest, key_id_of
+from edgehub.protocol.manifest import Manifest, SignedManifest, key_id_of
 
 PRIVATE_KEY_FILE = "hub_ed25519.pem"
 PUBLIC_KEY_FILE = "hub_ed25519.pub"

@@ -10,17 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from edgehub.protocol.files import sha256_file
+
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20  # 1 MiB: large enough to hash GB-sized models quickly, small enough for RAM
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (models can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -137,4 +130,4 @@ class ArtifactStore:
         return size
 
 
-__all__ = ["ArtifactStore", "sha256_file"]
+__all__ = ["ArtifactStore"]

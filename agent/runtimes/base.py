@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehub.agent.protocol import TensorSpec
+from edgehub.protocol.manifest import TensorSpec
 
 
 class RuntimeUnavailable(Exception):
@@ -48,7 +48,7 @@ class Runtime(ABC):
     def version(self) -> str:
         """The runtime package's version; raises RuntimeUnavailable when it is not installed."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - an optional hook: most runtimes import nothing up front
         """Import the inference library now, so that timing `load` does not time the import."""
 
     @abstractmethod

@@ -18,8 +18,9 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-from edgehub.agent.protocol import TensorSpec
+
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.protocol.manifest import TensorSpec
 
 LITERT_MODULE = "ai_edge_litert.interpreter"
 FALLBACK_MODULE = "tflite_runtime.interpreter"

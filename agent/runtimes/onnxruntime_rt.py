@@ -19,8 +19,8 @@ from types import ModuleType
 
 import numpy as np
 
-from edgehub.agent.protocol import TensorSpec
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.protocol.manifest import TensorSpec
 
 # Accelerators first; CPU is always appended as the fallback for unsupported nodes.
 PREFERRED_PROVIDERS = (

@@ -13,9 +13,10 @@ import ctypes
 
 import numpy as np
 import tensorrt as trt
-from edgehub.agent.protocol import TensorSpec
+
 from edgehub.agent.runtimes.base import Session
-from edgehub.agent.runtimes.tensorrt_rt import EngineSettings
+from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.tensorrt_settings import EngineSettings
 
 _CUDART_NAMES = ("libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so.10.2")
 _H2D, _D2H = 1, 2  # cudaMemcpyKind

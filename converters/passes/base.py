@@ -167,13 +167,16 @@ def run_pass(name: str, artifact: Artifact, config: dict | PassConfig | None, ct
 
 def _load_builtin_passes() -> None:
     # Imported lazily so that importing the registry does not import onnxruntime.quantization.
-    from edgehub.converters.passes import (  # noqa: F401
+    # Device formats: TFLite/LiteRT, Edge TPU, Core ML, TensorRT-ready ONNX.
+    from edgehub.converters.passes import (  # noqa: F401  # noqa: F401
+        coreml,
+        edgetpu,
         onnx_graph,
         onnx_guarded_int8,
         onnx_prune,
         onnx_quantize,
         onnx_weight4,
+        tensorrt_onnx,
+        tflite,
         torch_compress,
     )
-    # Device formats (issue 5): TFLite/LiteRT, Edge TPU, Core ML, TensorRT-ready ONNX.
-    from edgehub.converters.passes import coreml, edgetpu, tensorrt_onnx, tflite  # noqa: F401

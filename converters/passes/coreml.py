@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
+
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import Pass, PassConfig, PassContext, register
 from edgehub.converters.passes.tflite import sample_inputs, torch_module
-from pydantic import Field
 
 DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"]
 ComputeUnits = Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]
@@ -104,6 +105,7 @@ class CoremlCompress(Pass[CoremlCompressConfig]):
     def run(self, artifact: Artifact, config: CoremlCompressConfig, ctx: PassContext) -> Artifact:
         import coremltools as ct
         from coremltools.optimize import coreml as cto
+
         from edgehub.converters.coreml import extract_mlpackage
 
         if artifact.precision != "fp16":

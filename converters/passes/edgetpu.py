@@ -7,6 +7,8 @@ carries the op report in its notes either way.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import (
@@ -16,7 +18,6 @@ from edgehub.converters.passes.base import (
     PassContext,
     register,
 )
-from pydantic import Field
 
 
 class EdgetpuCompileConfig(PassConfig):

@@ -13,15 +13,12 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from edgehub.agent.runtimes.tensorrt_rt import (
-    METADATA_KEY,
-    EngineSettings,
-    ProfileShapes,
-)
+from pydantic import Field
+
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import Pass, PassConfig, PassContext, register
-from pydantic import Field
+from edgehub.protocol.tensorrt_settings import METADATA_KEY, EngineSettings, ProfileShapes
 
 QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
                  "QLinearAdd", "QLinearMul", "QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool",
@@ -188,6 +185,7 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
         import json
 
         import onnx
+
         from edgehub.converters.onnx_model import graph_inputs, graph_outputs, load_onnx
 
         precision = artifact.precision if config.precision == "auto" else config.precision

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
+
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import (
@@ -28,7 +30,6 @@ from edgehub.converters.passes.base import (
     PassContext,
     register,
 )
-from pydantic import Field
 
 TfliteQuantization = Literal["none", "fp16", "dynamic_int8", "int8"]
 PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic_int8": "int8", "int8": "int8"}

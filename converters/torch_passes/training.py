@@ -23,7 +23,6 @@ from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import TrainingSet, TrainProgress
 from edgehub.converters.torch_passes.augment import Augment, augment_batch, check_augmentable
 
-
 UNLABELED = -1  # the label of a transfer-set sample (no label: the teacher's outputs only)
 
 
@@ -100,12 +99,36 @@ def _with_unlabeled(data: TrainingSet) -> tuple[dict[str, np.ndarray], np.ndarra
     return inputs, np.concatenate([labels, np.full(data.unlabeled_size, UNLABELED, np.int64)])
 
 
+def onednn_can_train(model: Any) -> bool:
+    """Whether oneDNN may run this model's backward pass. In torch 2.13 (oneDNN 3.12) the AVX2
+    kernel for the weight gradient of a 1x1 convolution never returns for some channel counts
+    that are not multiples of 8 (seen on an AVX2-only AMD EPYC: a distilled ResNet student with an
+    8->17 and a 17->35 shortcut hung in its second step; with multiples of 8 the same run takes
+    1.3 s). Such models train on PyTorch's own kernels, 2.3-4x slower here, and finish."""
+    import torch
+
+    return all(m.in_channels % 8 == 0 and m.out_channels % 8 == 0 for m in model.modules()
+               if isinstance(m, torch.nn.Conv2d) and tuple(m.kernel_size) == (1, 1))
+
+
 def fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any | None = None,
         task: str = "fine-tune", on_progress: Callable[[TrainProgress], None] = lambda p: None) -> dict:
     """Train `model` in place (Adam, cosine learning rate); with a teacher, distil from it.
 
     Returns what happened: epochs, final training loss, validation accuracy, seconds.
     """
+    import torch
+
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = onednn_can_train(model)
+    try:
+        return _fit(model, data, settings, teacher=teacher, task=task, on_progress=on_progress)
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def _fit(model: Any, data: TrainingSet, settings: TrainSettings, *, teacher: Any | None,
+         task: str, on_progress: Callable[[TrainProgress], None]) -> dict:
     import torch
     import torch.nn.functional as F
 

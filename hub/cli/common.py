@@ -24,14 +24,14 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 
 _ERROR_CLASSES = (
     ("edgehub.converters.errors", "ConversionError"),
-    ("edgehub.hub.eval_data", "EvalSetError"),
-    ("edgehub.hub.publish", "PublishError"),
+    ("edgehub.hub.publish.eval_data", "EvalSetError"),
+    ("edgehub.hub.publish.pipeline", "PublishError"),
     ("edgehub.zoo.profiles", "ProfileError"),
     ("edgehub.zoo.registry", "RegistryError"),
-    ("edgehub.zoo.fleet", "FleetError"),
-    ("edgehub.hub.broker", "BrokerError"),
+    ("edgehub.hub.fleet.store", "FleetError"),
+    ("edgehub.hub.broker.managed", "BrokerError"),
     ("edgehub.agent.config", "ConfigError"),
-    ("edgehub.hub.certs", "CertError"),
+    ("edgehub.hub.serve.certs", "CertError"),
     ("edgehub.zoo.signing", "HubKeyError"),
 )
 

@@ -20,7 +20,7 @@ from edgehub.hub.cli.common import console, err_console, print_json
 def demo(home, epochs, timeout_s, as_json):
     """Hub + managed broker + three agents on localhost: publish a CNN, benchmark, select, activate."""
     from edgehub.hub.cli.fleet_cmd import status_table
-    from edgehub.hub.demo import run_demo
+    from edgehub.hub.serve.demo import run_demo
 
     temporary = home is None
     home = Path(tempfile.mkdtemp(prefix="edgehub-demo-")) if temporary else home

@@ -17,7 +17,7 @@ def fleet() -> None:
 
 
 def _paths(home):
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
 
     return HubPaths.from_home(home)
 
@@ -38,7 +38,7 @@ def enroll(device_id, profile, out, data_dir, serve_port, tags, replace, home, a
     import os
 
     from edgehub.agent.config import dump_config
-    from edgehub.hub.enrollment import enroll_device
+    from edgehub.hub.serve.enrollment import enroll_device
 
     out = out or Path(f"agent-{device_id}.toml")
     data_dir = (data_dir or Path(f"edgehub-agent-{device_id}")).resolve()
@@ -67,21 +67,21 @@ def enroll(device_id, profile, out, data_dir, serve_port, tags, replace, home, a
 @one_line_errors
 def revoke(device_id, home):
     """Remove DEVICE_ID's credentials (it is disconnected at once; other devices stay connected)."""
-    from edgehub.hub.enrollment import revoke_device
+    from edgehub.hub.serve.enrollment import revoke_device
 
     revoke_device(_paths(home), device_id)
     console.print(f"revoked {device_id}")
 
 
 def _filter(profile=None, group=None, online=None, rollout=None, simulated=None):
-    from edgehub.zoo.fleet_views import StatusFilter
+    from edgehub.hub.fleet.views import StatusFilter
 
     return StatusFilter(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
 
 
 def status_rows(paths, *, limit: int | None = None, **filters) -> list[dict]:
     """The fleet's device rows (one joined, indexed query), optionally filtered."""
-    from edgehub.zoo.fleet import FleetStore
+    from edgehub.hub.fleet.store import FleetStore
 
     store = FleetStore(paths.db_url)
     try:
@@ -92,7 +92,7 @@ def status_rows(paths, *, limit: int | None = None, **filters) -> list[dict]:
 
 def status_view(paths, *, limit: int | None, **filters) -> dict:
     """Summary counts over every matching device, and up to `limit` of their rows."""
-    from edgehub.zoo.fleet import FleetStore
+    from edgehub.hub.fleet.store import FleetStore
 
     store = FleetStore(paths.db_url)
     try:
@@ -177,8 +177,8 @@ def status(profile, group, online, rollout, simulated, limit, watch, interval, i
 def tag(device_ids, add, remove, home, as_json):
     """Put devices in groups (tags) or take them out; a device tagged into a group during a
     rollout of that group joins it (it gets the new version when the rollout reaches everyone)."""
-    from edgehub.hub.groups import validate_tag
-    from edgehub.zoo.fleet import FleetError, FleetStore
+    from edgehub.hub.fleet.groups import validate_tag
+    from edgehub.hub.fleet.store import FleetError, FleetStore
 
     if not add and not remove:
         raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
@@ -198,8 +198,8 @@ def tag(device_ids, add, remove, home, as_json):
 
 def _failure_rule(text: str):
     """`MATCH:benchmark=0.5,activation=1` -> a FailureRule."""
-    from edgehub.hub.sim_model import FailureRule
-    from edgehub.zoo.fleet import FleetError
+    from edgehub.hub.fleet.store import FleetError
+    from edgehub.hub.sim.model import FailureRule
 
     match, _, rest = text.partition(":")
     values = {}
@@ -226,7 +226,7 @@ def _failure_rule(text: str):
 @click.option("--fail", "fail", multiple=True, help="MATCH:benchmark=P,activation=P: variants whose id contains "
               "MATCH fail their benchmark / health check with probability P (repeatable).")
 @click.option("--distribution", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON file with a SyntheticDistribution (see hub/sim_model.py) instead of the default.")
+              help="JSON file with a SyntheticDistribution (see hub/sim/model.py) instead of the default.")
 @home_option
 @json_option
 @one_line_errors
@@ -235,8 +235,8 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
     benchmark numbers (labelled "simulated" in every report, status and chart)."""
     import time
 
-    from edgehub.hub.sim_model import SyntheticDistribution
-    from edgehub.hub.simulate import Simulation, enroll_simulated
+    from edgehub.hub.sim.model import SyntheticDistribution
+    from edgehub.hub.sim.run import Simulation, enroll_simulated
 
     dist = SyntheticDistribution.model_validate_json(distribution.read_text()) if distribution else SyntheticDistribution()
     dist = dist.model_copy(update={"bench_delay_s": bench_delay, "failures": [*dist.failures,
@@ -276,7 +276,7 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
 @one_line_errors
 def explain(device_id, home, as_json):
     """Why DEVICE_ID runs its variant: the verdict on every candidate."""
-    from edgehub.zoo.fleet import FleetError, FleetStore
+    from edgehub.hub.fleet.store import FleetError, FleetStore
 
     store = FleetStore(_paths(home).db_url)
     try:

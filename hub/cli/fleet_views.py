@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from edgehub.hub.cli.common import percent
 from rich.console import Group
 from rich.table import Table
+
+from edgehub.hub.cli.common import percent
 
 TABLE_LIMIT = 50  # rows shown in a table by default; the summary always counts every device
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
+from rich.table import Table
+
 from edgehub.hub.cli.common import (
     console,
     fail,
@@ -19,8 +21,7 @@ from edgehub.hub.cli.common import (
     one_line_errors,
     print_json,
 )
-from edgehub.hub.hub_settings import HubSettings
-from rich.table import Table
+from edgehub.hub.serve.settings import HubSettings
 
 
 @click.group()
@@ -33,7 +34,7 @@ def security_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from edgehub.hub.certs import CertError
+        from edgehub.hub.serve.certs import CertError
         from edgehub.zoo.signing import HubKeyError
 
         try:
@@ -47,7 +48,8 @@ def security_errors(fn):
 def checked_broker_ca(path: Path) -> str:
     """`--broker-ca FILE`: a readable PEM certificate (or bundle); its absolute path, kept in hub.json."""
     from cryptography import x509
-    from edgehub.hub.certs import CertError
+
+    from edgehub.hub.serve.certs import CertError
 
     try:
         data = path.read_bytes()
@@ -73,7 +75,7 @@ def serve_settings(settings: HubSettings, *, broker_url: str | None = None, brok
     `broker_url` "managed" drops an external broker (and its CA); `broker_ca` "system" drops the CA
     file; `broker_ca` otherwise is a checked absolute path. Raises CertError for a CA without an
     mqtts:// broker."""
-    from edgehub.hub.certs import CertError
+    from edgehub.hub.serve.certs import CertError
 
     settings = settings.model_copy()
     if broker_url == MANAGED:
@@ -127,10 +129,10 @@ def serve_settings(settings: HubSettings, *, broker_url: str | None = None, brok
 def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls,
           insecure_broker, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
-    from edgehub.hub.certs import CertError, TlsPaths
-    from edgehub.hub.hub_settings import load_settings
-    from edgehub.hub.service import HubOptions, HubService
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.serve.certs import CertError, TlsPaths
+    from edgehub.hub.serve.service import HubOptions, HubService
+    from edgehub.hub.serve.settings import load_settings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -172,8 +174,8 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
 @one_line_errors
 def worker(index, count, home):
     """One extra fleet worker (started and supervised by `edgehub hub serve --workers N`)."""
-    from edgehub.hub.workers import run_worker
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.serve.workers import run_worker
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
     run_worker(HubPaths.from_home(home), index, count)
@@ -198,15 +200,9 @@ def worker(index, count, home):
 @security_errors
 def certs(hosts, days, ca_cert, cert_file, key_file, force, home, as_json):
     """Make a CA and a server certificate for MQTT and HTTPS (or install yours); TLS is on from the next `hub serve`."""
-    from edgehub.hub.certs import (
-        CertError,
-        default_hosts,
-        fingerprint,
-        generate,
-        install_supplied,
-    )
-    from edgehub.hub.hub_settings import load_settings
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.serve.certs import CertError, default_hosts, fingerprint, generate, install_supplied
+    from edgehub.hub.serve.settings import load_settings
 
     paths = HubPaths.from_home(home)
     supplied = [ca_cert, cert_file, key_file]
@@ -236,7 +232,7 @@ def keys() -> None:
 
 
 def _keys_dir(home):
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
 
     return HubPaths.from_home(home).keys_dir
 

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgehub.hub.cli.common import err_console, console, home_option, json_option, one_line_errors, print_json
+from edgehub.hub.cli.common import console, err_console, home_option, json_option, one_line_errors, print_json
 from edgehub.hub.cli.variant_views import sensitivity_tables, variant_json, variants_table
 
 
@@ -83,9 +83,10 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz \\
           --recipe chains.toml
     """
-    from edgehub.hub.publish import PublishOptions, deploy, publish as run_publish
-    from edgehub.zoo.fleet import FleetStore
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.publish.pipeline import PublishOptions, deploy
+    from edgehub.hub.publish.pipeline import publish as run_publish
     from edgehub.zoo.registry import Registry
 
     paths = HubPaths.from_home(home)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+
 from edgehub.hub.cli.common import (
     console,
     home_option,
@@ -25,9 +26,9 @@ from edgehub.hub.cli.common import (
 def report(model, version, out, home, as_json):
     """Per profile: latency vs accuracy of every variant (Pareto front, selected variant), size
     per variant, rollout progress over time."""
-    from edgehub.hub.report import write_report
-    from edgehub.zoo.fleet import FleetStore
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.home import HubPaths
+    from edgehub.hub.report.build import write_report
     from edgehub.zoo.registry import Registry
 
     paths = HubPaths.from_home(home)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import click
+from rich.table import Table
+
 from edgehub.hub.cli.common import (
     console,
     home_option,
@@ -10,7 +12,6 @@ from edgehub.hub.cli.common import (
     one_line_errors,
     print_json,
 )
-from rich.table import Table
 
 
 @click.group()
@@ -20,8 +21,8 @@ def rollout() -> None:
 
 class _Stores:
     def __init__(self, home):
-        from edgehub.zoo.fleet import FleetStore
-        from edgehub.zoo.home import HubPaths
+        from edgehub.hub.fleet.store import FleetStore
+        from edgehub.hub.home import HubPaths
         from edgehub.zoo.registry import Registry
 
         paths = HubPaths.from_home(home)
@@ -36,7 +37,7 @@ class _Stores:
 
 
 def _model_version(text: str, registry) -> tuple[str, int]:
-    from edgehub.hub.rollout import RolloutError
+    from edgehub.hub.rollout.machine import RolloutError
 
     name, _, version = text.partition(":")
     if version:
@@ -64,8 +65,8 @@ def _model_version(text: str, registry) -> tuple[str, int]:
 @one_line_errors
 def start(model, group, canary, stages, success_threshold, error_threshold, soak, home, as_json):
     """Roll MODEL[:VERSION] (default: latest) out to a group: the canary first, then the rest."""
-    from edgehub.hub.rollout import RolloutSpec, parse_fraction, parse_stage_size
-    from edgehub.hub.rollout_ops import start_rollout
+    from edgehub.hub.rollout.machine import RolloutSpec, parse_fraction, parse_stage_size
+    from edgehub.hub.rollout.ops import start_rollout
 
     sizes = [parse_stage_size(canary), *(parse_stage_size(s) for s in (stages or "").split(",") if s.strip())]
     with _Stores(home) as s:
@@ -84,8 +85,8 @@ def start(model, group, canary, stages, success_threshold, error_threshold, soak
 
 
 def _status_data(fleet, rollout_id: int | None) -> dict:
-    from edgehub.hub.rollout import RolloutState, targeted
-    from edgehub.hub.rollout_ops import counts_of, find
+    from edgehub.hub.rollout.machine import RolloutState, targeted
+    from edgehub.hub.rollout.ops import counts_of, find
 
     record = find(fleet, rollout_id)
     state = RolloutState.model_validate(record.state)
@@ -153,7 +154,7 @@ def list_(home, as_json):
 
 
 def _operate(action: str, rollout_id, home, as_json) -> None:
-    from edgehub.hub.rollout_ops import find, operate
+    from edgehub.hub.rollout.ops import find, operate
 
     with _Stores(home) as s:
         record = find(s.fleet, rollout_id)
@@ -200,8 +201,8 @@ def alias() -> None:
 
 
 def _scope(group: str | None, profile: str | None) -> str:
-    from edgehub.hub.groups import parse_selector
-    from edgehub.hub.rollout import RolloutError
+    from edgehub.hub.fleet.groups import parse_selector
+    from edgehub.hub.rollout.machine import RolloutError
 
     if bool(group) == bool(profile):
         raise RolloutError("give exactly one of --group TAG or --profile NAME")
@@ -217,7 +218,7 @@ def _scope(group: str | None, profile: str | None) -> str:
 @one_line_errors
 def alias_set(name, model, group, profile, home):
     """Point alias NAME of a group or profile at MODEL[:VERSION]; `production` is what it runs."""
-    from edgehub.hub.groups import validate_tag
+    from edgehub.hub.fleet.groups import validate_tag
 
     validate_tag(name)
     with _Stores(home) as s:
@@ -234,7 +235,7 @@ def alias_set(name, model, group, profile, home):
 @one_line_errors
 def alias_delete(name, group, profile, home):
     """Remove alias NAME of a group or profile."""
-    from edgehub.hub.rollout import RolloutError
+    from edgehub.hub.rollout.machine import RolloutError
 
     scope = _scope(group, profile)
     with _Stores(home) as s:

@@ -10,7 +10,7 @@ from edgehub.hub.cli.variant_views import lineage_tree, sensitivity_tables, vari
 
 
 def _registry(home):
-    from edgehub.zoo.home import HubPaths
+    from edgehub.hub.home import HubPaths
     from edgehub.zoo.registry import Registry
 
     return Registry(HubPaths.from_home(home).db_url)

@@ -1,0 +1,17 @@
+"""What the hub knows of a target's variants before any device measured them. Pure."""
+
+from __future__ import annotations
+
+from edgehub.hub.control.selection import CandidateFacts
+from edgehub.zoo.records import VariantRecord
+
+
+def facts_of(variants: list[VariantRecord]) -> list[CandidateFacts]:
+    return [CandidateFacts(variant_id=v.id, size_bytes=v.size_bytes, accuracy=v.metrics.get("accuracy"),
+                           agreement=v.metrics.get("agreement")) for v in variants]
+
+
+def reference_accuracy(variants: list[VariantRecord]) -> float | None:
+    """The accuracy budgets are measured from: the fp32 parent's (the root of the lineage)."""
+    roots = [v for v in variants if v.parent is None]
+    return roots[0].metrics.get("accuracy") if roots else None

@@ -1,0 +1,139 @@
+"""What the fleet store accepts and returns: pydantic records; ORM rows stay inside the store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgehub.hub.fleet.schema import DeviceRow
+from edgehub.protocol.messages import BenchmarkSettings, DesiredState, DeviceState
+
+
+class FleetError(Exception):
+    """A fleet operation that cannot be done (unknown or duplicate device, ...)."""
+
+
+class DeviceRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    profile: str
+    tags: list[str] = []
+    enrolled_at: datetime
+    online: bool = False
+    last_seen: datetime | None = None
+    state: DeviceState | None = None
+    active_variant: str | None = None
+    simulated: bool = False
+    cohort: str | None = None
+
+
+class DeviceFacts(BaseModel):
+    """What reconciling a device needs to know of it (no state body parsed)."""
+
+    id: str
+    profile: str
+    tags: list[str] = []
+    online: bool = False
+    active_variant: str | None = None
+    cohort: str | None = None
+
+
+class SelectionRecord(BaseModel):
+    device_id: str
+    model: str
+    version: int
+    winner: str | None
+    explanation: dict
+    decided_at: datetime
+
+    def digest(self) -> str:
+        """What the decision says (not when it was made), as a short hash."""
+        body = json.dumps([self.model, self.version, self.winner, self.explanation], sort_keys=True, default=str)
+        return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+class DesiredSummary(BaseModel):
+    """A stored desired state without its candidates' bodies: what planning compares against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: int
+    model: str | None = None
+    version: int | None = None
+    candidate_ids: tuple[str, ...] = ()
+    activate: str | None = None
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+
+    @classmethod
+    def of(cls, desired: DesiredState) -> DesiredSummary:
+        return cls(generation=desired.generation, model=desired.model, version=desired.version,
+                   candidate_ids=tuple(c.variant_id for c in desired.candidates), activate=desired.activate,
+                   benchmark=desired.benchmark)
+
+
+class EnrollRequest(BaseModel):
+    """One device of a bulk enrolment (`edgehub fleet simulate`)."""
+
+    id: str
+    profile: str
+    password_hash: str
+    tags: list[str] = []
+
+
+class AliasRecord(BaseModel):
+    scope: str  # "profile:<name>" or "group:<tag>"
+    name: str  # "production", "canary", ...
+    model: str
+    version: int
+    updated_at: datetime
+
+
+class RolloutRecord(BaseModel):
+    id: int
+    model: str
+    version: int
+    selector: str
+    status: str
+    stage: int
+    state: dict  # hub/rollout/machine.py RolloutState as JSON
+    created_at: datetime
+    updated_at: datetime
+
+
+class RolloutOutcome(BaseModel):
+    """A targeted device's result in a rollout (written by the hub worker that saw it)."""
+
+    rollout_id: int
+    device_id: str
+    status: str  # activated | failed
+    variant_id: str | None = None
+    detail: str | None = None
+
+
+class CohortDecisionRecord(BaseModel):
+    cohort: str
+    model: str
+    version: int
+    winner: str | None
+    reports_used: int
+    explanation: dict
+    decided_at: datetime
+
+
+class ChangeRecord(BaseModel):
+    id: int
+    kind: str  # profile | group | device | rollout | cohort
+    key: str
+
+
+def device_record(row: DeviceRow | Any) -> DeviceRecord:
+    return DeviceRecord(
+        id=row.id, profile=row.profile, tags=row.tags or [], enrolled_at=row.enrolled_at, online=row.online,
+        last_seen=row.last_seen, state=DeviceState.model_validate(row.state) if row.state else None,
+        active_variant=row.active_variant, simulated=bool(row.simulated), cohort=row.cohort,
+    )

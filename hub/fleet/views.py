@@ -1,0 +1,178 @@
+"""The fleet as people and scripts see it: one joined, indexed query for the device rows and a
+few GROUP BYs for the summary, whatever the fleet's size (no query per device)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import and_, case, func, select
+
+from edgehub.hub.fleet.schema import (
+    BenchmarkRow,
+    DesiredRow,
+    DeviceRow,
+    DeviceTagRow,
+    EventStreamRow,
+    RolloutDeviceRow,
+    RolloutRow,
+    SelectionRow,
+)
+from edgehub.hub.fleet.sql import chunks
+from edgehub.zoo.schema import ModelRow, ModelVersionRow, VariantRow
+
+ACTIVE = ("running", "paused")
+
+
+class StatusFilter(BaseModel):
+    """Which devices a view covers; every field is an indexed condition."""
+
+    model_config = ConfigDict(frozen=True)
+
+    profile: str | None = None
+    group: str | None = None  # a tag
+    online: bool | None = None
+    rollout: int | None = None
+    simulated: bool | None = None
+    cohort: str | None = None
+
+    def apply(self, query, d=DeviceRow.__table__):
+        if self.profile:
+            query = query.where(d.c.profile == self.profile)
+        if self.online is not None:
+            query = query.where(d.c.online == self.online)
+        if self.simulated is not None:
+            query = query.where(d.c.simulated == self.simulated)
+        if self.cohort:
+            query = query.where(d.c.cohort == self.cohort)
+        if self.group:
+            t = DeviceTagRow.__table__
+            query = query.join(t, and_(t.c.device_id == d.c.id, t.c.tag == self.group))
+        if self.rollout is not None:
+            r = RolloutDeviceRow.__table__
+            query = query.join(r, and_(r.c.device_id == d.c.id, r.c.rollout_id == self.rollout))
+        return query
+
+
+class ViewQueries:
+    """Mixin of FleetStore: status rows and summary counts."""
+
+    def status_rows(self, where: StatusFilter | None = None, *, limit: int | None = None,
+                    offset: int = 0) -> list[dict[str, Any]]:
+        where = where or StatusFilter()
+        d, s, b, q = DeviceRow.__table__, SelectionRow.__table__, BenchmarkRow.__table__, DesiredRow.__table__
+        e = EventStreamRow.__table__
+        query = where.apply(
+            select(d.c.id, d.c.profile, d.c.online, d.c.last_seen, d.c.active_variant, d.c.simulated, d.c.cohort,
+                   d.c.tags, d.c.state["runtimes"].label("runtimes"), s.c.winner, b.c.p50_ms, b.c.runtime,
+                   q.c.generation, q.c.model, q.c.version, e.c.received, e.c.missing)
+            .select_from(d)
+            .outerjoin(s, s.c.device_id == d.c.id)
+            .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
+            .outerjoin(q, q.c.device_id == d.c.id)
+            .outerjoin(e, e.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._sessions() as session:
+            rows = session.execute(query).all()
+            variants = self._variant_facts(session, {r.active_variant for r in rows if r.active_variant})
+            rollouts = self._rollout_of(session, [r.id for r in rows])
+        out = []
+        for r in rows:
+            v = variants.get(r.active_variant)
+            out.append({
+                "device": r.id, "profile": r.profile, "online": bool(r.online), "simulated": bool(r.simulated),
+                "tags": r.tags or [], "cohort": r.cohort, "active_variant": r.active_variant,
+                "model": f"{v['model']} v{v['version']}" if v else None, "variant": v["label"] if v else None,
+                "selected_variant": r.winner, "p50_ms": r.p50_ms, "runtime": r.runtime,
+                "accuracy": v["accuracy"] if v else None, "agreement": v["agreement"] if v else None,
+                "runtimes": r.runtimes or {}, "desired": f"{r.model} v{r.version}" if r.model else None,
+                "generation": r.generation, "rollout": rollouts.get(r.id),
+                # Numbered events stored, and those sent but never stored (gaps in the numbers).
+                "events": {"received": r.received or 0, "missing": r.missing or 0},
+                "last_seen": r.last_seen.isoformat() if r.last_seen else None,
+            })
+        return out
+
+    @staticmethod
+    def _variant_facts(session, ids: set[str]) -> dict[str, dict]:
+        v, mv, m = VariantRow.__table__, ModelVersionRow.__table__, ModelRow.__table__
+        found = {}
+        for chunk in chunks(sorted(ids)):
+            for row in session.execute(select(v.c.id, v.c.label, v.c.metrics, mv.c.version, m.c.name)
+                                       .join(mv, mv.c.id == v.c.model_version_id).join(m, m.c.id == mv.c.model_id)
+                                       .where(v.c.id.in_(chunk))):
+                metrics = row.metrics or {}
+                found[row.id] = {"label": row.label, "model": row.name, "version": row.version,
+                                 "accuracy": metrics.get("accuracy"), "agreement": metrics.get("agreement")}
+        return found
+
+    @staticmethod
+    def _rollout_of(session, device_ids: list[str]) -> dict[str, dict]:
+        t, r = RolloutDeviceRow.__table__, RolloutRow.__table__
+        found = {}
+        for chunk in chunks(device_ids):
+            for row in session.execute(select(t.c.device_id, t.c.rollout_id, t.c.stage, t.c.status, r.c.stage)
+                                       .join(r, r.c.id == t.c.rollout_id)
+                                       .where(t.c.device_id.in_(chunk), r.c.status.in_(ACTIVE))
+                                       .order_by(t.c.rollout_id)):
+                found[row[0]] = {"id": row[1], "stage": row[2], "status": row[3], "targeted": row[2] <= row[4]}
+        return found
+
+    def status_summary(self, where: StatusFilter | None = None) -> dict[str, Any]:
+        """Counts for the whole filtered fleet: total, online, simulated, settled, per profile, and
+        per active rollout (stage x outcome)."""
+        where = where or StatusFilter()
+        d, s = DeviceRow.__table__, SelectionRow.__table__
+        settled = case((and_(d.c.active_variant.is_not(None), d.c.active_variant == s.c.winner), 1), else_=0)
+        query = where.apply(select(d.c.profile, func.count(), func.sum(case((d.c.online, 1), else_=0)),
+                                   func.sum(case((d.c.simulated, 1), else_=0)), func.sum(settled))
+                            .select_from(d).outerjoin(s, s.c.device_id == d.c.id)).group_by(d.c.profile)
+        summary: dict[str, Any] = {"devices": 0, "online": 0, "simulated": 0, "settled": 0, "profiles": {}}
+        with self._sessions() as session:
+            for profile, n, online, simulated, done in session.execute(query):
+                summary["profiles"][profile] = {"devices": n, "online": int(online or 0), "settled": int(done or 0)}
+                summary["devices"] += n
+                summary["online"] += int(online or 0)
+                summary["simulated"] += int(simulated or 0)
+                summary["settled"] += int(done or 0)
+            active = session.execute(select(RolloutRow.id, RolloutRow.model, RolloutRow.version, RolloutRow.selector,
+                                            RolloutRow.status, RolloutRow.stage)
+                                     .where(RolloutRow.status.in_(ACTIVE)).order_by(RolloutRow.id)).all()
+            e = EventStreamRow.__table__
+            lost = where.apply(select(func.coalesce(func.sum(e.c.missing), 0), func.count())
+                               .select_from(d).join(e, e.c.device_id == d.c.id).where(e.c.missing > 0))
+            missing, devices = session.execute(lost).one()
+        summary["events_missing"] = {"events": int(missing), "devices": int(devices)}
+        summary["rollouts"] = []
+        for rid, model, version, selector, status, stage in active:
+            if where.rollout is not None and rid != where.rollout:
+                continue
+            summary["rollouts"].append({"id": rid, "model": model, "version": version, "group": selector,
+                                        "status": status, "stage": stage, "counts": self.rollout_counts(rid)})
+        return summary
+
+    def variant_benchmarks(self, variant_ids: list[str]) -> list:
+        """(variant_id, ok, p50_ms, runtime, profile) of every device's newest result for these
+        variants (the index on device_benchmarks.variant_id)."""
+        b, d = BenchmarkRow.__table__, DeviceRow.__table__
+        with self._sessions() as session:
+            return [row for chunk in chunks(variant_ids) for row in session.execute(
+                select(b.c.variant_id, b.c.ok, b.c.p50_ms, b.c.runtime, d.c.profile)
+                .join(d, d.c.id == b.c.device_id).where(b.c.variant_id.in_(chunk)))]
+
+    def selection_counts(self, model: str, version: int) -> list[tuple[str, str, int]]:
+        """(profile, winner, devices) over the devices whose selection for model v version picked one."""
+        s, d = SelectionRow.__table__, DeviceRow.__table__
+        with self._sessions() as session:
+            return [tuple(r) for r in session.execute(
+                select(d.c.profile, s.c.winner, func.count()).join(d, d.c.id == s.c.device_id)
+                .where(s.c.model == model, s.c.version == version, s.c.winner.is_not(None))
+                .group_by(d.c.profile, s.c.winner))]
+
+    def desired_counts(self, model: str) -> dict[int, int]:
+        """version -> devices whose desired state targets that version of `model`."""
+        q = DesiredRow.__table__
+        with self._sessions() as session:
+            return {v: n for v, n in session.execute(select(q.c.version, func.count()).where(q.c.model == model)
+                                                     .group_by(q.c.version))}

@@ -1,0 +1,107 @@
+"""Running a variant on the eval set (ONNX Runtime, LiteRT) and scoring it against its parent.
+
+These functions run the model in the calling process; `edgehub publish` runs them in a child
+process under a time and memory limit (hub/publish/eval_child.py), since the model is untrusted input.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+def run_onnx(path: Path, inputs: dict[str, np.ndarray], batch_size: int = 256, threads: int = 0) -> list[np.ndarray]:
+    """All outputs of the model over all samples, computed in batches."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        from edgehub.converters.errors import ConversionError
+
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"{Path(path).name}: ONNX Runtime cannot load this model: {reason}") from None
+    n = len(next(iter(inputs.values())))
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, n, batch_size):
+        feed = {k: v[start : start + batch_size] for k, v in inputs.items()}
+        chunks.append(session.run(None, feed))
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How the hub runs a variant over the eval set: which runtime, in what batches, with what
+    input layout. Plain data, so it can be sent to the evaluation child (hub/publish/eval_child.py)."""
+
+    runtime: str  # "onnx" (ONNX Runtime) or "tflite" (LiteRT)
+    batch_size: int = 256
+    layout: dict[str, list[int]] | None = None
+
+
+def eval_spec(artifact) -> EvalSpec | None:
+    """How to run a variant on the hub, or None where this machine cannot run its format (an
+    Edge TPU binary needs the TPU; Core ML predicts only on macOS)."""
+    if artifact.format == "onnx":
+        return EvalSpec("onnx")
+    if artifact.format == "tensorrt":  # TensorRT-ready ONNX: ONNX Runtime computes the same graph
+        batch = artifact.inputs[0].shape[0] if artifact.inputs else "batch"
+        return EvalSpec("onnx", batch_size=batch if isinstance(batch, int) else 256)
+    if artifact.format == "tflite":
+        return EvalSpec("tflite", layout=artifact.notes.get("layout"))
+    return None
+
+
+def run_spec(path: Path, spec: EvalSpec, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """All outputs of the model file over all samples, in this process."""
+    if spec.runtime == "onnx":
+        return run_onnx(path, inputs, batch_size=spec.batch_size)
+    if spec.runtime == "tflite":
+        from edgehub.converters.tflite_model import run_tflite
+
+        return run_tflite(path, inputs, layout=spec.layout)
+    raise ValueError(f"unknown evaluation runtime {spec.runtime!r}")
+
+
+def top1(output: np.ndarray) -> np.ndarray:
+    return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
+
+
+def is_classifier(output: np.ndarray) -> bool:
+    return output.ndim == 2 and output.shape[1] > 1
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a2 = a.reshape(len(a), -1).astype(np.float64)
+    b2 = b.reshape(len(b), -1).astype(np.float64)
+    num = (a2 * b2).sum(1)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
+    sims = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(a2).sum(1) + np.abs(b2).sum(1) == 0, 1.0, 0.0))
+    return float(sims.mean())
+
+
+def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float | None]:
+    """Metrics of one variant: top-1 accuracy (with labels), agreement and cosine vs the fp32 parent.
+
+    The first output is the one scored (the logits, for a classifier).
+    """
+    out, ref = outputs[0].astype(np.float32), reference[0].astype(np.float32)
+    agreement = float((top1(out) == top1(ref)).mean())
+    metrics: dict[str, float | None] = {
+        "agreement": round(agreement, 6),
+        "cosine": round(cosine(out, ref), 6),
+        "accuracy": None,
+    }
+    if labels is not None and is_classifier(out):
+        metrics["accuracy"] = round(float((out.argmax(1) == labels).mean()), 6)
+    return metrics

@@ -1,0 +1,2 @@
+"""The fleet report: a self-contained HTML page with charts.
+"""

@@ -1,0 +1,2 @@
+"""Staged rollouts: the pure state machine and the operations on stored rollouts.
+"""

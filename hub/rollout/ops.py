@@ -1,0 +1,104 @@
+"""Rollouts against the store: start (choose the members and their stages), the operator's
+pause / resume / abort, and the hub's periodic step. The decisions themselves are hub/rollout/machine.py."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+from edgehub.hub.fleet.groups import parse_selector
+from edgehub.hub.fleet.records import RolloutRecord
+from edgehub.hub.fleet.store import FleetStore
+from edgehub.hub.rollout import machine as rollout
+from edgehub.hub.rollout.machine import RolloutError, RolloutSpec, RolloutState, StageCounts
+from edgehub.zoo.records import utcnow
+from edgehub.zoo.registry import Registry
+
+
+class Started(BaseModel):
+    id: int
+    members: int
+    per_stage: dict[int, int]
+    not_applicable: int  # group members whose profile has no variant of the version
+
+
+def counts_of(fleet: FleetStore, rollout_id: int) -> dict[int, StageCounts]:
+    return {stage: StageCounts(total=sum(by.values()), activated=by.get("activated", 0), failed=by.get("failed", 0))
+            for stage, by in fleet.rollout_counts(rollout_id).items()}
+
+
+def start_rollout(fleet: FleetStore, registry: Registry, spec: RolloutSpec, now: datetime | None = None) -> Started:
+    """Create a rollout of spec.model v spec.version on its group: members ordered (online first,
+    then a stable hash) into stages; the group's `canary` alias points at the version."""
+    now = now or utcnow()
+    selector = parse_selector(spec.selector)
+    if registry.get_version(spec.model, spec.version) is None:
+        raise RolloutError(f"no model {spec.model} v{spec.version} in the registry; see `edgehub zoo list`")
+    ids = fleet.device_ids(profile=selector.name) if selector.kind == "profile" else fleet.device_ids(tag=selector.name)
+    facts = fleet.device_facts(ids)
+    has_variants: dict[str, bool] = {}
+    members = []
+    for d in facts.values():
+        if d.profile not in has_variants:
+            has_variants[d.profile] = bool(registry.variants_for_profile(spec.model, spec.version, d.profile))
+        if has_variants[d.profile]:
+            members.append((d.id, d.online))
+    if not members:
+        raise RolloutError(f"group {selector} has no device whose profile has variants of {spec.model} v{spec.version}"
+                           f" ({len(facts)} device(s) in the group)")
+    stages = rollout.assign_stages(members, spec, seed=f"{spec.model}:{spec.version}:{selector}")
+    state = rollout.start(spec.model_copy(update={"selector": str(selector)}), now)
+    effects = [e.model_dump() for e in rollout.alias_effects(None, state)]
+    rollout_id = fleet.create_rollout(model=spec.model, version=spec.version, selector=str(selector),
+                                      scope=selector.scope, state=state.model_dump(mode="json"), members=stages,
+                                      alias_effects=effects)
+    per_stage: dict[int, int] = {}
+    for stage in stages.values():
+        per_stage[stage] = per_stage.get(stage, 0) + 1
+    return Started(id=rollout_id, members=len(stages), per_stage=per_stage, not_applicable=len(facts) - len(members))
+
+
+def _save(fleet: FleetStore, record: RolloutRecord, before: RolloutState, after: RolloutState) -> bool:
+    effects = [e.model_dump() for e in rollout.alias_effects(before, after)]
+    advanced = after.status == "running" and after.stage != before.stage
+    return fleet.save_rollout(record.id, expected=(record.status, record.stage), state=after.model_dump(mode="json"),
+                              scope=parse_selector(record.selector).scope, alias_effects=effects,
+                              only_stage=after.stage if advanced else None)
+
+
+def find(fleet: FleetStore, rollout_id: int | None) -> RolloutRecord:
+    """A rollout by id, or the newest one."""
+    if rollout_id is None:
+        found = fleet.rollouts()
+        if not found:
+            raise RolloutError("no rollouts yet: `edgehub rollout start MODEL:VERSION --group G`")
+        return found[-1]
+    record = fleet.get_rollout(rollout_id)
+    if record is None:
+        raise RolloutError(f"no rollout #{rollout_id}; see `edgehub rollout list`")
+    return record
+
+
+def operate(fleet: FleetStore, rollout_id: int | None, action: str, now: datetime | None = None) -> RolloutState:
+    """The operator's pause / resume / abort."""
+    record = find(fleet, rollout_id)
+    before = RolloutState.model_validate(record.state)
+    after = {"pause": rollout.pause, "resume": rollout.resume, "abort": rollout.abort}[action](before, now or utcnow())
+    if not _save(fleet, record, before, after):
+        raise RolloutError(f"rollout #{record.id} changed meanwhile; look at `edgehub rollout status {record.id}` "
+                           "and try again")
+    return after
+
+
+def step_rollouts(fleet: FleetStore, now: datetime | None = None) -> list[tuple[int, RolloutState]]:
+    """Advance, complete or roll back every active rollout as its counts say (the hub's leader
+    calls this every tick); returns the ones that moved."""
+    now = now or utcnow()
+    moved = []
+    for record in fleet.rollouts(active_only=True):
+        before = RolloutState.model_validate(record.state)
+        after = rollout.decide(before, counts_of(fleet, record.id), now)
+        if after is not before and _save(fleet, record, before, after):
+            moved.append((record.id, after))
+    return moved

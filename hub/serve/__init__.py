@@ -1,0 +1,3 @@
+"""`edgehub hub serve`: the service that runs broker, artifact server and fleet workers, its
+settings, enrolment and device credentials, TLS certificates, and the demo.
+"""

@@ -1,0 +1,297 @@
+"""MQTT bodies and topics of the wire protocol (schema version 1).
+
+Topic root: edgehub/v1/<fleet>/. Every body is JSON validated by these models; a body that
+does not validate, is over MAX_BODY_BYTES, or names another device than its topic is rejected
+by `parse_body` with a MessageError (callers log it and go on).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal, TypeVar, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from edgehub.protocol.base import ID_PATTERN, MessageError
+from edgehub.protocol.manifest import SCHEMA_VERSION, SignedManifest
+
+B = TypeVar("B", bound=BaseModel)
+
+MAX_BODY_BYTES = 256 * 1024
+MAX_DEPTH = 32  # JSON nesting; real bodies use under 10
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
+# Generations are stored in 32-bit integer columns (PostgreSQL INTEGER); a larger one from a
+# device would fail the hub's whole event batch at INSERT time instead of being rejected here.
+Generation = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+def _as_utc(value: datetime) -> datetime:
+    # The hub stores and compares these times as aware UTC: a naive time (read as UTC) or one
+    # that cannot be expressed in UTC (year 1 at +05:00) must not reach the database.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("time out of range in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+# ---- agent -> hub: state (retained) --------------------------------------------------------
+
+class Hardware(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(max_length=32)
+    cores: int = Field(ge=1, le=4096)
+    ram_mb: int = Field(ge=1)
+    accelerators: list[str] = Field(default_factory=list, max_length=16)
+
+
+class DeviceState(Body):
+    device_id: DeviceId
+    online: bool
+    profile: str | None = Field(None, max_length=64)
+    agent_version: str | None = Field(None, max_length=32)
+    runtimes: dict[str, str] = Field(default_factory=dict, max_length=16)  # name -> version
+    hardware: Hardware | None = None
+    active_variant: str | None = Field(None, max_length=200)
+    previous_variant: str | None = Field(None, max_length=200)
+    cached_variants: list[str] = Field(default_factory=list, max_length=256)
+    generation_seen: Generation = 0
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+# ---- hub -> agent: desired (retained) ------------------------------------------------------
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    variant_id: str = Field(max_length=200)
+    url: str = Field(max_length=2048)
+    references_url: str | None = Field(None, max_length=2048)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    format: str = Field(max_length=32)
+    precision: str = Field(max_length=16)
+    manifest: SignedManifest
+
+
+class BenchmarkSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    time_budget_s: float = Field(2.0, gt=0, le=600)
+    warmup_runs: int = Field(5, ge=0, le=10_000)
+    min_runs: int = Field(20, ge=1, le=1_000_000)
+    threads: int = Field(0, ge=0, le=256)  # 0: the runtime's default
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+    memory_limit_mb: int | None = Field(None, gt=0)
+
+
+class DesiredState(Body):
+    device_id: DeviceId
+    generation: Generation
+    model: str | None = Field(None, max_length=64)
+    version: int | None = None
+    candidates: list[Candidate] = Field(default_factory=list, max_length=64)
+    activate: str | None = Field(None, max_length=200)
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+# ---- agent -> hub: events (QoS 1, not retained, de-duplicated by event_id) -----------------
+
+class Sequenced(BaseModel):
+    """Where an event stands in its device's stream: the agent numbers its events 1, 2, 3, ... per
+    outbox (`stream` names the outbox; a wiped data directory starts a new one). The hub counts
+    what it stored against the highest number it saw, so events the broker acknowledged but the
+    hub never got (a subscriber that should not exist, a broker that dropped them) show up as a
+    gap instead of vanishing. Optional: agents before this field send neither."""
+
+    stream: str | None = Field(None, pattern=r"^[0-9a-f]{8,32}$")
+    seq: int | None = Field(None, ge=1, le=2**53)
+
+
+class Latency(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    p50_ms: float = Field(ge=0)
+    p90_ms: float = Field(ge=0)
+    p99_ms: float = Field(ge=0)
+    mean_ms: float = Field(ge=0)
+    runs: int = Field(ge=0)
+
+
+class Measurement(BaseModel):
+    """What one benchmark of a variant measured: the benchmark child's result, and the body
+    of a BenchmarkReport."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ok: bool
+    error: str | None = Field(None, max_length=2000)
+    runtime: str | None = Field(None, max_length=64)
+    runtime_version: str | None = Field(None, max_length=64)
+    threads: int | None = None
+    load_ms: float | None = None
+    warmup_ms: float | None = None
+    latency: Latency | None = None
+    throughput_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference outputs
+    max_abs_diff: float | None = None
+
+
+class BenchmarkReport(Body, Measurement, Sequenced):
+    kind: Literal["benchmark"] = "benchmark"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: Generation
+    variant_id: str = Field(max_length=200)
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+class ActivationResult(Body, Sequenced):
+    kind: Literal["activation"] = "activation"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: Generation
+    variant_id: str = Field(max_length=200)
+    ok: bool
+    rolled_back_to: str | None = Field(None, max_length=200)
+    error: str | None = Field(None, max_length=2000)
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+class AgentError(Body, Sequenced):
+    kind: Literal["error"] = "error"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: Generation
+    variant_id: str | None = Field(None, max_length=200)
+    error: str = Field(max_length=2000)
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError], Field(discriminator="kind")]
+
+
+_EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
+
+
+class HubState(Body):
+    online: bool
+    version: str = Field(max_length=32)
+    public_key: str | None = Field(None, max_length=128)
+    at: UtcTime = Field(default_factory=now_utc)
+
+
+# ---- parsing --------------------------------------------------------------------------------
+
+def encode(body: BaseModel) -> bytes:
+    return body.model_dump_json().encode()
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError("non-finite number")
+    return value
+
+
+def _check_structure(data: object) -> None:
+    # PostgreSQL text columns cannot hold NUL: a "\u0000" in an id would fail the hub's INSERT.
+    # Deep nesting (only a manifest's recipe may nest at all) would parse but not re-encode.
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise MessageError(f"body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise MessageError("body contains a NUL character")
+        elif isinstance(item, dict):
+            stack.extend((k, depth + 1) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _load(payload: bytes) -> object:
+    if isinstance(payload, str):
+        payload = payload.encode()
+    if len(payload) > MAX_BODY_BYTES:
+        raise MessageError(f"body of {len(payload)} bytes is over the {MAX_BODY_BYTES}-byte limit")
+    try:
+        # Decode as UTF-8 ourselves: json.loads(bytes) would also guess UTF-16/32.
+        # ValueError covers JSONDecodeError, UnicodeDecodeError, non-finite numbers (NaN,
+        # Infinity, 1e999: not JSON, and PostgreSQL's json type refuses them) and integers of
+        # over 4300 digits; RecursionError is deeply nested arrays or objects.
+        data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"body is not JSON ({exc.__class__.__name__})") from None
+    _check_structure(data)
+    return data
+
+
+def _validate(adapter: TypeAdapter, data: object, what: str):
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise MessageError(f"invalid {what}: {_one_line(where)}: {_one_line(first['msg'])}") from None
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    """Text from a body (a key name, a value in a message) made safe to log: escapes instead of
+    newlines and control characters, so a device cannot write lines into the hub's log."""
+    return text.encode("unicode_escape").decode("ascii")[:limit]
+
+
+def _check_device(body: BaseModel, device: str | None) -> None:
+    named = getattr(body, "device_id", None)
+    if device is not None and named != device:
+        raise MessageError(f"body names device {named!r} but came on the topic of {device!r}")
+
+
+@functools.cache
+def _adapter(model: type[BaseModel]) -> TypeAdapter:
+    # Building an adapter compiles a validator: once per body type, not once per message.
+    return TypeAdapter(model)
+
+
+def parse_body(payload: bytes, model: type[B], *, device: str | None = None) -> B:
+    """Validate a payload as `model`; if `device` is given, the body must name that device."""
+    body = _validate(_adapter(model), _load(payload), model.__name__)
+    _check_device(body, device)
+    return body
+
+
+def parse_event(payload: bytes, *, device: str) -> BenchmarkReport | ActivationResult | AgentError:
+    """Validate an event body from `device`'s events topic."""
+    event = _validate(_EVENT_ADAPTER, _load(payload), "event")
+    _check_device(event, device)
+    return event

@@ -1,0 +1,76 @@
+"""Recipe planning is pure: profiles in, a variant tree out."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgehub.hub.publish.recipes import ROOT, plan_for_profiles
+from edgehub.zoo.profiles import BUILTIN_PROFILES
+
+
+def labels(plan):
+    return [v.label for v in plan.ordered()]
+
+
+def test_x86_cpu_plan():
+    plan = plan_for_profiles([BUILTIN_PROFILES["x86-cpu"]])
+    assert labels(plan)[0] == ROOT
+    assert set(labels(plan)) == {"fp32", "fp16", "int8-static", "int8-dynamic"}
+    static = next(v for v in plan.variants if v.label == "int8-static")
+    assert static.parent == ROOT and static.steps[0].config["scheme"] == "auto"
+    assert plan.skipped == []
+
+
+def test_shared_variants_are_planned_once_for_several_profiles():
+    plan = plan_for_profiles([BUILTIN_PROFILES["x86-cpu"], BUILTIN_PROFILES["rpi5"]])
+    roots = [v for v in plan.variants if v.label == ROOT]
+    assert len(roots) == 1 and set(roots[0].profiles) == {"x86-cpu", "rpi5"}
+    tflite = {v.label: v for v in plan.variants if v.format == "tflite"}
+    assert set(tflite) == {"tflite-fp32", "tflite-fp16", "tflite-int8"}
+    assert all(v.profiles == ["rpi5"] and v.parent == ROOT for v in tflite.values())
+    assert plan.skipped == []
+
+
+def test_tensorrt_profile_gets_symmetric_int8_and_no_dynamic():
+    plan = plan_for_profiles([BUILTIN_PROFILES["jetson-orin-nano"]])
+    assert "int8-static-s8s8-symmetric" in labels(plan)
+    assert "int8-dynamic" not in labels(plan)
+
+
+def test_profile_without_int8_gets_none():
+    plan = plan_for_profiles([BUILTIN_PROFILES["jetson-nano"]])
+    assert not any(label.startswith("int8") for label in labels(plan))
+
+
+def test_coral_gets_full_int8_tflite_and_its_edgetpu_compilation():
+    plan = plan_for_profiles([BUILTIN_PROFILES["coral-edgetpu"]])
+    assert labels(plan) == [ROOT, "tflite-int8", "edgetpu"]
+    by_label = {v.label: v for v in plan.variants}
+    assert by_label["edgetpu"].parent == "tflite-int8" and by_label["edgetpu"].format == "edgetpu"
+    assert by_label[ROOT].profiles == []  # the ONNX root is a parent here, not a Coral candidate
+
+
+def test_coreml_and_tensorrt_plans():
+    coreml = plan_for_profiles([BUILTIN_PROFILES["apple-coreml"]])
+    assert {v.label for v in coreml.variants if v.format == "coreml"} >= {"coreml-fp16", "coreml-int8",
+                                                                           "coreml-palettize-4bit"}
+    jetson = plan_for_profiles([BUILTIN_PROFILES["jetson-orin-nano"]])
+    trt = {v.label: v for v in jetson.variants if v.format == "tensorrt"}
+    assert set(trt) == {"tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"}
+    assert [s.pass_name for s in trt["tensorrt-int8"].steps] == ["int8_static", "tensorrt_ready"]
+    assert trt["tensorrt-int8"].steps[0].config["scheme"] == "s8s8-symmetric"
+
+
+def test_order_puts_parents_first():
+    plan = plan_for_profiles([BUILTIN_PROFILES["x86-cpu"]])
+    seen = set()
+    for v in plan.ordered():
+        assert v.parent is None or v.parent in seen
+        seen.add(v.label)
+
+
+def test_cycle_is_detected():
+    plan = plan_for_profiles([BUILTIN_PROFILES["x86-cpu"]])
+    plan.variants[0].parent = "int8-static"
+    with pytest.raises(ValueError, match="cycle"):
+        plan.ordered()
