@@ -22,13 +22,13 @@ from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
 from edgehub.agent.runtimes import RuntimeUnavailable, runtime_for
 from edgehub.agent.tls import client_context
 from edgehub.protocol.files import sha256_file
+from edgehub.protocol.formats import suffix_of
 from edgehub.protocol.manifest import SignatureError, verify_manifest
 from edgehub.protocol.messages import ActivationResult, AgentError, BenchmarkReport, Candidate, DesiredState
 
 log = logging.getLogger("edgehub.agent")
 
 REFERENCES_MAX_BYTES = 64 * 1024 * 1024  # reference inputs/outputs of a few samples: far less in practice
-SUFFIX = {"onnx": ".onnx", "tflite": ".tflite", "edgetpu": ".tflite", "coreml": ".mlpackage.zip"}
 
 
 def new_event_id() -> str:
@@ -80,7 +80,7 @@ class Reconciler:
                                     f"not {c.variant_id}/{c.sha256[:12]}")
         # The signature first: an unsigned or foreign manifest costs no download.
         verify_artifact_signature(c, self.public_keys)
-        dest = self.cache_dir / f"{c.sha256}{SUFFIX.get(c.format, '.bin')}"
+        dest = self.cache_dir / f"{c.sha256}{suffix_of(c.format) or '.bin'}"
         make_room(self.state, self.cache_dir, dest, c.size_bytes, limit_mb=self.config.cache_limit_mb,
                   min_free_mb=self.config.min_free_mb)
         self.store.save(self.state)  # evictions, if any, before the bytes arrive

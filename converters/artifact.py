@@ -7,9 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from edgehub.protocol.formats import FormatName
 from edgehub.protocol.manifest import TensorSpec
 
-Format = Literal["onnx", "tflite", "edgetpu", "coreml", "tensorrt"]
+Format = FormatName  # defined once, in protocol/formats.py
 Precision = Literal["fp32", "fp16", "int8", "int4", "int2", "mixed"]
 
 __all__ = ["Artifact", "Format", "Precision", "TensorSpec"]

@@ -9,6 +9,7 @@ from onnx import helper
 
 from edgehub.converters.artifact import Artifact, TensorSpec
 from edgehub.converters.errors import ConversionError
+from edgehub.protocol.formats import ONNX
 
 # A model that claims a dimension larger than this is treated as hostile or broken.
 MAX_DIM = 1 << 24
@@ -66,7 +67,7 @@ def onnx_artifact(path: Path, precision: str = "fp32", notes: dict | None = None
     model = load_onnx(path)
     return Artifact(
         path=Path(path),
-        format="onnx",
+        format=ONNX,
         precision=precision,
         inputs=graph_inputs(model),
         outputs=graph_outputs(model),

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgehub.converters.artifact import Artifact, TensorSpec
 from edgehub.converters.errors import ConversionError
+from edgehub.protocol.formats import TFLITE
 
 TFLITE_IDENTIFIER = b"TFL3"
 
@@ -201,7 +202,7 @@ def tflite_artifact(path: Path, precision: str, notes: dict | None = None) -> Ar
     notes = dict(notes or {})
     if io_quant:
         notes["io_quantization"] = io_quant
-    return Artifact(path=Path(path), format="tflite", precision=precision, inputs=inputs, outputs=outputs,
+    return Artifact(path=Path(path), format=TFLITE, precision=precision, inputs=inputs, outputs=outputs,
                     notes=notes)
 
 

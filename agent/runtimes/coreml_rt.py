@@ -18,6 +18,7 @@ from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
 from edgehub.protocol.coreml_package import (
     extract_mlpackage,
 )
+from edgehub.protocol.formats import COREML
 from edgehub.protocol.manifest import TensorSpec
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
@@ -63,7 +64,7 @@ class CoreMLSession(Session):
 
 class CoreMLRuntime(Runtime):
     name = "coreml"
-    formats = ("coreml",)
+    formats = (COREML,)
 
     def available(self) -> bool:
         return sys.platform == "darwin" and _installed_version() is not None

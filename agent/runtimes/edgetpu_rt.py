@@ -21,6 +21,7 @@ from edgehub.agent.runtimes.litert_rt import (
     import_interpreter,
     package_version,
 )
+from edgehub.protocol.formats import EDGETPU
 
 LIBRARY_ENV = "EDGEHUB_LIBEDGETPU"
 DEVICE_ENV = "EDGEHUB_EDGETPU_DEVICE"
@@ -57,7 +58,7 @@ def _interpreter_module() -> str | None:
 
 class EdgeTpuRuntime(Runtime):
     name = "edgetpu"
-    formats = ("edgetpu",)
+    formats = (EDGETPU,)
 
     def available(self) -> bool:
         return _interpreter_module() is not None and find_libedgetpu() is not None

@@ -20,6 +20,7 @@ from types import ModuleType
 import numpy as np
 
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.protocol.formats import TFLITE
 from edgehub.protocol.manifest import TensorSpec
 
 LITERT_MODULE = "ai_edge_litert.interpreter"
@@ -136,7 +137,7 @@ class LiteRT(Runtime):
     """ai-edge-litert's interpreter; XNNPACK is applied by default for fp32 and int8."""
 
     name = "litert"
-    formats = ("tflite",)
+    formats = (TFLITE,)
     distribution, module = "ai-edge-litert", LITERT_MODULE
 
     def available(self) -> bool:

@@ -20,6 +20,7 @@ from types import ModuleType
 import numpy as np
 
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.protocol.formats import ONNX
 from edgehub.protocol.manifest import TensorSpec
 
 # Accelerators first; CPU is always appended as the fallback for unsupported nodes.
@@ -96,7 +97,7 @@ def _installed_version() -> str | None:
 
 class OnnxRuntime(Runtime):
     name = "onnxruntime"
-    formats = ("onnx",)
+    formats = (ONNX,)
 
     def available(self) -> bool:
         try:

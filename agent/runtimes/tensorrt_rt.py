@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.protocol.formats import TENSORRT
 from edgehub.protocol.tensorrt_settings import METADATA_KEY, EngineSettings
 
 CACHE_ENV = "EDGEHUB_TENSORRT_CACHE"
@@ -154,7 +155,7 @@ def _import_engine_module():
 
 class TensorRTRuntime(Runtime):
     name = "tensorrt"
-    formats = ("tensorrt",)
+    formats = (TENSORRT,)
     # CUDA reserves far more virtual address space than it uses: an RLIMIT_AS memory limit
     # would fail CUDA's initialisation, so the benchmark child does not set one for this runtime.
     limits_address_space = False

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
+from edgehub.protocol.formats import ONNX
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -105,11 +106,13 @@ class PassContext:
 
 
 class Pass(ABC, Generic[C]):
-    """One transformation. Subclasses set `name`, `config_model` and `input_formats`."""
+    """One transformation. Subclasses set `name`, `config_model`, `input_formats` and, when it
+    changes the format, `output_format` (protocol/formats.py), so a chain is checked before it runs."""
 
     name: ClassVar[str]
     config_model: ClassVar[type[PassConfig]]
-    input_formats: ClassVar[tuple[str, ...]] = ("onnx",)
+    input_formats: ClassVar[tuple[str, ...]] = (ONNX,)
+    output_format: ClassVar[str | None] = None  # None: the format it was given
     # True for passes that train a PyTorch model (they need a training set and a torch source).
     trains: ClassVar[bool] = False
 
@@ -154,6 +157,12 @@ def parse_config(name: str, config: dict | None) -> PassConfig:
         raise ConversionError(f"pass {name!r}: {where}: {first['msg']}") from None
 
 
+def pass_formats(name: str) -> tuple[tuple[str, ...], str | None]:
+    """(formats the pass takes, format it makes or None for "the one it was given")."""
+    cls = get_pass(name)
+    return cls.input_formats, cls.output_format
+
+
 def run_pass(name: str, artifact: Artifact, config: dict | PassConfig | None, ctx: PassContext) -> Artifact:
     """Look up, validate and run one pass."""
     cls = get_pass(name)
@@ -168,7 +177,7 @@ def run_pass(name: str, artifact: Artifact, config: dict | PassConfig | None, ct
 def _load_builtin_passes() -> None:
     # Imported lazily so that importing the registry does not import onnxruntime.quantization.
     # Device formats: TFLite/LiteRT, Edge TPU, Core ML, TensorRT-ready ONNX.
-    from edgehub.converters.passes import (  # noqa: F401  # noqa: F401
+    from edgehub.converters.passes import (  # noqa: F401
         coreml,
         edgetpu,
         onnx_graph,

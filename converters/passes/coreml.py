@@ -17,6 +17,7 @@ from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import Pass, PassConfig, PassContext, register
 from edgehub.converters.passes.tflite import sample_inputs, torch_module
+from edgehub.protocol.formats import COREML, ONNX
 
 DeploymentTarget = Literal["iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"]
 ComputeUnits = Literal["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]
@@ -42,7 +43,7 @@ def _package_artifact(package: Path, ctx: PassContext, stem: str, precision: str
     notes = {**notes, "weights": summary.storage_counts(), "compressed_fraction": summary.compressed_fraction(),
              "specification_version": summary.specification_version,
              "validated": "spec read back: inputs, outputs and weight storage (Core ML predicts only on macOS)"}
-    return Artifact(path=out, format="coreml", precision=precision, inputs=summary.inputs,
+    return Artifact(path=out, format=COREML, precision=precision, inputs=summary.inputs,
                     outputs=summary.outputs, notes=notes)
 
 
@@ -56,8 +57,9 @@ class Coreml(Pass[CoremlConfig]):
     """PyTorch -> Core ML mlprogram in fp16 (float32 inputs and outputs), zipped."""
 
     name = "coreml"
+    output_format = COREML
     config_model = CoremlConfig
-    input_formats = ("onnx",)
+    input_formats = (ONNX,)
 
     def run(self, artifact: Artifact, config: CoremlConfig, ctx: PassContext) -> Artifact:
         import coremltools as ct
@@ -100,7 +102,7 @@ class CoremlCompress(Pass[CoremlCompressConfig]):
 
     name = "coreml_compress"
     config_model = CoremlCompressConfig
-    input_formats = ("coreml",)
+    input_formats = (COREML,)
 
     def run(self, artifact: Artifact, config: CoremlCompressConfig, ctx: PassContext) -> Artifact:
         import coremltools as ct

@@ -18,6 +18,7 @@ from edgehub.converters.passes.base import (
     PassContext,
     register,
 )
+from edgehub.protocol.formats import EDGETPU, TFLITE
 
 
 class EdgetpuCompileConfig(PassConfig):
@@ -36,8 +37,9 @@ class EdgetpuCompile(Pass[EdgetpuCompileConfig]):
     """Compile a full-int8 .tflite for the Edge TPU; the op report and compiler log go in the notes."""
 
     name = "edgetpu_compile"
+    output_format = EDGETPU
     config_model = EdgetpuCompileConfig
-    input_formats = ("tflite",)
+    input_formats = (TFLITE,)
 
     def run(self, artifact: Artifact, config: EdgetpuCompileConfig, ctx: PassContext) -> Artifact:
         from edgehub.converters.edgetpu import (
@@ -65,7 +67,7 @@ class EdgetpuCompile(Pass[EdgetpuCompileConfig]):
             "compiler_log_file": result.log_path.name, "op_report": summary,
         }
         # A compiled model computes the same int8 graph: its I/O specs are its parent's.
-        return Artifact(path=result.model_path, format="edgetpu", precision="int8", inputs=artifact.inputs,
+        return Artifact(path=result.model_path, format=EDGETPU, precision="int8", inputs=artifact.inputs,
                         outputs=artifact.outputs,
                         notes={**notes, "io_quantization": artifact.notes["io_quantization"],
                                **({"layout": artifact.notes["layout"]} if "layout" in artifact.notes else {})})

@@ -18,6 +18,7 @@ from pydantic import Field
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.passes.base import Pass, PassConfig, PassContext, register
+from edgehub.protocol.formats import ONNX, TENSORRT
 from edgehub.protocol.tensorrt_settings import METADATA_KEY, EngineSettings, ProfileShapes
 
 QOPERATOR_OPS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear",
@@ -178,8 +179,9 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
     """Prepare an ONNX variant for a TensorRT engine build on the device."""
 
     name = "tensorrt_ready"
+    output_format = TENSORRT
     config_model = TensorrtReadyConfig
-    input_formats = ("onnx",)
+    input_formats = (ONNX,)
 
     def run(self, artifact: Artifact, config: TensorrtReadyConfig, ctx: PassContext) -> Artifact:
         import json
@@ -215,5 +217,5 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
         checked = load_onnx(out)
         notes.update({"engine": json.loads(settings.model_dump_json()), "builder_flags": settings.builder_flags,
                       "shapes": config.shapes})
-        return Artifact(path=out, format="tensorrt", precision=precision, inputs=graph_inputs(checked),
+        return Artifact(path=out, format=TENSORRT, precision=precision, inputs=graph_inputs(checked),
                         outputs=graph_outputs(checked), notes=notes)

@@ -30,6 +30,7 @@ from edgehub.converters.passes.base import (
     PassContext,
     register,
 )
+from edgehub.protocol.formats import ONNX, TFLITE
 
 TfliteQuantization = Literal["none", "fp16", "dynamic_int8", "int8"]
 PRECISION = {"none": "fp32", "fp16": "fp16", "dynamic_int8": "int8", "int8": "int8"}
@@ -179,8 +180,9 @@ class Tflite(Pass[TfliteConfig]):
     """PyTorch -> .tflite with litert-torch: fp32, fp16 weights, dynamic-range or full int8."""
 
     name = "tflite"
+    output_format = TFLITE
     config_model = TfliteConfig
-    input_formats = ("onnx",)
+    input_formats = (ONNX,)
 
     def run(self, artifact: Artifact, config: TfliteConfig, ctx: PassContext) -> Artifact:
         from edgehub.converters.edgetpu import edgetpu_op_report

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgehub.protocol.formats import ONNX, TENSORRT, TFLITE
+
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
@@ -51,12 +53,12 @@ class EvalSpec:
 def eval_spec(artifact) -> EvalSpec | None:
     """How to run a variant on the hub, or None where this machine cannot run its format (an
     Edge TPU binary needs the TPU; Core ML predicts only on macOS)."""
-    if artifact.format == "onnx":
+    if artifact.format == ONNX:
         return EvalSpec("onnx")
-    if artifact.format == "tensorrt":  # TensorRT-ready ONNX: ONNX Runtime computes the same graph
+    if artifact.format == TENSORRT:  # TensorRT-ready ONNX: ONNX Runtime computes the same graph
         batch = artifact.inputs[0].shape[0] if artifact.inputs else "batch"
         return EvalSpec("onnx", batch_size=batch if isinstance(batch, int) else 256)
-    if artifact.format == "tflite":
+    if artifact.format == TFLITE:
         return EvalSpec("tflite", layout=artifact.notes.get("layout"))
     return None
 

@@ -26,13 +26,14 @@ from edgehub.converters.passes.base import (
     TrainingSet,
     TrainProgress,
     parse_config,
+    pass_formats,
     run_pass,
 )
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.publish.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
 from edgehub.hub.publish.evaluate import EvalSpec, score_outputs
-from edgehub.hub.publish.recipes import Plan, PlanError, Skipped, VariantPlan, plan_for_profiles
+from edgehub.hub.publish.recipes import Plan, PlanError, Skipped, VariantPlan, check_formats, plan_for_profiles
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.manifest import Manifest
 from edgehub.zoo.profiles import get_profile, load_profiles
@@ -284,8 +285,9 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     unlabeled_arrays = load_npz(options.unlabeled_path) if options.unlabeled_path else None
     recipe = _load_recipe(options.recipe_path)
     try:
-        plan = plan_for_profiles(profiles, training=train_arrays is not None, recipe=recipe)
-    except PlanError as exc:
+        plan = check_formats(plan_for_profiles(profiles, training=train_arrays is not None, recipe=recipe),
+                             pass_formats)
+    except (PlanError, ConversionError) as exc:
         raise PublishError(str(exc)) from None
     _check_training(plan, options, train_arrays is not None)
     try:

@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgehub.protocol.formats import COREML, EDGETPU, FORMATS, ONNX, TENSORRT, TFLITE
 from edgehub.zoo.profiles import Profile
 
 if TYPE_CHECKING:  # recipe files are read by the converters package; planning only needs its models
     from edgehub.converters.recipe_file import Chain, RecipeFile
 
 # Formats whose converters exist in this version; the rest are reported as skipped.
-BUILDABLE_FORMATS = {"onnx", "tflite", "edgetpu", "coreml", "tensorrt"}
+BUILDABLE_FORMATS = set(FORMATS)
 
 # What each profile's int8 kernel scheme means for the static quantization pass. A generic
 # x86 profile may or may not have VNNI, so the hub measures the safe schemes and keeps the better.
@@ -42,7 +43,7 @@ class VariantPlan(BaseModel):
     parent: str | None  # label of the parent plan; None for the root (the fp32 model)
     steps: list[Step]
     profiles: list[str]
-    format: str = "onnx"
+    format: str = ONNX
 
 
 class Skipped(BaseModel):
@@ -146,24 +147,24 @@ def _tflite_plans(profile: Profile) -> list[VariantPlan]:
     for label, quantization, precision in (("tflite-fp32", "none", "fp32"), ("tflite-fp16", "fp16", "fp16"),
                                            ("tflite-int8", "int8", "int8")):
         if precision in profile.precisions or (profile.name.startswith("coral") and precision == "int8"):
-            plans.append(VariantPlan(label=label, parent=ROOT, format="tflite", profiles=[profile.name],
+            plans.append(VariantPlan(label=label, parent=ROOT, format=TFLITE, profiles=[profile.name],
                                      steps=[Step(pass_name="tflite", config={"quantization": quantization})]))
     return plans
 
 
 def _edgetpu_plans(profile: Profile) -> list[VariantPlan]:
     """The full-int8 TFLite compiled for the Edge TPU (where the hub has edgetpu_compiler)."""
-    return [VariantPlan(label="edgetpu", parent="tflite-int8", format="edgetpu", profiles=[profile.name],
+    return [VariantPlan(label="edgetpu", parent="tflite-int8", format=EDGETPU, profiles=[profile.name],
                         steps=[Step(pass_name="edgetpu_compile", config={})])]
 
 
 def _coreml_plans(profile: Profile) -> list[VariantPlan]:
     """mlpackage fp16, then int8 weights and 4-/2-bit palettes where the profile takes them."""
-    plans = [VariantPlan(label="coreml-fp16", parent=ROOT, format="coreml", profiles=[profile.name],
+    plans = [VariantPlan(label="coreml-fp16", parent=ROOT, format=COREML, profiles=[profile.name],
                          steps=[Step(pass_name="coreml", config={})])]
     for precision, weights in (("int8", "int8"), ("int4", "palettize-4bit"), ("int2", "palettize-2bit")):
         if precision in profile.precisions:
-            plans.append(VariantPlan(label=f"coreml-{weights}", parent="coreml-fp16", format="coreml",
+            plans.append(VariantPlan(label=f"coreml-{weights}", parent="coreml-fp16", format=COREML,
                                      profiles=[profile.name],
                                      steps=[Step(pass_name="coreml_compress", config={"weights": weights})]))
     return plans
@@ -171,13 +172,13 @@ def _coreml_plans(profile: Profile) -> list[VariantPlan]:
 
 def _tensorrt_plans(profile: Profile) -> list[VariantPlan]:
     """TensorRT-ready ONNX: fp32, fp16 (a builder flag), int8 as explicit symmetric QDQ."""
-    plans = [VariantPlan(label="tensorrt-fp32", parent=ROOT, format="tensorrt", profiles=[profile.name],
+    plans = [VariantPlan(label="tensorrt-fp32", parent=ROOT, format=TENSORRT, profiles=[profile.name],
                          steps=[Step(pass_name="tensorrt_ready", config={})])]
     if "fp16" in profile.precisions:
-        plans.append(VariantPlan(label="tensorrt-fp16", parent=ROOT, format="tensorrt", profiles=[profile.name],
+        plans.append(VariantPlan(label="tensorrt-fp16", parent=ROOT, format=TENSORRT, profiles=[profile.name],
                                  steps=[Step(pass_name="tensorrt_ready", config={"precision": "fp16"})]))
     if "int8" in profile.precisions:
-        plans.append(VariantPlan(label="tensorrt-int8", parent=ROOT, format="tensorrt", profiles=[profile.name],
+        plans.append(VariantPlan(label="tensorrt-int8", parent=ROOT, format=TENSORRT, profiles=[profile.name],
                                  steps=[Step(pass_name="int8_static", config={"scheme": "s8s8-symmetric",
                                                                                "per_channel": True}),
                                         Step(pass_name="tensorrt_ready", config={})]))
@@ -186,6 +187,25 @@ def _tensorrt_plans(profile: Profile) -> list[VariantPlan]:
 
 FORMAT_PLANNERS = {"tflite": _tflite_plans, "edgetpu": _edgetpu_plans, "coreml": _coreml_plans,
                    "tensorrt": _tensorrt_plans}
+
+
+def check_formats(plan: Plan, pass_formats) -> Plan:
+    """Type-check every variant's chain before anything is built: each step must take the format
+    its input has (the fp32 root is ONNX), and the variant gets the format its last step makes.
+    `pass_formats(name)` gives a pass's (input formats, output format or None). Raises PlanError."""
+    made: dict[str, str] = {}
+    checked = []
+    for v in plan.ordered():
+        fmt = made[v.parent] if v.parent is not None else ONNX
+        for i, step in enumerate(v.steps, 1):
+            takes, makes = pass_formats(step.pass_name)
+            if fmt not in takes:
+                raise PlanError(f"variant {v.label!r}: step {i} ({step.pass_name}) takes {'/'.join(takes)} models, "
+                                f"but its input is {fmt}")
+            fmt = makes or fmt
+        made[v.label] = fmt
+        checked.append(v if v.format == fmt else v.model_copy(update={"format": fmt}))
+    return Plan(variants=checked, skipped=plan.skipped)
 
 
 def _root_plan() -> VariantPlan:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgehub.hub.fleet.store import FleetError, FleetStore, SelectionRecord
+from edgehub.hub.fleet.records import SelectionRecord
+from edgehub.hub.fleet.store import FleetError, FleetStore
 from edgehub.protocol.messages import (
     ActivationResult,
     AgentError,
@@ -314,7 +315,8 @@ def test_selections_save_overwrite_read(store: FleetStore):
 
 # ---- batches, groups, aliases, rollouts, cohorts, views -----------------------------------
 
-from edgehub.hub.fleet.store import CohortDecisionRecord, EnrollRequest, RolloutOutcome  # noqa: E402
+from edgehub.hub.fleet.records import CohortDecisionRecord, RolloutOutcome  # noqa: E402
+from edgehub.hub.fleet.store import EnrollRequest  # noqa: E402
 from edgehub.hub.fleet.views import StatusFilter  # noqa: E402
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import venv
 
-import pytest
 from paths import REPO_ROOT
 
 REPO = REPO_ROOT

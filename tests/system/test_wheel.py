@@ -39,6 +39,11 @@ print("\\n".join(failed) or "all imported")
 """
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without PYTHONPATH: the fresh venv must import the installed wheel only."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PIP_NO_INPUT": "1"}
+
+
 def source_modules() -> set[str]:
     found = set()
     for part in PARTS:
@@ -63,14 +68,14 @@ def fresh_venv(where: Path, requirement: str, *extra: str) -> Path:
     venv.EnvBuilder(with_pip=True).create(where)
     python = where / "bin" / "python"
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", *extra, requirement], capture_output=True,
-                             text=True, timeout=900, cwd=where, env={**os.environ, "PIP_NO_INPUT": "1"})
+                             text=True, timeout=900, cwd=where, env=clean_env())
     assert install.returncode == 0, install.stderr[-2000:]
     return python
 
 
 def import_everything(python: Path, parts: tuple[str, ...]) -> str:
     proc = subprocess.run([str(python), "-c", IMPORT_ALL, ",".join(parts), ",".join(NEEDS_OPTIONAL)],
-                          capture_output=True, text=True, timeout=300, cwd=python.parents[1])
+                          capture_output=True, text=True, timeout=300, cwd=python.parents[1], env=clean_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.strip()
 
@@ -90,11 +95,11 @@ def test_the_agent_extra_imports_every_agent_and_protocol_module(wheel, tmp_path
     check = subprocess.run([str(python), "-c", textwrap.dedent("""
         import importlib.util
         print([n for n in ("torch", "onnx", "sqlalchemy", "sklearn") if importlib.util.find_spec(n)])
-    """)], capture_output=True, text=True, timeout=60)
+    """)], capture_output=True, text=True, timeout=60, env=clean_env())
     assert check.stdout.strip() == "[]", check.stdout + check.stderr
     assert import_everything(python, ("protocol", "agent")) == "all imported"
     helped = subprocess.run([str(python.parent / "edgehub"), "agent", "run", "--help"], capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, env=clean_env())
     assert helped.returncode == 0 and "--config" in helped.stdout
 
 
