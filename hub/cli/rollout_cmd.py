@@ -12,6 +12,7 @@ from edgehub.hub.cli.common import (
     one_line_errors,
     print_json,
 )
+from edgehub.hub.fleet.records import ACTIVE_ROLLOUT
 
 
 @click.group()
@@ -110,7 +111,7 @@ def _status_table(data: dict) -> Table:
         c = data["counts"].get(str(stage), {"total": 0, "activated": 0, "failed": 0})
         pending = c["total"] - c["activated"] - c["failed"]
         t.add_row(str(stage + 1), data["stage_sizes"][stage], str(c["total"]), str(c["activated"]), str(c["failed"]),
-                  str(pending), "yes" if stage <= data["stage"] and data["status"] in ("running", "paused") else "")
+                  str(pending), "yes" if stage <= data["stage"] and data["status"] in ACTIVE_ROLLOUT else "")
     t.caption = data["reason"]
     return t
 

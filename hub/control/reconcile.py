@@ -20,7 +20,7 @@ from edgehub.hub.fleet.groups import GroupSelector, parse_selector
 from edgehub.hub.fleet.records import AliasRecord, DeviceFacts, RolloutOutcome, SelectionRecord
 from edgehub.hub.fleet.sql import chunks
 from edgehub.hub.fleet.store import FleetStore
-from edgehub.hub.rollout.machine import RolloutState, late_member_stage
+from edgehub.hub.rollout.machine import RolloutState, late_member_stage, member_outcome
 from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Candidate, DesiredState
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
@@ -112,9 +112,9 @@ class FleetReconciler:
             version = self.version_of(e.variant_id)
             for rollout_id, (state, _) in self.rollouts.items():
                 if version == (state.spec.model, state.spec.version):
-                    found.append(RolloutOutcome(rollout_id=rollout_id, device_id=e.device_id,
-                                                status="activated" if e.ok else "failed", variant_id=e.variant_id,
-                                                detail=None if e.ok else f"activation failed: {e.error}"))
+                    status, detail = member_outcome(activation_ok=e.ok, error=e.error)
+                    found.append(RolloutOutcome(rollout_id=rollout_id, device_id=e.device_id, status=status,
+                                                variant_id=e.variant_id, detail=detail))
         return found
 
     # -- reconcile ----------------------------------------------------------------------------------
@@ -202,10 +202,11 @@ class FleetReconciler:
     def _rollout_outcome(w: Work, pick: DevicePick, writes: Writes) -> None:
         if w.target.rollout is None or w.member_status != "pending":
             return
-        if pick.nothing_eligible:
-            writes.outcomes.append(RolloutOutcome(rollout_id=w.target.rollout, device_id=w.device.id, status="failed",
-                                                  detail="no variant of the new version is eligible on the device"))
-        elif w.device.active_variant is not None and w.device.active_variant == pick.winner:
-            # Already running the new version's winner (e.g. a late member): counts as activated.
-            writes.outcomes.append(RolloutOutcome(rollout_id=w.target.rollout, device_id=w.device.id,
-                                                  status="activated", variant_id=pick.winner))
+        # Already running the new version's winner (e.g. a late member) counts as activated.
+        outcome = member_outcome(nothing_eligible=pick.nothing_eligible, running_new_winner=(
+            w.device.active_variant is not None and w.device.active_variant == pick.winner))
+        if outcome is not None:
+            status, detail = outcome
+            writes.outcomes.append(RolloutOutcome(rollout_id=w.target.rollout, device_id=w.device.id, status=status,
+                                                  variant_id=pick.winner if status == "activated" else None,
+                                                  detail=detail))

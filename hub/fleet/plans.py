@@ -102,9 +102,10 @@ class PlanTables:
             self._note(session, "profile", profiles)
 
     def deployment_for(self, profile: str) -> tuple[str, int] | None:
+        """What the profile runs in production: its `production` alias, the one source of truth
+        (what devices are targeted at, hub/control/targets.py). Deployment rows are the history."""
         with self._sessions() as session:
-            row = session.scalars(select(DeploymentRow).where(DeploymentRow.profile == profile)
-                                  .order_by(DeploymentRow.id.desc()).limit(1)).first()
+            row = session.get(AliasRow, (f"profile:{profile}", "production"))
             return (row.model, row.version) if row else None
 
     def set_alias(self, scope: str, name: str, model: str, version: int) -> AliasRecord:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgehub.hub.fleet.schema import DeviceRow
 from edgehub.protocol.messages import BenchmarkSettings, DesiredState, DeviceState
+
+# The fleet's kinds and states, defined once (the change log, rollouts and their members).
+ChangeKind = Literal["device", "profile", "group", "cohort", "rollout"]  # what a change-log entry names
+RolloutStatus = Literal["running", "paused", "completed", "rolled_back", "aborted"]
+ACTIVE_ROLLOUT: tuple[RolloutStatus, ...] = ("running", "paused")  # a rollout that still decides
+MemberStatus = Literal["pending", "activated", "failed"]  # a device's outcome in a rollout
 
 
 class FleetError(Exception):

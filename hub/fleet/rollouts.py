@@ -8,12 +8,12 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
-from edgehub.hub.fleet.records import FleetError, RolloutRecord
+from edgehub.hub.fleet.records import ACTIVE_ROLLOUT, FleetError, RolloutRecord
 from edgehub.hub.fleet.schema import RolloutDeviceRow, RolloutRow
 from edgehub.hub.fleet.sql import chunks
 from edgehub.zoo.records import utcnow
 
-ACTIVE = ("running", "paused")
+ACTIVE = ACTIVE_ROLLOUT
 
 
 def _record(r: RolloutRow) -> RolloutRecord:

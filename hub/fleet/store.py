@@ -17,6 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from edgehub.hub.fleet.plans import PlanTables
 from edgehub.hub.fleet.records import (
+    ChangeKind,
     DeviceFacts,
     DeviceRecord,
     EnrollRequest,
@@ -64,7 +65,7 @@ class FleetStore(TrafficTables, PlanTables, RolloutTables, ViewQueries):
         self.engine.dispose()
 
     @staticmethod
-    def _note(session, kind: str, keys: Iterable[str]) -> None:
+    def _note(session, kind: ChangeKind, keys: Iterable[str]) -> None:
         """Append to the change log (hub workers reconcile what it names)."""
         now = utcnow()
         rows = [{"kind": kind, "key": k, "at": now} for k in dict.fromkeys(keys)]

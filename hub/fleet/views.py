@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import and_, case, func, select
 
+from edgehub.hub.fleet.records import ACTIVE_ROLLOUT
 from edgehub.hub.fleet.schema import (
     BenchmarkRow,
     DesiredRow,
@@ -21,7 +22,7 @@ from edgehub.hub.fleet.schema import (
 from edgehub.hub.fleet.sql import chunks
 from edgehub.zoo.schema import ModelRow, ModelVersionRow, VariantRow
 
-ACTIVE = ("running", "paused")
+ACTIVE = ACTIVE_ROLLOUT
 
 
 class StatusFilter(BaseModel):

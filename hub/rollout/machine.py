@@ -26,11 +26,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgehub.hub.fleet.records import FleetError
+from edgehub.hub.fleet.records import ACTIVE_ROLLOUT, FleetError, MemberStatus, RolloutStatus
 
-Status = Literal["running", "paused", "completed", "rolled_back", "aborted"]
-ACTIVE: tuple[str, ...] = ("running", "paused")
-DeviceOutcome = Literal["pending", "activated", "failed"]
+Status = RolloutStatus
+ACTIVE = ACTIVE_ROLLOUT
+DeviceOutcome = MemberStatus
 
 
 class RolloutError(FleetError, ValueError):
@@ -254,3 +254,17 @@ def alias_effects(before: RolloutState | None, after: RolloutState) -> list[Alia
         return [AliasEffect(action="delete", name="canary")]
     return []
 
+
+def member_outcome(*, activation_ok: bool | None = None, error: str | None = None, nothing_eligible: bool = False,
+                   running_new_winner: bool = False) -> tuple[DeviceOutcome, str | None] | None:
+    """A rollout member's outcome from what the hub learnt of it, or None while it is pending: an
+    activation result of the new version (ok means activated and health-checked), no variant of the
+    new version eligible on the device, or the device already running the new version's winner.
+    The one place outcomes are derived (from events and from reconciling alike)."""
+    if activation_ok is False:
+        return "failed", f"activation failed: {error or 'unknown error'}"
+    if nothing_eligible:
+        return "failed", "no variant of the new version is eligible on the device"
+    if activation_ok or running_new_winner:
+        return "activated", None
+    return None

@@ -245,3 +245,16 @@ def test_resolve_target_order():
     assert resolve_target("rpi5", [], production, [], {}) is None
     # A rollout no longer active does not target anyone.
     assert resolve_target("x86-cpu", [], production, [(7, 0, "failed")], {7: abort(running, T0)}).version == 4
+
+
+def test_member_outcomes_come_from_one_rule():
+    from edgehub.hub.rollout.machine import member_outcome
+
+    assert member_outcome() is None  # nothing learnt yet: pending
+    assert member_outcome(activation_ok=True) == ("activated", None)
+    assert member_outcome(activation_ok=False, error="health check failed") == (
+        "failed", "activation failed: health check failed")
+    assert member_outcome(nothing_eligible=True)[0] == "failed"
+    assert member_outcome(running_new_winner=True) == ("activated", None)
+    # A failed activation is a failure even if the device runs the winner (it rolled back to it).
+    assert member_outcome(activation_ok=False, running_new_winner=True)[0] == "failed"
