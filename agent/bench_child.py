@@ -14,18 +14,17 @@ The timing input is the first reference sample, else a deterministic random one 
 
 from __future__ import annotations
 
-import os
 import resource
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 
 from edgehub.agent.benchmark import BenchJob, BenchResult
 from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
+from edgehub.agent.sandbox import claim_stdout, limit_address_space
 from edgehub.protocol.manifest import TensorSpec
 from edgehub.protocol.messages import Latency
 
@@ -38,16 +37,6 @@ class Stage:
 
     def __init__(self) -> None:
         self.name = "reading the job"
-
-
-def _claim_stdout() -> TextIO:
-    """Keep the real stdout for the result; everything else written to fd 1 (C libraries too)
-    goes to stderr, so the parent always reads exactly one JSON document."""
-    sys.stdout.flush()
-    result_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(result_fd, "w")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -242,13 +231,13 @@ def _limits_address_space(format: str) -> bool:
 
 
 def main() -> int:
-    out = _claim_stdout()
+    out = claim_stdout()
     stage, known = Stage(), {}
     try:
         job = BenchJob.model_validate_json(sys.stdin.buffer.read())
         if job.memory_limit_bytes and _limits_address_space(job.format):
             # Before the runtime is imported, so every allocation of its counts (benchmark.py).
-            resource.setrlimit(resource.RLIMIT_AS, (job.memory_limit_bytes, job.memory_limit_bytes))
+            limit_address_space(job.memory_limit_bytes)
         result = run_job(job, stage, known)
     except Exception as exc:  # any failure of the model or runtime becomes the report's error
         error = f"{stage.name} failed: {_one_line(exc)}"[:_MAX_ERROR_CHARS]

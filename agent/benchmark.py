@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgehub.agent.sandbox import child_env, kill_group, signal_name
 from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Measurement
 
 # Tests monkeypatch this to simulate children that crash or misbehave.
@@ -89,31 +89,10 @@ def _memory_error(settings: BenchmarkSettings, detail: str) -> str:
     return f"{text} ({detail})" if detail else text
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ORT_DISABLE_TELEMETRY"] = "1"
-    env["MALLOC_ARENA_MAX"] = "2"  # see module docstring: per-thread arenas inflate RLIMIT_AS use
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Kill the child and anything it started (it leads its own process group)."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return  # already gone
-    except PermissionError:
-        proc.kill()
-
-
 def _interpret(returncode: int, out: bytes, err: bytes, settings: BenchmarkSettings) -> BenchResult:
     stderr_tail = _last_line(err)
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
+        name = signal_name(-returncode)
         if name == "SIGKILL" or _MEMORY_TEXT.search(err.decode(errors="replace")):
             # SIGKILL from nobody but us (we report timeouts before getting here) is the kernel's
             # OOM killer; SIGABRT after an uncaught std::bad_alloc is an allocation failure.
@@ -146,14 +125,14 @@ def run_benchmark(
     try:
         proc = subprocess.Popen(
             list(CHILD_COMMAND), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=_child_env(), start_new_session=True,
+            stderr=subprocess.PIPE, env=child_env(), start_new_session=True,
         )
     except OSError as exc:
         return _failure(f"cannot start the benchmark child: {exc}")
     try:
         out, err = proc.communicate(job.model_dump_json().encode(), timeout=settings.timeout_s)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        kill_group(proc)
         try:
             proc.communicate(timeout=_KILL_WAIT_S)
         except subprocess.TimeoutExpired:
@@ -161,7 +140,7 @@ def run_benchmark(
         return _failure(f"timed out after {settings.timeout_s:g}s")
     finally:
         if proc.poll() is None:  # interrupted (e.g. KeyboardInterrupt): leave no child behind
-            _kill_group(proc)
+            kill_group(proc)
             proc.wait()
     return _interpret(proc.returncode, out, err, settings)
 

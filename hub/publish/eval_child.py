@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import select
 import signal
 import subprocess
@@ -33,10 +32,10 @@ import time
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from edgehub.agent.sandbox import child_env, claim_stdout, kill_group, limit_address_space, signal_name
 from edgehub.converters.errors import ConversionError
 from edgehub.hub.publish.evaluate import EvalSpec, eval_spec, run_spec
 
@@ -89,21 +88,6 @@ class EvalLimits:
         return max(self.memory_mb, memory_floor_mb(0))
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ORT_DISABLE_TELEMETRY"] = "1"
-    env["MALLOC_ARENA_MAX"] = "2"  # per-thread malloc arenas inflate RLIMIT_AS use (agent/benchmark.py)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 class EvalRunner:
     """Runs a publish's evaluations in one child process; a context manager that ends the child."""
 
@@ -136,7 +120,7 @@ class EvalRunner:
         limit = self.limits.effective_memory_mb * 1024 * 1024
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen([*CHILD_COMMAND, str(limit)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=log, env=_child_env(), start_new_session=True)
+                                          stderr=log, env=child_env(), start_new_session=True)
         self._buffer = b""
 
     def set_inputs(self, inputs: dict[str, np.ndarray]) -> None:
@@ -238,7 +222,7 @@ class EvalRunner:
         log = self._log_tail()
         self._kill()
         if code < 0:
-            name = _signal_name(-code)
+            name = signal_name(-code)
             # Nobody but the kernel's OOM killer sends SIGKILL here (our timeout reports first);
             # SIGABRT after an uncaught std::bad_alloc is an allocation failure too.
             if -code == signal.SIGKILL or _MEMORY_TEXT.search(log):
@@ -263,12 +247,7 @@ class EvalRunner:
         if proc is None:
             return
         if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                proc.kill()  # the group is gone already; make sure of the child itself
-            except PermissionError:
-                proc.kill()
+            kill_group(proc)
         proc.wait()
         for pipe in (proc.stdin, proc.stdout):
             if pipe is not None:
@@ -277,16 +256,6 @@ class EvalRunner:
 
 
 # ---- the child --------------------------------------------------------------------------------
-
-def _claim_stdout() -> IO[str]:
-    """Keep the real stdout for replies; anything else written to fd 1 (C libraries too) goes to
-    stderr, so the parent reads nothing but JSON lines."""
-    sys.stdout.flush()
-    reply_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(reply_fd, "w")
-
 
 def _load_inputs(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     path = job["inputs"]
@@ -316,8 +285,8 @@ def _handle(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict:
 def main() -> int:
     limit = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     if limit > 0:  # before any runtime is imported, so that all of its allocations count
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    replies = _claim_stdout()
+        limit_address_space(limit)
+    replies = claim_stdout()
     try:
         import onnxruntime  # noqa: F401  (now, while the parent prepares the first job)
     except ImportError as exc:  # the first ONNX job reports it
