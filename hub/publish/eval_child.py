@@ -144,8 +144,8 @@ class EvalRunner:
         self._jobs += 1
         out = self.workdir / f"eval-out-{self._jobs}.npz"
         job = {"model": str(Path(path).absolute()), "runtime": spec.runtime, "batch_size": spec.batch_size,
-               "layout": spec.layout, "inputs": str(self._inputs), "names": self._names, "head": head,
-               "output": str(out)}
+               "layout": spec.layout, "simulate_qdq": spec.simulate_qdq, "inputs": str(self._inputs),
+               "names": self._names, "head": head, "output": str(out)}
         self.start()
         try:
             reply = self._exchange(job, what)
@@ -270,7 +270,7 @@ def _load_inputs(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict[str
 
 def _handle(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict:
     try:
-        spec = EvalSpec(job["runtime"], int(job["batch_size"]), job.get("layout"))
+        spec = EvalSpec(job["runtime"], int(job["batch_size"]), job.get("layout"), bool(job.get("simulate_qdq")))
         outputs = run_spec(Path(job["model"]), spec, _load_inputs(job, cache))
         np.savez(job["output"], **{f"o{i}": np.asarray(o) for i, o in enumerate(outputs)})
         return {"ok": True, "count": len(outputs)}

@@ -173,7 +173,7 @@ def test_fault_hook_cuts_the_body(srv: Served) -> None:
 def test_logs_one_line_per_request_without_secrets(
     srv: Served, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="edgehub.hub.artifact_server")
+    caplog.set_level(logging.DEBUG, logger="edgehub.hub.serve.artifact_server")
     target = srv.target()
     sig = target.rpartition("sig=")[2]
     srv.get(target)

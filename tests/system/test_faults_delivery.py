@@ -218,7 +218,7 @@ def test_messages_held_but_not_stored_come_back_only_with_ack_after_commit(tmp_p
     from edgehub.protocol.messages import AgentError, encode
     from edgehub.protocol.topics import Topics
 
-    broker = ManagedBroker(tmp_path / "broker", "default")
+    broker = ManagedBroker(tmp_path / "broker", "default", share_group="edgehub")  # the group _hub_client joins
     password = broker.files.hub_password()
     broker.files.set_password("dev-a", "pw-a")
     with broker:
