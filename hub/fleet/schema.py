@@ -75,7 +75,7 @@ class EventRow(Base):
 
 class EventStreamRow(Base):
     """How many of a device's numbered events the hub stored, against the highest number it saw
-    (agent/messages.Sequenced): `max_seq - received` events were sent and never stored."""
+    (protocol/messages.Sequenced): `max_seq - received` events were sent and never stored."""
 
     __tablename__ = "event_streams"
 
