@@ -235,6 +235,8 @@ def test_on_a_read_acl_broker_the_join_is_granted_and_events_are_lost(tmp_path, 
         for seq in range(1, EVENTS + 1):
             assert publish(honest, T.events("honest"), _event("honest", seq)) in ACCEPTED
         time.sleep(1.0)
+        print(f"read-ACL broker: the hub's group member got {len(stored)} of {EVENTS} events, the hostile one "
+              f"{len(joined)}")
         assert joined == []  # the ACL filtered them at delivery ...
         assert 0 < len(stored) < EVENTS, len(stored)  # ... after the broker gave them to the hostile member
     finally:
