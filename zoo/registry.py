@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,8 +29,12 @@ class Registry:
     `connect_args` go to the DB driver (e.g. `{"options": "-csearch_path=s1"}` for PostgreSQL).
     """
 
-    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None) -> None:
-        self.engine = make_engine(url, connect_args)
+    def __init__(self, url: str | None = None, *, connect_args: dict[str, Any] | None = None,
+                 engine: Engine | None = None) -> None:
+        """On `url`, or on an `engine` someone else owns (hub/context.py shares one): close() then
+        leaves it open."""
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else make_engine(url, connect_args)
         Base.metadata.create_all(self.engine)
         # expire_on_commit=False: rows are turned into records after the transaction ends.
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -182,8 +186,9 @@ class Registry:
             return variant_record(row) if row else None
 
     def close(self) -> None:
-        """Release all database connections."""
-        self.engine.dispose()
+        """Release all database connections (of an engine this registry made)."""
+        if self._owns_engine:
+            self.engine.dispose()
 
     def __enter__(self) -> Registry:
         return self

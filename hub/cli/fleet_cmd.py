@@ -81,25 +81,19 @@ def _filter(profile=None, group=None, online=None, rollout=None, simulated=None)
 
 def status_rows(paths, *, limit: int | None = None, **filters) -> list[dict]:
     """The fleet's device rows (one joined, indexed query), optionally filtered."""
-    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.context import HubContext
 
-    store = FleetStore(paths.db_url)
-    try:
-        return store.status_rows(_filter(**filters), limit=limit)
-    finally:
-        store.close()
+    with HubContext(paths) as hub:
+        return hub.fleet.status_rows(_filter(**filters), limit=limit)
 
 
 def status_view(paths, *, limit: int | None, **filters) -> dict:
     """Summary counts over every matching device, and up to `limit` of their rows."""
-    from edgehub.hub.fleet.store import FleetStore
+    from edgehub.hub.context import HubContext
 
-    store = FleetStore(paths.db_url)
-    try:
+    with HubContext(paths) as hub:
         where = _filter(**filters)
-        return {"summary": store.status_summary(where), "devices": store.status_rows(where, limit=limit)}
-    finally:
-        store.close()
+        return {"summary": hub.fleet.status_summary(where), "devices": hub.fleet.status_rows(where, limit=limit)}
 
 
 def _render(view: dict):
@@ -177,18 +171,16 @@ def status(profile, group, online, rollout, simulated, limit, watch, interval, i
 def tag(device_ids, add, remove, home, as_json):
     """Put devices in groups (tags) or take them out; a device tagged into a group during a
     rollout of that group joins it (it gets the new version when the rollout reaches everyone)."""
+    from edgehub.hub.context import HubContext
     from edgehub.hub.fleet.groups import validate_tag
-    from edgehub.hub.fleet.store import FleetError, FleetStore
+    from edgehub.hub.fleet.store import FleetError
 
     if not add and not remove:
         raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
     for t in (*add, *remove):
         validate_tag(t)
-    store = FleetStore(_paths(home).db_url)
-    try:
-        records = store.set_tags(list(dict.fromkeys(device_ids)), add=add, remove=remove)
-    finally:
-        store.close()
+    with HubContext(_paths(home)) as hub:
+        records = hub.fleet.set_tags(list(dict.fromkeys(device_ids)), add=add, remove=remove)
     if as_json:
         print_json({"devices": [{"device": r.id, "tags": r.tags} for r in records]})
     else:
@@ -276,15 +268,13 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
 @one_line_errors
 def explain(device_id, home, as_json):
     """Why DEVICE_ID runs its variant: the verdict on every candidate."""
-    from edgehub.hub.fleet.store import FleetError, FleetStore
+    from edgehub.hub.context import HubContext
+    from edgehub.hub.fleet.store import FleetError
 
-    store = FleetStore(_paths(home).db_url)
-    try:
-        if store.get_device(device_id) is None:
+    with HubContext(_paths(home)) as hub:
+        if hub.fleet.get_device(device_id) is None:
             raise FleetError(f"no device {device_id!r}; see `edgehub fleet status`")
-        selection = store.selection(device_id)
-    finally:
-        store.close()
+        selection = hub.fleet.selection(device_id)
     if selection is None:
         raise FleetError(f"no selection for {device_id} yet: it has not reported every candidate")
     if as_json:

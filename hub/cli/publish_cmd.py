@@ -83,14 +83,11 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz \\
           --recipe chains.toml
     """
-    from edgehub.hub.fleet.store import FleetStore
-    from edgehub.hub.home import HubPaths
+    from edgehub.hub.context import HubContext
     from edgehub.hub.publish.pipeline import PublishOptions, deploy
     from edgehub.hub.publish.pipeline import publish as run_publish
-    from edgehub.zoo.registry import Registry
 
-    paths = HubPaths.from_home(home)
-    registry = Registry(paths.db_url)
+    hub = HubContext.open(home)
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
                              profiles_file=profiles_file, train_path=train_path, unlabeled_path=unlabeled_path,
@@ -99,20 +96,14 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=err_console, transient=as_json)
-    try:
-        with progress:
-            outcome = run_publish(options, paths, registry, RichSink(progress))
-    finally:
-        registry.close()
     deployed: list[str] = []
     devices = 0
-    if not no_deploy:
-        fleet = FleetStore(paths.db_url)
-        try:
-            deployed = deploy(fleet, outcome, list(profiles))
-            devices = sum(len(fleet.devices(p)) for p in profiles)
-        finally:
-            fleet.close()
+    with hub:
+        with progress:
+            outcome = run_publish(options, hub.paths, hub.registry, RichSink(progress))
+        if not no_deploy:
+            deployed = deploy(hub.fleet, outcome, list(profiles))
+            devices = sum(len(hub.fleet.devices(p)) for p in profiles)
 
     if as_json:
         print_json({

@@ -26,18 +26,11 @@ from edgehub.hub.cli.common import (
 def report(model, version, out, home, as_json):
     """Per profile: latency vs accuracy of every variant (Pareto front, selected variant), size
     per variant, rollout progress over time."""
-    from edgehub.hub.fleet.store import FleetStore
-    from edgehub.hub.home import HubPaths
+    from edgehub.hub.context import HubContext
     from edgehub.hub.report.build import write_report
-    from edgehub.zoo.registry import Registry
 
-    paths = HubPaths.from_home(home)
-    fleet, registry = FleetStore(paths.db_url), Registry(paths.db_url)
-    try:
-        page = write_report(fleet, registry, model, out or Path(f"report-{model}"), version)
-    finally:
-        fleet.close()
-        registry.close()
+    with HubContext.open(home) as hub:
+        page = write_report(hub.fleet, hub.registry, model, out or Path(f"report-{model}"), version)
     charts = sorted(p.name for p in page.parent.glob("*.png"))
     if as_json:
         print_json({"page": str(page.resolve()), "charts": charts})

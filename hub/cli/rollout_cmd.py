@@ -20,21 +20,11 @@ def rollout() -> None:
     """Staged rollouts with automatic rollback; aliases per profile or group."""
 
 
-class _Stores:
-    def __init__(self, home):
-        from edgehub.hub.fleet.store import FleetStore
-        from edgehub.hub.home import HubPaths
-        from edgehub.zoo.registry import Registry
+def _hub(home):
+    """The hub home of a rollout command (one engine for the fleet store and the registry)."""
+    from edgehub.hub.context import HubContext
 
-        paths = HubPaths.from_home(home)
-        self.fleet, self.registry = FleetStore(paths.db_url), Registry(paths.db_url)
-
-    def __enter__(self) -> _Stores:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.fleet.close()
-        self.registry.close()
+    return HubContext.open(home)
 
 
 def _model_version(text: str, registry) -> tuple[str, int]:
@@ -70,7 +60,7 @@ def start(model, group, canary, stages, success_threshold, error_threshold, soak
     from edgehub.hub.rollout.ops import start_rollout
 
     sizes = [parse_stage_size(canary), *(parse_stage_size(s) for s in (stages or "").split(",") if s.strip())]
-    with _Stores(home) as s:
+    with _hub(home) as s:
         name, version = _model_version(model, s.registry)
         spec = RolloutSpec(model=name, version=version, selector=group, stages=sizes,
                            success_threshold=parse_fraction(success_threshold, "success threshold"),
@@ -123,7 +113,7 @@ def _status_table(data: dict) -> Table:
 @one_line_errors
 def status(rollout_id, home, as_json):
     """A rollout's stage, per-stage counts and history (default: the newest rollout)."""
-    with _Stores(home) as s:
+    with _hub(home) as s:
         data = _status_data(s.fleet, rollout_id)
     if as_json:
         print_json(data)
@@ -139,7 +129,7 @@ def status(rollout_id, home, as_json):
 @one_line_errors
 def list_(home, as_json):
     """Every rollout, newest last."""
-    with _Stores(home) as s:
+    with _hub(home) as s:
         rows = [{"id": r.id, "model": r.model, "version": r.version, "group": r.selector, "status": r.status,
                  "stage": r.stage, "created_at": r.created_at.isoformat()} for r in s.fleet.rollouts()]
     if as_json:
@@ -157,7 +147,7 @@ def list_(home, as_json):
 def _operate(action: str, rollout_id, home, as_json) -> None:
     from edgehub.hub.rollout.ops import find, operate
 
-    with _Stores(home) as s:
+    with _hub(home) as s:
         record = find(s.fleet, rollout_id)
         state = operate(s.fleet, record.id, action)
     if as_json:
@@ -222,7 +212,7 @@ def alias_set(name, model, group, profile, home):
     from edgehub.hub.fleet.groups import validate_tag
 
     validate_tag(name)
-    with _Stores(home) as s:
+    with _hub(home) as s:
         model_name, version = _model_version(model, s.registry)
         record = s.fleet.set_alias(_scope(group, profile), name, model_name, version)
     console.print(f"{record.scope} {record.name} -> {record.model} v{record.version}")
@@ -239,7 +229,7 @@ def alias_delete(name, group, profile, home):
     from edgehub.hub.rollout.machine import RolloutError
 
     scope = _scope(group, profile)
-    with _Stores(home) as s:
+    with _hub(home) as s:
         if not s.fleet.delete_alias(scope, name):
             raise RolloutError(f"no alias {name!r} on {scope}")
     console.print(f"removed {scope} {name}")
@@ -251,7 +241,7 @@ def alias_delete(name, group, profile, home):
 @one_line_errors
 def alias_list(home, as_json):
     """Every alias."""
-    with _Stores(home) as s:
+    with _hub(home) as s:
         rows = [a.model_dump(mode="json") for a in s.fleet.aliases()]
     if as_json:
         print_json({"aliases": rows})

@@ -13,6 +13,7 @@ def _registry(home):
     from edgehub.hub.home import HubPaths
     from edgehub.zoo.registry import Registry
 
+    # The registry alone: browsing the zoo never touches the fleet's tables.
     return Registry(HubPaths.from_home(home).db_url)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Engine, bindparam, delete, select, update
 from sqlalchemy.orm import sessionmaker
 
 from edgehub.hub.fleet.plans import PlanTables
@@ -56,13 +56,16 @@ def _tag_rows(device_id: str, tags: Iterable[str]) -> list[dict]:
 class FleetStore(TrafficTables, PlanTables, RolloutTables, ViewQueries):
     """Devices and their traffic, behind the same SQLAlchemy URL as the registry."""
 
-    def __init__(self, url: str, *, connect_args: dict[str, Any] | None = None):
-        self.engine = make_engine(url, connect_args)
+    def __init__(self, url: str | None = None, *, connect_args: dict[str, Any] | None = None,
+                 engine: Engine | None = None):
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else make_engine(url, connect_args)
         Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
 
     @staticmethod
     def _note(session, kind: ChangeKind, keys: Iterable[str]) -> None:
