@@ -15,7 +15,7 @@ per-hub secret devices never see. A separate admin user, used only on the hub ma
 the plugin's control topic.
 
 This module is the document (the plugin's JSON file) and the control commands that change it;
-`broker_admin` sends them to a running broker, `broker_files` decides which of the two to use.
+`broker.admin` sends them to a running broker, `broker.files` decides which of the two to use.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Everything lives in one directory (the hub home's ``broker/`` folder)::
 
     mosquitto.conf         generated config (rewritten while it keeps the "managed by edgehub" header)
     dynamic-security.json  accounts and rights (Mosquitto's dynamic-security plugin, see
-                           `broker_dynsec`): hashed passwords, a role per device, the hub role
+                           `broker.dynsec`): hashed passwords, a role per device, the hub role
     admin.secret           the admin user's password (changes accounts on a running broker)
     state.json             {"port": ..., "host": ...}: a restart keeps the port the devices know
     mosquitto.pid    pid of the running broker, so another process can find (and adopt) it
@@ -12,7 +12,7 @@ Everything lives in one directory (the hub home's ``broker/`` folder)::
     mosquitto.log    the broker's log (no password is written anywhere in clear but the 0600 secrets)
 
 Accounts change through the plugin's control topic while the broker runs (at once, no reload:
-`broker_admin`) and in its file while it does not (the plugin reads it at start). Either way under
+`broker.admin`) and in its file while it does not (the plugin reads it at start). Either way under
 the directory's start lock, so a broker starting meanwhile cannot load a file about to change.
 
 With TLS the devices' listener is TLS-only and a second, plain listener on the loopback

@@ -1,8 +1,7 @@
 """Shared pieces of the managed broker: names, validation, tool lookup, ports, private files.
 
-Used by the broker's files (`broker_files`, `broker_passwords`), its control helpers
-(`broker_control`) and the process (`broker`). Everything public here is also importable from
-`edgehub.hub.broker.managed`.
+Used by the broker's files (`broker.files`), its process helpers (`broker.process`), the managed
+process (`broker.managed`) and the probe (`broker.probe`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Reconciling a batch of devices: target, candidates, selection (per device or per cohort),
 rollout membership and outcome, the next desired state. A fixed number of queries per chunk of
-devices, one transaction for everything decided; the pure parts live in fleet_targets,
-selection, cohorts, rollout and fleet_planner.
+devices, one transaction for everything decided; the pure parts live in control.targets,
+control.selection, control.cohorts, rollout.machine and control.planner.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ SLACK_S = 30  # child start and publish set-up on a loaded 2-core machine
 
 CRASHING_CHILD = """\
 import ctypes, os, sys
-from edgehub.hub import eval_child
+from edgehub.hub.publish import eval_child
 
 real, seen = eval_child._handle, []
 
