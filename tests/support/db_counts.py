@@ -13,3 +13,20 @@ def row_counts(engine: Engine) -> dict[str, int]:
     meta.reflect(engine)
     with engine.connect() as conn:
         return {t.name: conn.scalar(select(func.count()).select_from(t)) or 0 for t in meta.sorted_tables}
+
+
+def home_contents(home) -> tuple:
+    """What a hub home holds that a failed publish must leave as it was: the row count of every
+    table, the models with their latest version, and the objects in the artifact store."""
+    from edgehub.hub.home import HubPaths
+    from edgehub.zoo.registry import Registry
+    from edgehub.zoo.store import ArtifactStore
+
+    paths = HubPaths.from_home(home)
+    registry = Registry(paths.db_url)
+    try:
+        counts = row_counts(registry.engine)
+        models = [(m.name, m.latest_version) for m in registry.list_models()]
+    finally:
+        registry.close()
+    return counts, models, sorted(ArtifactStore(paths.artifacts_dir).list())

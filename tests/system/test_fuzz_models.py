@@ -10,16 +10,13 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from db_counts import row_counts
+from db_counts import home_contents
 from fault_models import custom_op, good_mlp, segfault_tflite
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
 
 from edgehub.hub.cli import cli
-from edgehub.hub.home import HubPaths
-from edgehub.zoo.registry import Registry
-from edgehub.zoo.store import ArtifactStore
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +34,7 @@ def home(tmp_path_factory):
 
 
 def _state(home):
-    paths = HubPaths.from_home(home)
-    registry = Registry(paths.db_url)
-    try:
-        counts = row_counts(registry.engine)
-    finally:
-        registry.close()
-    return counts, sorted(ArtifactStore(paths.artifacts_dir).list())
+    return home_contents(home)
 
 
 def publish_refused(home, eval_path, source) -> str:

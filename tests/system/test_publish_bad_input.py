@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from db_counts import row_counts
+from db_counts import home_contents
 
 from edgehub.hub.cli import cli
 from edgehub.hub.home import HubPaths
 from edgehub.zoo.registry import Registry
-from edgehub.zoo.store import ArtifactStore
 
 
 @pytest.fixture
@@ -22,15 +21,9 @@ def seeded_home(tiny_mlp, hub_home):
 
 
 def state(home):
-    paths = HubPaths.from_home(home)
-    registry = Registry(paths.db_url)
-    try:
-        counts = row_counts(registry.engine)
-    finally:
-        registry.close()
-    objects = sorted(ArtifactStore(paths.artifacts_dir).list())
-    keys = sorted(p.name for p in paths.keys_dir.iterdir()) if paths.keys_dir.exists() else []
-    return counts, objects, keys
+    keys_dir = HubPaths.from_home(home).keys_dir
+    keys = sorted(p.name for p in keys_dir.iterdir()) if keys_dir.exists() else []
+    return home_contents(home), keys
 
 
 def publish_fails(home, *args) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from db_counts import row_counts
+from db_counts import home_contents
 from fault_models import good_mlp, hang, memory_hog, segfault_tflite
 
 from edgehub.converters.errors import ConversionError
@@ -25,7 +25,6 @@ from edgehub.hub.publish.eval_child import ENV_MEMORY, ENV_TIMEOUT, EvalLimits, 
 from edgehub.hub.publish.evaluate import EvalSpec
 from edgehub.hub.publish.pipeline import PublishError, PublishOptions, publish
 from edgehub.zoo.registry import Registry
-from edgehub.zoo.store import ArtifactStore
 
 TIMEOUT_S = 3  # the hang test's evaluation limit
 MEMORY_MB = 1024  # the memory test's limit: above the runtime's floor, far below what the hog wants
@@ -67,15 +66,9 @@ def small_eval(tmp_path_factory) -> Path:
 
 
 def state(home: Path) -> tuple:
-    paths = HubPaths.from_home(home)
-    registry = Registry(paths.db_url)
-    try:
-        counts = row_counts(registry.engine)
-        models = [(m.name, m.latest_version) for m in registry.list_models()]
-    finally:
-        registry.close()
-    work = sorted(p.name for p in paths.work_dir.iterdir()) if paths.work_dir.exists() else []
-    return counts, models, sorted(ArtifactStore(paths.artifacts_dir).list()), work
+    work_dir = HubPaths.from_home(home).work_dir
+    work = sorted(p.name for p in work_dir.iterdir()) if work_dir.exists() else []
+    return home_contents(home), work
 
 
 def children() -> set[int]:
