@@ -28,7 +28,7 @@ _ERROR_CLASSES = (
     ("edgehub.hub.publish.pipeline", "PublishError"),
     ("edgehub.zoo.profiles", "ProfileError"),
     ("edgehub.zoo.registry", "RegistryError"),
-    ("edgehub.hub.fleet.store", "FleetError"),
+    ("edgehub.hub.fleet.records", "FleetError"),
     ("edgehub.hub.broker.managed", "BrokerError"),
     ("edgehub.agent.config", "ConfigError"),
     ("edgehub.hub.serve.certs", "CertError"),

@@ -173,7 +173,7 @@ def tag(device_ids, add, remove, home, as_json):
     rollout of that group joins it (it gets the new version when the rollout reaches everyone)."""
     from edgehub.hub.context import HubContext
     from edgehub.hub.fleet.groups import validate_tag
-    from edgehub.hub.fleet.store import FleetError
+    from edgehub.hub.fleet.records import FleetError
 
     if not add and not remove:
         raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
@@ -190,7 +190,7 @@ def tag(device_ids, add, remove, home, as_json):
 
 def _failure_rule(text: str):
     """`MATCH:benchmark=0.5,activation=1` -> a FailureRule."""
-    from edgehub.hub.fleet.store import FleetError
+    from edgehub.hub.fleet.records import FleetError
     from edgehub.hub.sim.model import FailureRule
 
     match, _, rest = text.partition(":")
@@ -269,7 +269,7 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
 def explain(device_id, home, as_json):
     """Why DEVICE_ID runs its variant: the verdict on every candidate."""
     from edgehub.hub.context import HubContext
-    from edgehub.hub.fleet.store import FleetError
+    from edgehub.hub.fleet.records import FleetError
 
     with HubContext(_paths(home)) as hub:
         if hub.fleet.get_device(device_id) is None:

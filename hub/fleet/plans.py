@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select
 
+from edgehub.hub.fleet.db import FleetDb, note_change
 from edgehub.hub.fleet.records import (
     AliasRecord,
     ChangeRecord,
@@ -27,6 +28,7 @@ from edgehub.hub.fleet.schema import (
     SelectionRow,
 )
 from edgehub.hub.fleet.sql import chunks, insert_ignoring_duplicates, upsert
+from edgehub.hub.fleet.traffic import record_outcomes
 from edgehub.protocol.messages import BenchmarkSettings, DesiredState
 from edgehub.zoo.records import utcnow
 
@@ -43,13 +45,33 @@ def _selection_row(s: SelectionRecord) -> dict:
     return {**s.model_dump(), "digest": s.digest()}
 
 
+def write_alias(session, scope: str, name: str, model: str, version: int, now: datetime) -> None:
+    upsert(session, AliasRow.__table__, [dict(scope=scope, name=name, model=model, version=version,
+                                              updated_at=now)], ["scope", "name"])
+    kind, key = scope.split(":", 1)
+    if kind == "profile" and name == "production":  # the profile's deployment history agrees
+        session.add(DeploymentRow(model=model, version=version, profile=key, created_at=now))
+    note_change(session, kind, [key])
+
+
+def remove_alias(session, scope: str, name: str) -> bool:
+    gone = session.execute(delete(AliasRow).where(AliasRow.scope == scope, AliasRow.name == name)).rowcount
+    if gone:
+        kind, key = scope.split(":", 1)
+        note_change(session, kind, [key])
+    return bool(gone)
+
+
 class PlanTables:
-    """Mixin of FleetStore: the hub's decisions."""
+    """The hub's decisions: desired states, deployments, aliases, selections, cohorts, the change log."""
+
+    def __init__(self, db: FleetDb):
+        self.db = db
 
     # -- desired states ---------------------------------------------------------------------------
 
     def desired(self, device_id: str) -> DesiredState | None:
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             row = session.get(DesiredRow, device_id)
             return DesiredState.model_validate(row.body) if row else None
 
@@ -59,7 +81,7 @@ class PlanTables:
     def desired_summaries(self, device_ids: Iterable[str]) -> dict[str, DesiredSummary]:
         t = DesiredRow.__table__
         found = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for r in session.execute(select(t.c.device_id, t.c.generation, t.c.model, t.c.version, t.c.activate,
                                                 t.c.candidate_ids, t.c.benchmark).where(t.c.device_id.in_(chunk))):
@@ -74,12 +96,12 @@ class PlanTables:
         t = DesiredRow.__table__
         if device_ids is not None:
             for chunk in chunks(list(device_ids), page):
-                with self._sessions() as session:
+                with self.db.sessions() as session:
                     yield [r[0] for r in session.execute(select(t.c.body).where(t.c.device_id.in_(chunk)))]
             return
         after = ""
         while True:
-            with self._sessions() as session:
+            with self.db.sessions() as session:
                 rows = session.execute(select(t.c.device_id, t.c.body).where(t.c.device_id > after)
                                        .order_by(t.c.device_id).limit(page)).all()
             if not rows:
@@ -93,51 +115,36 @@ class PlanTables:
         """Target a version at profiles: a deployment row (history) and the profile's `production` alias."""
         now = utcnow()
         profiles = list(dict.fromkeys(profiles))
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             for profile in profiles:
                 session.add(DeploymentRow(model=model, version=version, profile=profile, created_at=now))
             upsert(session, AliasRow.__table__, [dict(scope=f"profile:{p}", name="production", model=model,
                                                       version=version, updated_at=now) for p in profiles],
                    ["scope", "name"])
-            self._note(session, "profile", profiles)
+            note_change(session, "profile", profiles)
 
     def deployment_for(self, profile: str) -> tuple[str, int] | None:
         """What the profile runs in production: its `production` alias, the one source of truth
         (what devices are targeted at, hub/control/targets.py). Deployment rows are the history."""
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             row = session.get(AliasRow, (f"profile:{profile}", "production"))
             return (row.model, row.version) if row else None
 
     def set_alias(self, scope: str, name: str, model: str, version: int) -> AliasRecord:
         now = utcnow()
-        with self._sessions.begin() as session:
-            self._set_alias(session, scope, name, model, version, now)
+        with self.db.sessions.begin() as session:
+            write_alias(session, scope, name, model, version, now)
         return AliasRecord(scope=scope, name=name, model=model, version=version, updated_at=now)
 
-    def _set_alias(self, session, scope: str, name: str, model: str, version: int, now: datetime) -> None:
-        upsert(session, AliasRow.__table__, [dict(scope=scope, name=name, model=model, version=version,
-                                                  updated_at=now)], ["scope", "name"])
-        kind, key = scope.split(":", 1)
-        if kind == "profile" and name == "production":  # the profile's deployment history agrees
-            session.add(DeploymentRow(model=model, version=version, profile=key, created_at=now))
-        self._note(session, kind, [key])
-
     def delete_alias(self, scope: str, name: str) -> bool:
-        with self._sessions.begin() as session:
-            return self._delete_alias(session, scope, name)
-
-    def _delete_alias(self, session, scope: str, name: str) -> bool:
-        gone = session.execute(delete(AliasRow).where(AliasRow.scope == scope, AliasRow.name == name)).rowcount
-        if gone:
-            kind, key = scope.split(":", 1)
-            self._note(session, kind, [key])
-        return bool(gone)
+        with self.db.sessions.begin() as session:
+            return remove_alias(session, scope, name)
 
     def aliases(self, scope: str | None = None) -> list[AliasRecord]:
         query = select(AliasRow).order_by(AliasRow.scope, AliasRow.name)
         if scope:
             query = query.where(AliasRow.scope == scope)
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [AliasRecord(scope=r.scope, name=r.name, model=r.model, version=r.version, updated_at=r.updated_at)
                     for r in session.scalars(query)]
 
@@ -151,7 +158,7 @@ class PlanTables:
 
     def selections_many(self, device_ids: Iterable[str]) -> dict[str, SelectionRecord]:
         found = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for r in session.scalars(select(SelectionRow).where(SelectionRow.device_id.in_(chunk))):
                     found[r.device_id] = SelectionRecord(device_id=r.device_id, model=r.model, version=r.version,
@@ -162,7 +169,7 @@ class PlanTables:
     def selection_digests(self, device_ids: Iterable[str]) -> dict[str, str | None]:
         """device -> digest of its stored selection (no explanation bodies read)."""
         t = SelectionRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return {d: digest for chunk in chunks(list(dict.fromkeys(device_ids)))
                     for d, digest in session.execute(select(t.c.device_id, t.c.digest).where(t.c.device_id.in_(chunk)))}
 
@@ -172,7 +179,7 @@ class PlanTables:
         """(cohort, model, version) -> {sampled device: why it was sampled}."""
         keys = set(keys)
         found: dict[CohortKey, dict[str, str]] = {k: {} for k in keys}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(sorted({k[0] for k in keys})):
                 for r in session.scalars(select(CohortSampleRow).where(CohortSampleRow.cohort.in_(chunk))):
                     if (r.cohort, r.model, r.version) in keys:
@@ -182,7 +189,7 @@ class PlanTables:
     def cohort_decisions(self, keys: Iterable[CohortKey]) -> dict[CohortKey, CohortDecisionRecord]:
         keys = set(keys)
         found = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(sorted({k[0] for k in keys})):
                 for r in session.scalars(select(CohortDecisionRow).where(CohortDecisionRow.cohort.in_(chunk))):
                     if (r.cohort, r.model, r.version) in keys:
@@ -204,7 +211,7 @@ class PlanTables:
         the same cohort at once keep the better-informed result.
         """
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             upsert(session, DesiredRow.__table__, [_desired_row(d, now) for d in desired], ["device_id"])
             upsert(session, SelectionRow.__table__, [_selection_row(s) for s in selections], ["device_id"])
             insert_ignoring_duplicates(session, CohortSampleRow.__table__, [
@@ -217,22 +224,22 @@ class PlanTables:
             for rollout_id, device_id in left:
                 session.execute(delete(RolloutDeviceRow).where(RolloutDeviceRow.rollout_id == rollout_id,
                                                                RolloutDeviceRow.device_id == device_id))
-            self._record_outcomes(session, list(outcomes))
+            record_outcomes(session, list(outcomes))
             for kind, key in changes:
-                self._note(session, kind, [key])
+                note_change(session, kind, [key])
 
     # -- the change log -------------------------------------------------------------------------------
 
     def last_change_id(self) -> int:
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return session.scalar(select(func.max(ChangeRow.id))) or 0
 
     def changes_after(self, after_id: int, limit: int = 50_000) -> list[ChangeRecord]:
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [ChangeRecord(id=r.id, kind=r.kind, key=r.key) for r in session.execute(
                 select(ChangeRow.id, ChangeRow.kind, ChangeRow.key).where(ChangeRow.id > after_id)
                 .order_by(ChangeRow.id).limit(limit))]
 
     def prune_changes(self, before: datetime) -> int:
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             return session.execute(delete(ChangeRow).where(ChangeRow.at < before)).rowcount or 0

@@ -8,6 +8,8 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
+from edgehub.hub.fleet.db import FleetDb, note_change
+from edgehub.hub.fleet.plans import remove_alias, write_alias
 from edgehub.hub.fleet.records import ACTIVE_ROLLOUT, FleetError, RolloutRecord
 from edgehub.hub.fleet.schema import RolloutDeviceRow, RolloutRow
 from edgehub.hub.fleet.sql import chunks
@@ -21,21 +23,26 @@ def _record(r: RolloutRow) -> RolloutRecord:
                          stage=r.stage, state=r.state, created_at=r.created_at, updated_at=r.updated_at)
 
 
-class RolloutTables:
-    """Mixin of FleetStore: rollouts."""
+def _apply_alias_effects(session, scope: str, effects: Iterable[dict], now: datetime) -> None:
+    for e in effects:
+        if e["action"] == "set":
+            write_alias(session, scope, e["name"], e["model"], e["version"], now)
+        else:
+            remove_alias(session, scope, e["name"])
 
-    def _apply_alias_effects(self, session, scope: str, effects: Iterable[dict], now: datetime) -> None:
-        for e in effects:
-            if e["action"] == "set":
-                self._set_alias(session, scope, e["name"], e["model"], e["version"], now)
-            else:
-                self._delete_alias(session, scope, e["name"])
+
+
+class RolloutTables:
+    """Rollouts, their members and outcomes."""
+
+    def __init__(self, db: FleetDb):
+        self.db = db
 
     def create_rollout(self, *, model: str, version: int, selector: str, scope: str, state: dict,
                        members: dict[str, int], alias_effects: Iterable[dict] = ()) -> int:
         """Store a new rollout with its members (device -> stage); one active rollout per group."""
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             running = session.scalar(select(RolloutRow.id).where(RolloutRow.selector == selector,
                                                                  RolloutRow.status.in_(ACTIVE)))
             if running is not None:
@@ -48,8 +55,8 @@ class RolloutTables:
             for chunk in chunks(sorted(members.items()), 1000):
                 session.execute(RolloutDeviceRow.__table__.insert(), [
                     dict(rollout_id=row.id, device_id=d, stage=s, status="pending", updated_at=now) for d, s in chunk])
-            self._apply_alias_effects(session, scope, alias_effects, now)
-            self._note(session, "rollout", [str(row.id)])
+            _apply_alias_effects(session, scope, alias_effects, now)
+            note_change(session, "rollout", [str(row.id)])
             return row.id
 
     def save_rollout(self, rollout_id: int, *, expected: tuple[str, int], state: dict, scope: str,
@@ -58,18 +65,18 @@ class RolloutTables:
         else (the operator, another hub) moved it first. `only_stage`: only that stage's members
         have a new target (an advance), so only they are named in the change log."""
         now = utcnow()
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             moved = session.execute(update(RolloutRow).where(
                 RolloutRow.id == rollout_id, RolloutRow.status == expected[0], RolloutRow.stage == expected[1])
                 .values(status=state["status"], stage=state["stage"], state=state, updated_at=now)).rowcount
             if not moved:
                 return False
-            self._apply_alias_effects(session, scope, alias_effects, now)
-            self._note(session, "rollout", [str(rollout_id) if only_stage is None else f"{rollout_id}:{only_stage}"])
+            _apply_alias_effects(session, scope, alias_effects, now)
+            note_change(session, "rollout", [str(rollout_id) if only_stage is None else f"{rollout_id}:{only_stage}"])
             return True
 
     def get_rollout(self, rollout_id: int) -> RolloutRecord | None:
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             row = session.get(RolloutRow, rollout_id)
             return _record(row) if row else None
 
@@ -79,14 +86,14 @@ class RolloutTables:
             query = query.where(RolloutRow.status.in_(ACTIVE))
         if model:
             query = query.where(RolloutRow.model == model)
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [_record(r) for r in session.scalars(query)]
 
     def rollout_counts(self, rollout_id: int) -> dict[int, dict[str, int]]:
         """stage -> {status: devices}: one GROUP BY on the (rollout, stage, status) index."""
         t = RolloutDeviceRow.__table__
         counts: dict[int, dict[str, int]] = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for stage, status, n in session.execute(select(t.c.stage, t.c.status, func.count())
                                                     .where(t.c.rollout_id == rollout_id)
                                                     .group_by(t.c.stage, t.c.status)):
@@ -97,7 +104,7 @@ class RolloutTables:
         """device -> [(rollout id, stage, status)] over active rollouts."""
         t, r = RolloutDeviceRow.__table__, RolloutRow.__table__
         found: dict[str, list[tuple[int, int, str]]] = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for row in session.execute(select(t.c.device_id, t.c.rollout_id, t.c.stage, t.c.status)
                                            .join(r, r.c.id == t.c.rollout_id)
@@ -110,13 +117,13 @@ class RolloutTables:
         query = select(t.c.device_id).where(t.c.rollout_id == rollout_id)
         if stages is not None:
             query = query.where(t.c.stage.in_(list(stages)))
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return list(session.scalars(query.order_by(t.c.device_id)))
 
     def rollout_timeline(self, rollout_id: int) -> list[tuple[datetime, str]]:
         """(when, status) of every member that has an outcome, oldest first (progress over time)."""
         t = RolloutDeviceRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [(at, status) for at, status in session.execute(
                 select(t.c.updated_at, t.c.status).where(t.c.rollout_id == rollout_id, t.c.status != "pending")
                 .order_by(t.c.updated_at))]

@@ -9,6 +9,8 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 
+from edgehub.hub.fleet.db import FleetDb, note_change
+from edgehub.hub.fleet.devices import CohortOf, apply_states
 from edgehub.hub.fleet.records import RolloutOutcome
 from edgehub.hub.fleet.schema import BenchmarkRow, DeviceRow, EventRow, EventStreamRow, RolloutDeviceRow
 from edgehub.hub.fleet.sql import chunks, insert_ignoring_duplicates, upsert
@@ -89,8 +91,30 @@ def _light_report(row) -> BenchmarkReport:
         "peak_rss_mb": row.peak_rss_mb, "runtime": row.runtime, "at": row.at})
 
 
-class TrafficTables:
-    """Mixin of FleetStore: events and benchmark results."""
+def record_outcomes(session, outcomes: list[RolloutOutcome]) -> None:
+    """Mark rollout members by what their devices reported (one statement for the batch)."""
+    if not outcomes:
+        return
+    table = RolloutDeviceRow.__table__
+    # A failure is final for the rollout: a later success does not hide it from the error count.
+    session.execute(update(table).where(table.c.rollout_id == bindparam("b_rollout"),
+                                        table.c.device_id == bindparam("b_device"),
+                                        table.c.status != "failed")
+                    .values(status=bindparam("b_status"), variant_id=bindparam("b_variant"),
+                            detail=bindparam("b_detail"), updated_at=bindparam("b_at")),
+                    [dict(b_rollout=o.rollout_id, b_device=o.device_id, b_status=o.status, b_variant=o.variant_id,
+                          b_detail=(o.detail or "")[:500] or None, b_at=utcnow()) for o in outcomes])
+
+
+class TrafficLog:
+    """Events and benchmark results, and the device states that arrive with them."""
+
+    def __init__(self, db: FleetDb):
+        self.db = db
+
+    def update_state(self, state: DeviceState, cohort_of: CohortOf | None = None) -> bool:
+        """Store a device's reported state; False if the device is not enrolled."""
+        return state.device_id not in self.ingest([state], [], cohort_of=cohort_of).unknown
 
     def ingest(self, states: list[DeviceState], events: Iterable, *, cohort_of=None,
                outcomes: Iterable[RolloutOutcome] = (), notify: Iterable[str] = ()) -> Ingested:
@@ -99,9 +123,9 @@ class TrafficTables:
         change-log entries for `notify` devices (ones another hub worker reconciles)."""
         events = list(events)
         result = Ingested()
-        with self._sessions.begin() as session:
+        with self.db.sessions.begin() as session:
             if states:
-                result.changed, result.unknown = self._apply_states(session, states, cohort_of)
+                result.changed, result.unknown = apply_states(session, states, cohort_of)
             if events:
                 now = utcnow()
                 rows = [dict(event_id=e.event_id, device_id=e.device_id, kind=e.kind, generation=e.generation,
@@ -113,8 +137,8 @@ class TrafficTables:
                 bodies = {id(e): row["body"] for e, row in zip(events, rows, strict=True)}
                 upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
                        where=lambda table, new: table.c.at <= new.at)
-            self._record_outcomes(session, list(outcomes))
-            self._note(session, "device", notify)
+            record_outcomes(session, list(outcomes))
+            note_change(session, "device", notify)
         return result
 
     @staticmethod
@@ -142,7 +166,7 @@ class TrafficTables:
     def stream_counts(self, device_ids: Iterable[str] | None = None) -> dict[str, StreamCount]:
         """device -> its event-stream count (all devices with one when `device_ids` is None)."""
         table = EventStreamRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             if device_ids is None:
                 found = session.execute(select(table))
             else:
@@ -153,24 +177,10 @@ class TrafficTables:
     def events_missing(self) -> tuple[int, int]:
         """(events missing over the fleet, devices missing any): one indexed aggregate."""
         table = EventStreamRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             total, devices = session.execute(select(func.coalesce(func.sum(table.c.missing), 0),
                                                     func.count()).where(table.c.missing > 0)).one()
             return int(total), int(devices)
-
-    @staticmethod
-    def _record_outcomes(session, outcomes: list[RolloutOutcome]) -> None:
-        if not outcomes:
-            return
-        table = RolloutDeviceRow.__table__
-        # A failure is final for the rollout: a later success does not hide it from the error count.
-        session.execute(update(table).where(table.c.rollout_id == bindparam("b_rollout"),
-                                            table.c.device_id == bindparam("b_device"),
-                                            table.c.status != "failed")
-                        .values(status=bindparam("b_status"), variant_id=bindparam("b_variant"),
-                                detail=bindparam("b_detail"), updated_at=bindparam("b_at")),
-                        [dict(b_rollout=o.rollout_id, b_device=o.device_id, b_status=o.status, b_variant=o.variant_id,
-                              b_detail=(o.detail or "")[:500] or None, b_at=utcnow()) for o in outcomes])
 
     def record_events(self, events: Iterable[BenchmarkReport | Any]) -> int:
         """Store events once each (by event id), in one transaction; returns how many were new.
@@ -183,11 +193,11 @@ class TrafficTables:
         query = select(EventRow).order_by(EventRow.received_at, EventRow.event_id)
         if device_id:
             query = query.where(EventRow.device_id == device_id)
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [r.body for r in session.scalars(query)]
 
     def count_events(self) -> int:
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return session.scalar(select(func.count()).select_from(EventRow)) or 0
 
     def reports(self, device_id: str, variant_ids: Iterable[str]) -> dict[str, BenchmarkReport]:
@@ -199,7 +209,7 @@ class TrafficTables:
         found: dict[str, dict[str, BenchmarkReport]] = {}
         if not ids or not variants:
             return found
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(ids):
                 for device_id, variant_id, report in session.execute(
                         select(BenchmarkRow.device_id, BenchmarkRow.variant_id, BenchmarkRow.report)
@@ -215,7 +225,7 @@ class TrafficTables:
         if not ids or not variants:
             return found
         t = BenchmarkRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(ids):
                 for row in session.execute(select(t.c.device_id, t.c.variant_id, t.c.event_id, t.c.ok, t.c.error,
                                                   t.c.p50_ms, t.c.p99_ms, t.c.agreement, t.c.peak_rss_mb, t.c.runtime, t.c.at)
@@ -226,7 +236,7 @@ class TrafficTables:
     def reported_variants(self, device_ids: Iterable[str]) -> dict[str, set[str]]:
         """device -> the variants it has a result for (no report bodies read)."""
         found: dict[str, set[str]] = {}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for device_id, variant_id in session.execute(
                         select(BenchmarkRow.device_id, BenchmarkRow.variant_id).where(BenchmarkRow.device_id.in_(chunk))):

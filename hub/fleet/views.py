@@ -8,7 +8,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import and_, case, func, select
 
+from edgehub.hub.fleet.db import FleetDb
 from edgehub.hub.fleet.records import ACTIVE_ROLLOUT
+from edgehub.hub.fleet.rollouts import RolloutTables
 from edgehub.hub.fleet.schema import (
     BenchmarkRow,
     DesiredRow,
@@ -56,7 +58,10 @@ class StatusFilter(BaseModel):
 
 
 class ViewQueries:
-    """Mixin of FleetStore: status rows and summary counts."""
+    """Status rows and summary counts (read only)."""
+
+    def __init__(self, db: FleetDb, rollouts: RolloutTables):
+        self.db, self.rollouts = db, rollouts
 
     def status_rows(self, where: StatusFilter | None = None, *, limit: int | None = None,
                     offset: int = 0) -> list[dict[str, Any]]:
@@ -74,7 +79,7 @@ class ViewQueries:
             .outerjoin(e, e.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             rows = session.execute(query).all()
             variants = self._variant_facts(session, {r.active_variant for r in rows if r.active_variant})
             rollouts = self._rollout_of(session, [r.id for r in rows])
@@ -130,7 +135,7 @@ class ViewQueries:
                                    func.sum(case((d.c.simulated, 1), else_=0)), func.sum(settled))
                             .select_from(d).outerjoin(s, s.c.device_id == d.c.id)).group_by(d.c.profile)
         summary: dict[str, Any] = {"devices": 0, "online": 0, "simulated": 0, "settled": 0, "profiles": {}}
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             for profile, n, online, simulated, done in session.execute(query):
                 summary["profiles"][profile] = {"devices": n, "online": int(online or 0), "settled": int(done or 0)}
                 summary["devices"] += n
@@ -150,14 +155,14 @@ class ViewQueries:
             if where.rollout is not None and rid != where.rollout:
                 continue
             summary["rollouts"].append({"id": rid, "model": model, "version": version, "group": selector,
-                                        "status": status, "stage": stage, "counts": self.rollout_counts(rid)})
+                                        "status": status, "stage": stage, "counts": self.rollouts.rollout_counts(rid)})
         return summary
 
     def variant_benchmarks(self, variant_ids: list[str]) -> list:
         """(variant_id, ok, p50_ms, runtime, profile) of every device's newest result for these
         variants (the index on device_benchmarks.variant_id)."""
         b, d = BenchmarkRow.__table__, DeviceRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [row for chunk in chunks(variant_ids) for row in session.execute(
                 select(b.c.variant_id, b.c.ok, b.c.p50_ms, b.c.runtime, d.c.profile)
                 .join(d, d.c.id == b.c.device_id).where(b.c.variant_id.in_(chunk)))]
@@ -165,7 +170,7 @@ class ViewQueries:
     def selection_counts(self, model: str, version: int) -> list[tuple[str, str, int]]:
         """(profile, winner, devices) over the devices whose selection for model v version picked one."""
         s, d = SelectionRow.__table__, DeviceRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return [tuple(r) for r in session.execute(
                 select(d.c.profile, s.c.winner, func.count()).join(d, d.c.id == s.c.device_id)
                 .where(s.c.model == model, s.c.version == version, s.c.winner.is_not(None))
@@ -174,6 +179,6 @@ class ViewQueries:
     def desired_counts(self, model: str) -> dict[int, int]:
         """version -> devices whose desired state targets that version of `model`."""
         q = DesiredRow.__table__
-        with self._sessions() as session:
+        with self.db.sessions() as session:
             return {v: n for v, n in session.execute(select(q.c.version, func.count()).where(q.c.model == model)
                                                      .group_by(q.c.version))}

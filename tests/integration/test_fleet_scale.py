@@ -19,7 +19,8 @@ from edgehub.hub.cli import cli
 from edgehub.hub.control.selection import Policy
 from edgehub.hub.control.settings import FleetSettings, owner_of
 from edgehub.hub.control.worker import FleetService
-from edgehub.hub.fleet.store import EnrollRequest, FleetStore
+from edgehub.hub.fleet.records import EnrollRequest
+from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.fleet.views import StatusFilter
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.pipeline import PublishOptions, publish

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgehub.hub.fleet.records import SelectionRecord
-from edgehub.hub.fleet.store import FleetError, FleetStore
+from edgehub.hub.fleet.records import FleetError, SelectionRecord
+from edgehub.hub.fleet.store import FleetStore
 from edgehub.protocol.messages import (
     ActivationResult,
     AgentError,
@@ -315,8 +315,11 @@ def test_selections_save_overwrite_read(store: FleetStore):
 
 # ---- batches, groups, aliases, rollouts, cohorts, views -----------------------------------
 
-from edgehub.hub.fleet.records import CohortDecisionRecord, RolloutOutcome  # noqa: E402
-from edgehub.hub.fleet.store import EnrollRequest  # noqa: E402
+from edgehub.hub.fleet.records import (  # noqa: E402
+    CohortDecisionRecord,
+    EnrollRequest,  # noqa: E402
+    RolloutOutcome,
+)
 from edgehub.hub.fleet.views import StatusFilter  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from mqtt_helpers import wait_for
 from sim_hub import SimHub
 
 from edgehub.hub.cli import cli
-from edgehub.hub.fleet.store import EnrollRequest
+from edgehub.hub.fleet.records import EnrollRequest
 from edgehub.hub.sim.model import FailureRule, SyntheticDistribution
 
 
