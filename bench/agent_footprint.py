@@ -46,7 +46,8 @@ def wait(predicate, timeout: float) -> bool:
 def main() -> None:
     from edgehub.agent.config import dump_config
     from edgehub.hub.home import HubPaths
-    from edgehub.hub.publish.pipeline import PublishOptions, deploy, publish
+    from edgehub.hub.publish.pipeline import PublishOptions, publish
+    from edgehub.hub.publish.release import deploy
     from edgehub.hub.serve.enrollment import enroll_device
     from edgehub.hub.serve.service import HubService
 

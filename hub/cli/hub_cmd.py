@@ -21,7 +21,6 @@ from edgehub.hub.cli.common import (
     one_line_errors,
     print_json,
 )
-from edgehub.hub.serve.settings import HubSettings
 
 
 @click.group()
@@ -43,55 +42,6 @@ def security_errors(fn):
             fail(str(exc))
 
     return wrapper
-
-
-def checked_broker_ca(path: Path) -> str:
-    """`--broker-ca FILE`: a readable PEM certificate (or bundle); its absolute path, kept in hub.json."""
-    from cryptography import x509
-
-    from edgehub.hub.serve.certs import CertError
-
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise CertError(f"--broker-ca {path}: no such file") from None
-    except OSError as exc:
-        raise CertError(f"--broker-ca {path}: cannot read it ({exc.strerror or exc})") from None
-    try:
-        x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise CertError(f"--broker-ca {path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
-    return str(path.resolve())
-
-
-MANAGED = "managed"  # `--broker managed`: back to the hub's own Mosquitto
-SYSTEM_CAS = "system"  # `--broker-ca system`: trust the system's CAs again
-
-
-def serve_settings(settings: HubSettings, *, broker_url: str | None = None, broker_ca: str | None = None,
-                   **values) -> HubSettings:
-    """`settings` (kept from the last run) with what this `hub serve` was given; None keeps a value.
-
-    `broker_url` "managed" drops an external broker (and its CA); `broker_ca` "system" drops the CA
-    file; `broker_ca` otherwise is a checked absolute path. Raises CertError for a CA without an
-    mqtts:// broker."""
-    from edgehub.hub.serve.certs import CertError
-
-    settings = settings.model_copy()
-    if broker_url == MANAGED:
-        settings.broker_url = settings.broker_ca = None
-    elif broker_url is not None:
-        settings.broker_url = broker_url
-    if broker_ca == SYSTEM_CAS:
-        settings.broker_ca = None
-    elif broker_ca is not None:
-        if not (settings.broker_url or "").startswith("mqtts://"):
-            raise CertError("--broker-ca is the CA of an external TLS broker: give it with --broker mqtts://host:port")
-        settings.broker_ca = broker_ca
-    for name, value in values.items():
-        if value is not None:
-            setattr(settings, name, value)
-    return settings
 
 
 @hub.command("serve")
@@ -130,26 +80,15 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
           insecure_broker, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.home import HubPaths
-    from edgehub.hub.serve.certs import CertError, TlsPaths
     from edgehub.hub.serve.service import HubOptions, HubService
-    from edgehub.hub.serve.settings import load_settings
+    from edgehub.hub.serve.settings import resolve_serve_settings
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = HubPaths.from_home(home)
-    if broker_ca is not None and str(broker_ca) != SYSTEM_CAS:
-        broker_ca = checked_broker_ca(broker_ca)
-    if tls is not None:
-        material = TlsPaths(paths.root)
-        current = material.read_settings()
-        if tls and (current is None or not material.complete()):
-            raise CertError(f"no TLS certificates in {material.root}: run `edgehub hub certs` first")
-        if current is not None and current.enabled != tls:
-            material.write_settings(current.model_copy(update={"enabled": tls}))
-    settings = serve_settings(load_settings(paths.root), broker_url=broker_url,
-                              broker_ca=None if broker_ca is None else str(broker_ca), fleet=fleet,
-                              mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
-                              public_http_url=public_url, workers=workers, cohort_sample=cohort_sample)
+    settings = resolve_serve_settings(paths, broker_url=broker_url, broker_ca=broker_ca, tls=tls, fleet=fleet,
+                                      mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
+                                      public_http_url=public_url, workers=workers, cohort_sample=cohort_sample)
     service = HubService(paths, settings, HubOptions(insecure_broker=insecure_broker)).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -84,8 +84,8 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
           --recipe chains.toml
     """
     from edgehub.hub.context import HubContext
-    from edgehub.hub.publish.pipeline import PublishOptions, deploy
-    from edgehub.hub.publish.pipeline import publish as run_publish
+    from edgehub.hub.publish.pipeline import PublishOptions
+    from edgehub.hub.publish.release import publish_and_deploy
 
     hub = HubContext.open(home)
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
@@ -96,14 +96,10 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=err_console, transient=as_json)
-    deployed: list[str] = []
-    devices = 0
-    with hub:
-        with progress:
-            outcome = run_publish(options, hub.paths, hub.registry, RichSink(progress))
-        if not no_deploy:
-            deployed = deploy(hub.fleet, outcome, list(profiles))
-            devices = sum(len(hub.fleet.devices(p)) for p in profiles)
+    with hub, progress:
+        release = publish_and_deploy(options, hub.paths, hub.registry, hub.fleet, RichSink(progress),
+                                     deploy_to_fleet=not no_deploy)
+    outcome, deployed, devices = release.outcome, release.deployed_profiles, release.enrolled_devices
 
     if as_json:
         print_json({

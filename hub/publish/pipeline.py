@@ -361,16 +361,3 @@ def _check_training(plan: Plan, options: PublishOptions, has_training_set: bool)
                            f"publish the model as 'package.module:factory' (with --weights), {remedy}")
     if not has_training_set:
         raise PublishError(f"{', '.join(trained)} need a training set: give --train train.npz (same format as --eval)")
-
-
-def deploy(fleet, outcome: PublishOutcome, profiles: list[str]) -> list[str]:
-    """Target the published version at these profiles' devices; returns the profiles changed.
-
-    The hub's fleet loop turns a deployment into desired states (candidates) for every device
-    of the profile, now and when devices enrol later.
-    """
-    target = (outcome.version.name, outcome.version.version)
-    changed = [p for p in dict.fromkeys(profiles) if fleet.deployment_for(p) != target]
-    if changed:
-        fleet.deploy(target[0], target[1], changed)
-    return changed

@@ -21,7 +21,8 @@ from rich.console import Console
 
 from edgehub.agent.config import dump_config
 from edgehub.hub.home import HubPaths
-from edgehub.hub.publish.pipeline import PublishOptions, deploy, publish
+from edgehub.hub.publish.pipeline import PublishOptions
+from edgehub.hub.publish.release import publish_and_deploy
 from edgehub.hub.serve.enrollment import enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService
 from edgehub.protocol.messages import BenchmarkSettings
@@ -111,10 +112,8 @@ def run_demo(home: Path, console: Console, *, epochs: int = 1, timeout_s: float 
 
         console.print("[bold]4/5[/] publishing the model for their profiles")
         profiles = sorted({p for _, p in DEVICES})
-        registry = hub.registry
-        outcome = publish(PublishOptions(source=str(onnx_path), name="fmnist-cnn", eval_path=eval_path,
-                                         profiles=profiles), paths, registry)
-        deploy(hub.fleet, outcome, profiles)
+        outcome = publish_and_deploy(PublishOptions(source=str(onnx_path), name="fmnist-cnn", eval_path=eval_path,
+                                                    profiles=profiles), paths, hub.registry, hub.fleet).outcome
         console.print(f"      {len(outcome.variants)} variants built: " + ", ".join(v.label for v in outcome.variants))
 
         console.print("[bold]5/5[/] waiting for the agents to benchmark, and the hub to select and activate")

@@ -1,4 +1,5 @@
-"""The hub's own settings, kept in <home>/hub.json so `fleet enroll` knows what `hub serve` uses."""
+"""The hub's own settings, kept in <home>/hub.json so `fleet enroll` knows what `hub serve` uses, and how
+one `hub serve` command line changes them (a value not given keeps the last run's)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from edgehub.protocol.base import ID_PATTERN
+
+if TYPE_CHECKING:
+    from edgehub.hub.home import HubPaths
 
 SETTINGS_NAME = "hub.json"
 
@@ -46,3 +51,73 @@ def save_settings(home: Path, settings: HubSettings) -> None:
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps(settings.model_dump(mode="json"), indent=2))
     os.replace(tmp, home / SETTINGS_NAME)
+
+
+def checked_broker_ca(path: Path) -> str:
+    """`--broker-ca FILE`: a readable PEM certificate (or bundle); its absolute path, kept in hub.json."""
+    from cryptography import x509
+
+    from edgehub.hub.serve.certs import CertError
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CertError(f"--broker-ca {path}: no such file") from None
+    except OSError as exc:
+        raise CertError(f"--broker-ca {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise CertError(f"--broker-ca {path}: not a PEM certificate (-----BEGIN CERTIFICATE-----)") from None
+    return str(path.resolve())
+
+
+MANAGED = "managed"  # `--broker managed`: back to the hub's own Mosquitto
+SYSTEM_CAS = "system"  # `--broker-ca system`: trust the system's CAs again
+
+
+def serve_settings(settings: HubSettings, *, broker_url: str | None = None, broker_ca: str | None = None,
+                   **values) -> HubSettings:
+    """`settings` (kept from the last run) with what this `hub serve` was given; None keeps a value.
+
+    `broker_url` "managed" drops an external broker (and its CA); `broker_ca` "system" drops the CA
+    file; `broker_ca` otherwise is a checked absolute path. Raises CertError for a CA without an
+    mqtts:// broker."""
+    from edgehub.hub.serve.certs import CertError
+
+    settings = settings.model_copy()
+    if broker_url == MANAGED:
+        settings.broker_url = settings.broker_ca = None
+    elif broker_url is not None:
+        settings.broker_url = broker_url
+    if broker_ca == SYSTEM_CAS:
+        settings.broker_ca = None
+    elif broker_ca is not None:
+        if not (settings.broker_url or "").startswith("mqtts://"):
+            raise CertError("--broker-ca is the CA of an external TLS broker: give it with --broker mqtts://host:port")
+        settings.broker_ca = broker_ca
+    for name, value in values.items():
+        if value is not None:
+            setattr(settings, name, value)
+    return settings
+
+
+def resolve_serve_settings(paths: HubPaths, *, broker_url: str | None = None, broker_ca: Path | str | None = None,
+                           tls: bool | None = None, **values) -> HubSettings:
+    """The settings this `hub serve` runs with: the kept ones, changed by what was given.
+
+    `tls` turns the TLS material of `hub certs` on or off (kept in its own settings file); a CA
+    file is checked before anything is changed. Raises CertError for bad TLS input."""
+    from edgehub.hub.serve.certs import CertError, TlsPaths
+
+    if broker_ca is not None and str(broker_ca) != SYSTEM_CAS:
+        broker_ca = checked_broker_ca(Path(broker_ca))
+    if tls is not None:
+        material = TlsPaths(paths.root)
+        current = material.read_settings()
+        if tls and (current is None or not material.complete()):
+            raise CertError(f"no TLS certificates in {material.root}: run `edgehub hub certs` first")
+        if current is not None and current.enabled != tls:
+            material.write_settings(current.model_copy(update={"enabled": tls}))
+    return serve_settings(load_settings(paths.root), broker_url=broker_url,
+                          broker_ca=None if broker_ca is None else str(broker_ca), **values)

@@ -28,7 +28,8 @@ from edgehub.hub.broker.managed import ManagedBroker
 from edgehub.hub.broker.settings import TLSFiles
 from edgehub.hub.broker.tools import BrokerError
 from edgehub.hub.home import HubPaths
-from edgehub.hub.publish.pipeline import PublishOptions, deploy, publish
+from edgehub.hub.publish.pipeline import PublishOptions, publish
+from edgehub.hub.publish.release import deploy
 from edgehub.hub.serve.certs import CertError, generate, make_ca, make_server_cert
 from edgehub.hub.serve.enrollment import AGENT_CA_BUNDLE, enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService
@@ -206,8 +207,8 @@ def test_enroll_ships_the_hubs_ca_and_the_brokers_together(tmp_path, private_ca)
 
 def test_serve_settings_keep_change_and_clear_the_broker(private_ca):
     """What `hub serve` keeps from the last run, and how --broker managed / --broker-ca system undo it."""
-    from edgehub.hub.cli.hub_cmd import serve_settings
     from edgehub.hub.serve.certs import CertError
+    from edgehub.hub.serve.settings import serve_settings
 
     external = serve_settings(HubSettings(workers=2), broker_url="mqtts://broker.example:8883",
                               broker_ca=str(private_ca["ca"]), http_port=None)

@@ -18,7 +18,8 @@ from mqtt_helpers import connect, wait_for
 
 from edgehub.agent.config import dump_config
 from edgehub.hub.home import HubPaths
-from edgehub.hub.publish.pipeline import PublishOptions, deploy, publish
+from edgehub.hub.publish.pipeline import PublishOptions, publish
+from edgehub.hub.publish.release import deploy
 from edgehub.hub.serve.enrollment import enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService
 from edgehub.protocol.messages import BenchmarkSettings, DeviceState, encode
