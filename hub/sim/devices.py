@@ -26,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgehub.agent.backoff import Backoff
+from edgehub.agent.mqtt_link import NO_MATCHING_SUBSCRIBERS
 from edgehub.hub.sim.model import DeviceSpec, ProcessSpec, SyntheticDistribution
 from edgehub.protocol.base import MessageError
 from edgehub.protocol.manifest import SignatureError, verify_manifest
@@ -66,7 +68,10 @@ class SimDevice:
         client.on_socket_unregister_write = proc.on_unregister_write
         client.user_data_set(self)
         self.client = client
-        self.events_out: set[int] = set()
+        self.events_out: dict[int, bytes] = {}  # mid -> event body, until the broker acknowledges it
+        # As the agent does (agent/mqtt_link.py): an event the broker took with "no matching
+        # subscribers" (after a broker restart, before the hub has subscribed again) is sent again.
+        self.unrouted_backoff = Backoff(base_s=0.5, cap_s=30.0)
 
     def connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -108,9 +113,17 @@ class SimDevice:
         self.next_reconnect = time.monotonic() + 1.0 + (hash(self.id) % 1000) / 1000
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid in self.events_out:
-            self.events_out.discard(mid)
-            self.proc.stats["events_acked" if not reason_code.is_failure else "events_refused"] += 1
+        body = self.events_out.pop(mid, None)
+        if body is None:
+            return
+        if reason_code.is_failure:
+            self.proc.stats["events_refused"] += 1
+        elif reason_code.value == NO_MATCHING_SUBSCRIBERS:
+            self.proc.stats["events_unrouted"] += 1
+            self.proc.schedule(self.unrouted_backoff.next_delay(), self._publish_event, body)
+        else:
+            self.proc.stats["events_acked"] += 1
+            self.unrouted_backoff.reset()
 
     def _on_message(self, client, userdata, message) -> None:
         try:
@@ -133,9 +146,12 @@ class SimDevice:
     def send_event(self, event) -> None:
         self.seq += 1  # numbered like the agent's outbox: the hub counts what it got (messages.Sequenced)
         event = event.model_copy(update={"stream": self.stream, "seq": self.seq})
-        info = self.client.publish(self.proc.topics.events(self.id), encode(event), qos=1)
-        self.events_out.add(info.mid)
+        self._publish_event(encode(event))
         self.proc.stats["events_sent"] += 1
+
+    def _publish_event(self, body: bytes) -> None:
+        info = self.client.publish(self.proc.topics.events(self.id), body, qos=1)
+        self.events_out[info.mid] = body
 
     def reconcile(self, desired: DesiredState) -> None:
         """Benchmark (synthetically) what is new, one candidate per `bench_delay_s`, then activate."""
@@ -201,7 +217,7 @@ class SimProcess:
         self.selector = selectors.DefaultSelector()
         self.stats: dict[str, Any] = {k: 0 for k in (
             "connected", "connected_once", "refused", "connect_errors", "states_sent", "desired_received",
-            "bad_desired", "reports_sent", "events_sent", "events_acked", "events_refused", "activations",
+            "bad_desired", "reports_sent", "events_sent", "events_acked", "events_refused", "events_unrouted", "activations",
             "activation_failures")}
         self.stats["devices"] = len(spec.devices)
         self._timers: list = []

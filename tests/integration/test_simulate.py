@@ -99,3 +99,25 @@ def test_fleet_simulate_command(tmp_path, tiny_mlp):
                                        "--duration", "3", "--home", str(hub.paths.root)])
         assert bad.exit_code == 1 and "bad --fail" in bad.output
         assert "sim-00001" in {d.id for d in hub.fleet.devices()} and len(hub.fleet.devices()) == 25  # none enrolled
+
+
+def test_events_sent_before_the_hub_subscribes_again_after_a_broker_restart_are_not_lost(tmp_path, tiny_mlp):
+    """Mosquitto 2.0.11 does not restore shared subscriptions from its persistence file: until the
+    hub has reconnected and subscribed again, the broker acknowledges events with reason 16 ("no
+    matching subscribers") and drops them. A simulated device, like the agent, sends them again."""
+    with SimHub(tmp_path / "home") as hub:
+        hub.fleet.deploy("digits", hub.publish(tiny_mlp).version.version, ["x86-cpu"])
+        sim = hub.simulate(4)
+        assert wait_for(lambda: sim.stats().get("activations") == 4, timeout=60), sim.stats()
+        hub.stop_workers()
+        with hub.broker.edit_stopped():
+            pass  # a restart: sessions come back from the file, the hub's shared subscription does not
+        assert wait_for(lambda: sim.stats().get("connected") == 4, timeout=30), sim.stats()
+        sim.flood(5)
+        assert wait_for(lambda: sim.stats().get("events_unrouted", 0) >= 20, timeout=30), sim.stats()
+        stored = hub.fleet.count_events()
+        hub.start_workers()
+        assert wait_for(lambda: sim.stats()["events_acked"] == sim.stats()["events_sent"], timeout=60), sim.stats()
+        assert wait_for(lambda: hub.fleet.count_events() == sim.stats()["events_sent"], timeout=30)
+        assert hub.fleet.count_events() >= stored + 20
+        assert hub.fleet.events_missing() == (0, 0)
