@@ -94,6 +94,9 @@ class PassContext:
     training: TrainingSet | None = None
     source_model: Path | None = None
     on_train_progress: Callable[[TrainProgress], None] = field(default=lambda progress: None)
+    # Work passes may share within one publish (int8_static's search, which int8_guarded reuses),
+    # keyed by what determines it: the caller hands every variant's context the same dict.
+    memo: dict = field(default_factory=dict)
 
     def new_path(self, stem: str, suffix: str) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -180,6 +183,7 @@ def _load_builtin_passes() -> None:
     from edgehub.converters.passes import (  # noqa: F401
         coreml,
         edgetpu,
+        onnx_dynamic_int8,
         onnx_graph,
         onnx_guarded_int8,
         onnx_prune,

@@ -1,64 +1,56 @@
-"""Accuracy-guarded static int8: quantize everything, and when the drop is over budget keep the
-most sensitive layers in float until it is within budget.
+"""Accuracy-guarded static int8 (mixed precision by measurement): build int8_static's network, and
+when its drop on the eval set is over budget keep the fewest layers float that bring it within.
 
-Sensitivity of a layer = the drop when only that layer is quantized (every other one float):
-it catches a layer whose weights or input activations do not survive int8 (e.g. an activation
-with extreme outliers, which crushes every other value of a per-tensor scale to zero). Layers
-are then kept float in order of sensitivity, re-measuring after each, until the drop is within
-`max_drop`. Calibration runs once; each trial only re-quantizes.
+Sensitivity is cheap: each layer alone is put back into float in the int8 network by editing the
+graph (converters/int8/float_layers.py) and the cosine it recovers on the held-back calibration
+samples (run unfused) is its score; no labels needed. Layers are then kept float in that order, and the number
+kept is found by bisection on the eval set in the gate's own terms (accuracy with labels, else
+top-1 agreement for class scores, else cosine), so only a few evaluations run. The result names
+the layers kept float and what they cost in size.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from pydantic import Field
 
 from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
+from edgehub.converters.int8.float_layers import keep_float
+from edgehub.converters.int8.ort_quantize import compact
 from edgehub.converters.onnx_model import onnx_artifact
-from edgehub.converters.passes.base import PassContext, register
-from edgehub.converters.passes.onnx_quantize import (
-    Int8Static,
-    Int8StaticConfig,
-    _pre_process,
-    calibrate,
-    calibration_data,
-    compact,
-    quantize_from_ranges,
-    resolve_op_types,
-)
+from edgehub.converters.passes.base import NotApplicable, PassContext, register
+from edgehub.converters.passes.onnx_quantize import Int8Static, Int8StaticConfig
+
+QUANTIZED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 class Int8GuardedConfig(Int8StaticConfig):
-    # Largest allowed drop of the context's score (accuracy, or agreement without labels):
-    # 0.003 = 0.3 points of top-1.
-    max_drop: float = Field(0.003, ge=0, le=1)
-    # Which nodes the sensitivity scan may keep in float; None: every node the quantizer may touch.
-    scan_op_types: list[str] | None = None
-    max_float_layers: int = Field(16, ge=1)
+    # Largest allowed drop against fp32 on the eval set, in the gate's terms (the default is the
+    # selection gate's: 1 point of accuracy, agreement or cosine 0.99).
+    max_drop: float = Field(0.01, ge=0, le=1)
+    # At most this share of the quantized layers is kept float (beyond it int8 buys little).
+    max_float_share: float = Field(0.5, gt=0, le=1)
 
 
-def _node_names(path, op_types: list[str] | None) -> list[str]:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return [n.name for n in graph.node if (op_types is None or n.op_type in op_types) and n.name]
-
-
-def choose_float_layers(baseline: float, full_int8: float, drops: dict[str, float], measure, max_drop: float,
-                        limit: int) -> tuple[list[str], float]:
-    """Greedy: keep layers float, most sensitive first, until the drop fits the budget.
-
-    `measure(excluded)` scores the model with those layers float. Returns (kept float, score).
-    Pure apart from `measure`, so it is tested with a stub scorer.
-    """
-    kept: list[str] = []
-    score = full_int8
-    for layer in sorted(drops, key=lambda name: -drops[name])[:limit]:
-        if baseline - score <= max_drop:
-            break
-        kept.append(layer)
-        score = measure(kept)
-    return kept, score
+def fewest_float_layers(ranked: list[str], within_budget: Callable[[list[str]], bool]) -> tuple[list[str], bool]:
+    """The shortest prefix of `ranked` (most sensitive first) with which the model is within
+    budget, by bisection (whether a prefix is within budget is taken to grow with its length).
+    Returns (kept float, within budget); the whole list when even that is not enough. Pure apart
+    from `within_budget`, so it is tested with a stub."""
+    if not ranked:
+        return [], False
+    if not within_budget(ranked):
+        return list(ranked), False
+    low, high = 0, len(ranked)  # invariant: prefix `high` is within budget, prefix `low` is not
+    while high - low > 1:
+        mid = (low + high) // 2
+        if within_budget(ranked[:mid]):
+            high = mid
+        else:
+            low = mid
+    return list(ranked[:high]), True
 
 
 @register
@@ -69,51 +61,57 @@ class Int8Guarded(Int8Static):
     config_model = Int8GuardedConfig
 
     def run(self, artifact: Artifact, config: Int8GuardedConfig, ctx: PassContext) -> Artifact:
+        import onnx
+
         if ctx.score is None:
             raise ConversionError("int8_guarded measures accuracy: it needs an eval set to score with")
-        ctx.on_progress("measuring fp32")
+        # The plain search with int8_static's settings, so both variants of a publish share it.
+        built = self.build(artifact, Int8StaticConfig(**config.model_dump(include=set(Int8StaticConfig.model_fields))),
+                           ctx)
+        ctx.on_progress("measuring fp32 and the int8 network on the eval set")
         baseline = float(ctx.score(artifact))
-        full = super().run(artifact, config, ctx)
-        full_score = float(ctx.score(full))
+        full_score = float(ctx.score(built.artifact))
         guard = {"max_drop": config.max_drop, "unit": ctx.score_unit, "fp32_score": round(baseline, 6),
                  "int8_score": round(full_score, 6), "int8_drop": round(baseline - full_score, 6)}
         if baseline - full_score <= config.max_drop:
-            return full.model_copy(update={"notes": {**full.notes, "guard": {**guard, "kept_float": [],
-                                                                              "within_budget": True,
-                                                                              "final_drop": guard["int8_drop"]}}})
+            raise NotApplicable(f"the all-int8 network is within the budget (drop {baseline - full_score:.4f} "
+                                f"{ctx.score_unit} <= {config.max_drop}): no layer needs to stay float")
 
-        # Over budget: scan per-layer sensitivity with the scheme the plain pass chose.
-        scheme = full.notes["scheme"]
-        data = calibration_data(artifact, config, ctx)
-        pre = _pre_process(artifact.path, ctx)
-        op_types = resolve_op_types(pre, config.op_types_to_quantize)
-        ranges = calibrate(pre, data, config, ctx, op_types, symmetric=scheme == "s8s8-symmetric")
-        scan = config.scan_op_types if config.scan_op_types is not None else op_types
-        candidates = [n for n in _node_names(pre, scan) if n not in config.nodes_to_exclude]
+        qdq = onnx.load(str(built.chosen.qdq))
+        fp32 = onnx.load(str(built.float_graph))
+        layers = [n.name for n in qdq.graph.node if n.op_type in QUANTIZED_LAYERS and n.name
+                  and n.name not in config.nodes_to_exclude]
+        gains: dict[str, float] = {}
+        base = built.scorer(built.chosen.qdq, unfused=True).cosine
+        for i, layer in enumerate(layers, 1):
+            ctx.on_progress(f"sensitivity {i}/{len(layers)}: {layer}")
+            path = ctx.new_path("float-one", ".onnx")
+            onnx.save(keep_float(qdq, fp32, {layer}), str(path))
+            gains[layer] = round(built.scorer(path, unfused=True).cosine - base, 8)
+            path.unlink()
+        ranked = sorted((name for name in layers if gains[name] > 0), key=lambda name: -gains[name])
+        ranked = ranked[: max(1, int(len(layers) * config.max_float_share))]
 
-        def build(excluded: list[str]) -> Artifact:
-            out = ctx.new_path("int8-guarded", ".onnx")
-            quantize_from_ranges(pre, out, ranges, scheme, config, config.nodes_to_exclude + excluded, op_types)
-            if config.compact:
-                compact(out)
-            return onnx_artifact(out, precision="mixed" if excluded else "int8")
+        candidates: dict[int, tuple[Artifact, float]] = {}
 
-        drops: dict[str, float] = {}
-        for i, name in enumerate(candidates, 1):
-            ctx.on_progress(f"sensitivity {i}/{len(candidates)}: {name}")
-            alone = build([other for other in candidates if other != name])
-            drops[name] = round(baseline - float(ctx.score(alone)), 6)
-            alone.path.unlink()
-        best: dict[str, Artifact] = {}
+        def candidate(kept: list[str]) -> tuple[Artifact, float]:
+            if len(kept) not in candidates:
+                ctx.on_progress(f"measuring with {len(kept)} layer(s) float")
+                path = ctx.new_path("int8-guarded", ".onnx")
+                onnx.save(keep_float(qdq, fp32, set(kept)), str(path))
+                if config.compact:
+                    compact(path)
+                made = onnx_artifact(path, precision="mixed")
+                candidates[len(kept)] = (made, float(ctx.score(made)))
+            return candidates[len(kept)]
 
-        def measure(excluded: list[str]) -> float:
-            ctx.on_progress(f"keeping {len(excluded)} layer(s) float")
-            best["artifact"] = build(list(excluded))
-            return float(ctx.score(best["artifact"]))
-
-        kept, score = choose_float_layers(baseline, full_score, drops, measure, config.max_drop,
-                                          config.max_float_layers)
-        result = best.get("artifact", full)
-        guard.update(sensitivity=drops, kept_float=kept, final_score=round(score, 6),
-                     final_drop=round(baseline - score, 6), within_budget=baseline - score <= config.max_drop)
-        return result.model_copy(update={"notes": {**full.notes, "guard": guard}})
+        kept, within = fewest_float_layers(ranked, lambda prefix: baseline - candidate(prefix)[1] <= config.max_drop)
+        if not kept:
+            raise ConversionError("int8_guarded: no layer recovers any accuracy when kept float; "
+                                  "the all-int8 network is the best this model gets")
+        result, score = candidate(kept)
+        guard.update(sensitivity={name: gains[name] for name in ranked}, sensitivity_unit="held-back cosine recovered",
+                     kept_float=kept, final_score=round(score, 6), final_drop=round(baseline - score, 6),
+                     within_budget=within, size_ratio_to_int8=round(result.size_bytes / built.artifact.size_bytes, 3),
+                     evaluations=len(candidates) + 2)
+        return result.model_copy(update={"notes": {**built.notes, "guard": guard}})

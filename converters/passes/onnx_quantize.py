@@ -1,65 +1,49 @@
-"""int8 quantization of ONNX models with onnxruntime.quantization (static QDQ and dynamic)."""
+"""Static int8 of ONNX models (QDQ), chosen by measurement: calibration method and kernel scheme,
+cross-layer equalization, bias correction and rounding by optimisation, each kept only where it
+scores better on held-back calibration data (converters/int8/search.py)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from edgehub.converters.artifact import Artifact
-from edgehub.converters.calibration import CalibrationMethodName, compute_ranges, ort_method
 from edgehub.converters.errors import ConversionError
+from edgehub.converters.int8.calibration import CalibrationMethodName
+from edgehub.converters.int8.holdout import HoldoutScorer, Split, split
+from edgehub.converters.int8.ort_log import OrtLog
+from edgehub.converters.int8.ort_quantize import Scheme, compact, pre_process, resolve_op_types
+from edgehub.converters.int8.search import Search, Settings, Trial, copy_chosen
 from edgehub.converters.onnx_model import onnx_artifact
 from edgehub.converters.passes.base import Pass, PassConfig, PassContext, register
+from edgehub.protocol.files import sha256_file
 
-# Kernel schemes. On x86 CPUs without VNNI, ONNX Runtime's default U8S8 kernels can saturate
-# 16-bit intermediate sums and lose accuracy; reduce_range (7-bit weights) or U8U8 avoid it.
-# TensorRT wants symmetric signed int8 for both activations and weights.
-Scheme = Literal["u8s8", "reduce_range", "u8u8", "s8s8-symmetric"]
-
-# Prefer reduce_range (fast U8S8 kernels) unless U8U8 measures clearly better: U8U8 can be
-# much slower, so it must buy at least this much score.
-U8U8_MIN_GAIN = 0.002
-
-
-def _scheme_args(scheme: Scheme) -> dict:
-    from onnxruntime.quantization import QuantType
-
-    if scheme == "u8s8":
-        return dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False)
-    if scheme == "reduce_range":
-        return dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)
-    if scheme == "u8u8":
-        return dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8, reduce_range=False)
-    return dict(
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        reduce_range=False,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-    )
-
-
-def _pre_process(src: Path, ctx: PassContext) -> Path:
-    """Shape inference and graph optimisation that onnxruntime recommends before quantizing."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out = ctx.new_path("preprocessed", ".onnx")
-    try:
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=False)
-    except Exception:
-        # Symbolic shape inference fails on some graphs (e.g. some attention patterns); the
-        # ONNX shape inference alone is still worth having.
-        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
-    return out
+AUTO_METHODS: list[CalibrationMethodName] = ["minmax", "percentile", "entropy"]
+AUTO_SCHEMES: list[Scheme] = ["u8s8", "reduce_range", "u8u8"]
 
 
 class Int8StaticConfig(PassConfig):
-    calibrate_method: CalibrationMethodName = "minmax"
-    per_channel: bool = True
-    # "auto" measures reduce_range and u8u8 with the context's score and keeps the better.
+    # "auto": each method tried on held-back calibration data, the best kept.
+    calibrate_method: CalibrationMethodName | Literal["auto"] = "auto"
+    # "auto": U8S8, reduce_range and U8U8 kernels tried; U8U8 only when clearly better (slower).
     scheme: Literal["auto", "u8s8", "reduce_range", "u8u8", "s8s8-symmetric"] = "auto"
+    # "auto": tried, kept when it scores better; "on": kept regardless; "off": not tried.
+    equalize: Literal["auto", "on", "off"] = "auto"
+    bias_correction: Literal["auto", "on", "off"] = "auto"
+    # "auto": rounding by optimisation only when the result so far misses `max_drop`.
+    rounding: Literal["auto", "nearest", "optimized"] = "auto"
+    rounding_time_budget_s: float = Field(600.0, gt=0)
+    rounding_samples: int = Field(64, ge=1)
+    # The drop against fp32 that counts as good enough: the selection gate's default budgets
+    # (1 point of accuracy; agreement or cosine 0.99).
+    max_drop: float = Field(0.01, ge=0, le=1)
+    per_channel: bool = True
     calibration_samples: int = Field(256, ge=1)
+    # Share of the calibration samples held back to score trials on (0: score on the calibration data).
+    held_back_share: float = Field(0.25, ge=0, lt=1)
     num_bins: int = Field(2048, ge=128)
     percentile: float = Field(99.999, gt=50, le=100)
     nodes_to_exclude: list[str] = []
@@ -69,19 +53,6 @@ class Int8StaticConfig(PassConfig):
     op_types_to_quantize: list[str] | Literal["auto"] | None = "auto"
     # Short internal tensor names and no stored shapes: same computation, a smaller file.
     compact: bool = True
-
-
-ATTENTION_MARKERS = {"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention"}
-WEIGHT_OPS = ["MatMul", "Gemm", "Conv", "ConvTranspose"]
-
-
-def resolve_op_types(path: Path, wanted: list[str] | str | None) -> list[str] | None:
-    if wanted != "auto":
-        return wanted
-    import onnx
-
-    ops = {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
-    return WEIGHT_OPS if ops & ATTENTION_MARKERS else None
 
 
 def calibration_data(artifact: Artifact, config: Int8StaticConfig, ctx: PassContext) -> dict:
@@ -94,80 +65,29 @@ def calibration_data(artifact: Artifact, config: Int8StaticConfig, ctx: PassCont
     return {k: v[: config.calibration_samples] for k, v in ctx.calibration.items()}
 
 
-def calibrate(pre: Path, data: dict, config: Int8StaticConfig, ctx: PassContext, op_types: list[str] | None,
-              *, symmetric: bool) -> Path:
-    """Tensor ranges for `pre` (a pre-processed model), written where quantize_static reads its cache."""
-    ctx.on_progress(f"calibrating ({config.calibrate_method})")
-    return compute_ranges(
-        pre, data, config.calibrate_method, ctx.new_path("calibration", ".json"),
-        symmetric=symmetric, num_bins=config.num_bins, percentile=config.percentile, op_types=op_types,
-    )
+@dataclass
+class Built:
+    """The chosen int8 network and what made it, for passes that go on from it (int8_guarded)."""
+
+    artifact: Artifact
+    chosen: Trial
+    search: Search
+    float_graph: Path  # the fp32 graph with float weights: what a layer kept float computes with
+    scorer: HoldoutScorer
+    parts: Split
+    log: OrtLog
+    notes: dict
 
 
-def quantize_from_ranges(pre: Path, out: Path, ranges: Path, scheme: Scheme, config: Int8StaticConfig,
-                         nodes_to_exclude: list[str], op_types: list[str] | None) -> Path:
-    """One QDQ int8 model from calibrated ranges; cheap, so callers may try several exclusions."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
-
-    args = _scheme_args(scheme)
-    extra = {**args.pop("extra_options", {})}
-    quantize_static(
-        str(pre), str(out),
-        calibration_data_reader=None,
-        calibration_cache_path=str(ranges),
-        calibrate_method=ort_method(config.calibrate_method),
-        quant_format=QuantFormat.QDQ,
-        per_channel=config.per_channel,
-        nodes_to_exclude=nodes_to_exclude,
-        op_types_to_quantize=op_types,
-        extra_options=extra,
-        **args,
-    )
-    return out
-
-
-def compact(path: Path) -> None:
-    """Shrink a quantized file without changing what it computes.
-
-    The quantizer names every tensor it adds after its source (".../conv1/Conv_output_0_
-    QuantizeLinear_Output") and pre-processing stores shapes for every tensor; in a small
-    network these strings weigh as much as the int8 weights. Internal tensors get short names,
-    Q/DQ nodes lose theirs, stored shapes go. Graph inputs, outputs and op names stay.
-    """
-    import onnx
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
-    names: dict[str, str] = {}
-
-    def short(name: str) -> str:
-        if not name or name in keep:
-            return name
-        return names.setdefault(name, f"t{len(names)}")
-
-    # All-zero zero points of DequantizeLinear on int8/int32 data (symmetric weights, biases)
-    # are the default: leave them out.
-    inits = {i.name: i for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = onnx.numpy_helper.to_array(inits[node.input[2]])
-            if zp.dtype.name in ("int8", "int32") and not zp.any():
-                del node.input[2]
-    used = {n for node in graph.node for n in node.input}
-    kept = [i for i in graph.initializer if i.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    for init in graph.initializer:
-        init.name = short(init.name)
-    for node in graph.node:
-        node.input[:] = [short(n) for n in node.input]
-        node.output[:] = [short(n) for n in node.output]
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            node.name = ""
-        node.doc_string = ""
-    del graph.value_info[:]
-    onnx.save(model, str(path))
+def _settings(config: Int8StaticConfig, op_types: list[str] | None) -> Settings:
+    methods = AUTO_METHODS if config.calibrate_method == "auto" else [config.calibrate_method]
+    schemes = AUTO_SCHEMES if config.scheme == "auto" else [config.scheme]
+    return Settings(methods=list(methods), schemes=list(schemes), equalize=config.equalize,
+                    bias_correction=config.bias_correction, rounding=config.rounding,
+                    rounding_samples=config.rounding_samples, rounding_time_budget_s=config.rounding_time_budget_s,
+                    max_drop=config.max_drop, per_channel=config.per_channel,
+                    nodes_to_exclude=list(config.nodes_to_exclude), op_types=op_types, num_bins=config.num_bins,
+                    percentile=config.percentile)
 
 
 @register
@@ -178,76 +98,52 @@ class Int8Static(Pass[Int8StaticConfig]):
     config_model = Int8StaticConfig
 
     def run(self, artifact: Artifact, config: Int8StaticConfig, ctx: PassContext) -> Artifact:
+        return self.build(artifact, config, ctx).artifact
+
+    def build(self, artifact: Artifact, config: Int8StaticConfig, ctx: PassContext) -> Built:
+        """The search of converters/int8/search.py; the same input and settings within one publish
+        are built once (int8_static and int8_guarded share the work)."""
         if artifact.precision != "fp32":
             raise ConversionError(f"int8_static needs an fp32 model, got {artifact.precision}")
+        key = ("int8_static", sha256_file(artifact.path), config.model_dump_json(include=set(Int8StaticConfig.model_fields)))
+        if key in ctx.memo:
+            return ctx.memo[key]
         data = calibration_data(artifact, config, ctx)
-
-        pre = _pre_process(artifact.path, ctx)
+        parts = split(data, config.held_back_share) if config.held_back_share > 0 else Split(data, data, False)
+        pre = pre_process(artifact.path, ctx.new_path("preprocessed", ".onnx"))
         op_types = resolve_op_types(pre, config.op_types_to_quantize)
-        schemes: list[Scheme] = (
-            ["reduce_range", "u8u8"] if config.scheme == "auto" else [config.scheme]
-        )
-        if len(schemes) > 1 and ctx.score is None:
-            schemes = ["reduce_range"]  # nothing to measure with: take the safe default
-        ranges: dict[bool, Path] = {}
-        built: dict[str, Artifact] = {}
-        for scheme in schemes:
-            symmetric = scheme == "s8s8-symmetric"
-            if symmetric not in ranges:
-                ranges[symmetric] = calibrate(pre, data, config, ctx, op_types, symmetric=symmetric)
-            ctx.on_progress(f"quantizing ({scheme})")
-            out = ctx.new_path(f"int8-{scheme}", ".onnx")
-            quantize_from_ranges(pre, out, ranges[symmetric], scheme, config, config.nodes_to_exclude, op_types)
-            if config.compact:
-                compact(out)
-            built[scheme] = onnx_artifact(out, precision="int8")
+        ctx.on_progress("running the fp32 model on the held-back samples")
+        # TensorRT computes a Q/DQ graph with int32 sums: score such trials unfused (no CPU saturation).
+        scorer = HoldoutScorer(pre, parts.held, artifact.outputs[0].name if artifact.outputs else "",
+                               unfused=config.scheme == "s8s8-symmetric")
+        search = Search(pre, parts.calibrate, scorer, _settings(config, op_types), ctx.new_path, ctx.on_progress)
+        best = search.choose_calibration()
+        nearest = search.try_equalization(best)
+        best = search.try_bias_correction(nearest)
+        best = search.try_rounding(best, nearest, self._misses_budget(artifact, best, config, ctx, search))
+        out = copy_chosen(best, ctx.new_path(f"int8-{best.scheme}", ".onnx"))
+        if config.compact:
+            compact(out)
+        n_cal, n_held = parts.sizes
+        notes = {**search.summary(best), "calibration_samples": n_cal, "held_back_samples": n_held if parts.separate else 0,
+                 "op_types": op_types or "all"}
+        built = Built(onnx_artifact(out, precision="int8", notes=notes), best, search, best.float_graph, scorer,
+                      parts, search.log, notes)
+        ctx.memo[key] = built
+        return built
 
-        scores: dict[str, float] = {}
-        if len(built) > 1:
-            for scheme, candidate in built.items():
-                ctx.on_progress(f"measuring {scheme}")
-                scores[scheme] = round(float(ctx.score(candidate)), 6)
-            chosen: str = "reduce_range"
-            if scores["u8u8"] > scores["reduce_range"] + U8U8_MIN_GAIN:
-                chosen = "u8u8"
-        else:
-            chosen = schemes[0]
-        notes = {
-            "scheme": chosen,
-            "calibrate_method": config.calibrate_method,
-            "calibration_samples": len(next(iter(data.values()))),
-            "op_types": op_types or "all",
-        }
-        if scores:
-            notes["scheme_scores"] = scores
-        return built[chosen].model_copy(update={"notes": notes})
-
-
-class Int8DynamicConfig(PassConfig):
-    per_channel: bool = False
-    reduce_range: bool = True
-    op_types_to_quantize: list[str] | None = None
-
-
-@register
-class Int8Dynamic(Pass[Int8DynamicConfig]):
-    """Dynamic int8: weights quantized ahead of time, activations at run time (no calibration)."""
-
-    name = "int8_dynamic"
-    config_model = Int8DynamicConfig
-
-    def run(self, artifact: Artifact, config: Int8DynamicConfig, ctx: PassContext) -> Artifact:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        if artifact.precision != "fp32":
-            raise ConversionError(f"int8_dynamic needs an fp32 model, got {artifact.precision}")
-        pre = _pre_process(artifact.path, ctx)
-        out = ctx.new_path("int8-dynamic", ".onnx")
-        quantize_dynamic(
-            str(pre), str(out),
-            per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
-            weight_type=QuantType.QInt8 if config.reduce_range else QuantType.QUInt8,
-            op_types_to_quantize=config.op_types_to_quantize,
-        )
-        return onnx_artifact(out, precision="int8", notes={"reduce_range": config.reduce_range})
+    @staticmethod
+    def _misses_budget(artifact: Artifact, best: Trial, config: Int8StaticConfig, ctx: PassContext,
+                       search: Search) -> bool:
+        """Whether the result so far misses `max_drop`: on the eval set in the gate's own terms when
+        the context can score, else on the held-back samples."""
+        if config.rounding != "auto":
+            return config.rounding == "optimized"
+        if ctx.score is None:
+            return best.score.drop() > config.max_drop
+        ctx.on_progress("measuring fp32 and the int8 so far on the eval set")
+        baseline = float(ctx.score(artifact))
+        current = float(ctx.score(onnx_artifact(best.qdq, precision="int8")))
+        search.notes["eval_before_rounding"] = {"unit": ctx.score_unit, "fp32": round(baseline, 6),
+                                                "int8": round(current, 6)}
+        return baseline - current > config.max_drop

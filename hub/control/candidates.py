@@ -8,7 +8,8 @@ from edgehub.zoo.records import VariantRecord
 
 def facts_of(variants: list[VariantRecord]) -> list[CandidateFacts]:
     return [CandidateFacts(variant_id=v.id, size_bytes=v.size_bytes, accuracy=v.metrics.get("accuracy"),
-                           agreement=v.metrics.get("agreement")) for v in variants]
+                           agreement=v.metrics.get("agreement"), cosine=v.metrics.get("cosine"))
+            for v in variants]
 
 
 def reference_accuracy(variants: list[VariantRecord]) -> float | None:

@@ -2,7 +2,8 @@
 
 Rules: reject a variant that failed on the device, whose outputs disagree with its
 reference outputs on the device (a runtime computing wrong numbers), whose accuracy drop is over
-the budget (or, without labels, whose agreement with fp32 is under the minimum), or whose peak
+the budget (or, without labels, whose agreement with fp32 is under the minimum;
+for outputs that are not class scores, whose cosine with fp32 is), or whose peak
 memory is over the device's limit or p99 over the SLO; pick the lowest p50 (or p99); among
 variants within `tie_tolerance` of the best, the smallest file wins. Every variant gets a reason.
 """
@@ -19,6 +20,7 @@ from edgehub.protocol.messages import BenchmarkReport
 class Policy(BaseModel):
     accuracy_budget: float = Field(0.01, ge=0, le=1)  # 1 point of top-1
     min_agreement: float = Field(0.99, ge=0, le=1)  # when the eval set has no labels
+    min_cosine: float = Field(0.99, ge=-1, le=1)  # outputs that are not class scores (embeddings, ...)
     min_device_agreement: float = Field(0.99, ge=0, le=1)  # on-device check against references
     memory_limit_mb: float | None = Field(None, gt=0)
     slo_p99_ms: float | None = Field(None, gt=0)
@@ -32,7 +34,8 @@ class CandidateFacts(BaseModel):
     variant_id: str
     size_bytes: int
     accuracy: float | None = None
-    agreement: float | None = None
+    agreement: float | None = None  # only for class-score outputs
+    cosine: float | None = None
 
 
 class Verdict(BaseModel):
@@ -75,8 +78,11 @@ def _reject_reason(c: CandidateFacts, r: BenchmarkReport | None, policy: Policy,
         drop = ref - c.accuracy
         if drop > policy.accuracy_budget + 1e-9:
             return f"accuracy drop {drop * 100:.2f} points is over the budget of {policy.accuracy_budget * 100:.2f}"
-    elif c.agreement is not None and c.agreement < policy.min_agreement:
-        return f"agreement with fp32 {c.agreement:.4f} is under {policy.min_agreement}"
+    elif c.agreement is not None:
+        if c.agreement < policy.min_agreement:
+            return f"agreement with fp32 {c.agreement:.4f} is under {policy.min_agreement}"
+    elif c.cosine is not None and c.cosine < policy.min_cosine:
+        return f"cosine with fp32 outputs {c.cosine:.4f} is under {policy.min_cosine}"
     if policy.memory_limit_mb is not None and r.peak_rss_mb is not None and r.peak_rss_mb > policy.memory_limit_mb:
         return f"peak memory {r.peak_rss_mb:.0f} MB is over the limit of {policy.memory_limit_mb:.0f} MB"
     if policy.slo_p99_ms is not None and r.latency.p99_ms > policy.slo_p99_ms:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehub.protocol.formats import ONNX, TENSORRT, TFLITE
+from edgehub.protocol.metrics import agreement, cosine, is_classifier
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -83,36 +84,31 @@ def run_spec(path: Path, spec: EvalSpec, inputs: dict[str, np.ndarray]) -> list[
     raise ValueError(f"unknown evaluation runtime {spec.runtime!r}")
 
 
-def top1(output: np.ndarray) -> np.ndarray:
-    return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
-
-
-def is_classifier(output: np.ndarray) -> bool:
-    return output.ndim == 2 and output.shape[1] > 1
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a2 = a.reshape(len(a), -1).astype(np.float64)
-    b2 = b.reshape(len(b), -1).astype(np.float64)
-    num = (a2 * b2).sum(1)
-    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
-    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
-    sims = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(a2).sum(1) + np.abs(b2).sum(1) == 0, 1.0, 0.0))
-    return float(sims.mean())
-
-
-def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None) -> dict[str, float | None]:
-    """Metrics of one variant: top-1 accuracy (with labels), agreement and cosine vs the fp32 parent.
+def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels: np.ndarray | None,
+                  output_name: str = "") -> dict[str, float | None]:
+    """Metrics of one variant against the fp32 parent, fitting the output: top-1 accuracy (with
+    labels) and top-1 agreement only for class scores; cosine and max / mean absolute error always.
 
     The first output is the one scored (the logits, for a classifier).
     """
     out, ref = outputs[0].astype(np.float32), reference[0].astype(np.float32)
-    agreement = float((top1(out) == top1(ref)).mean())
+    classifier = is_classifier(ref, output_name)
+    diff = np.abs(out.astype(np.float64) - ref)
     metrics: dict[str, float | None] = {
-        "agreement": round(agreement, 6),
+        "agreement": round(agreement(out, ref), 6) if classifier else None,
         "cosine": round(cosine(out, ref), 6),
+        "max_abs_error": round(float(diff.max()), 6) if diff.size else 0.0,
+        "mean_abs_error": round(float(diff.mean()), 6) if diff.size else 0.0,
         "accuracy": None,
     }
-    if labels is not None and is_classifier(out):
+    if labels is not None and classifier:
         metrics["accuracy"] = round(float((out.argmax(1) == labels).mean()), 6)
     return metrics
+
+
+def primary_score(metrics: dict) -> tuple[float, str]:
+    """The score passes optimise and budgets measure: accuracy, else agreement, else cosine."""
+    for unit in ("accuracy", "agreement", "cosine"):
+        if metrics.get(unit) is not None:
+            return float(metrics[unit]), unit
+    raise ValueError("no metric to score with")

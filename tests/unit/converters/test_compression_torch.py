@@ -266,7 +266,7 @@ def test_training_passes_explain_what_they_need(resnet, fmnist_small, tmp_path):
     with pytest.raises(ConversionError, match="--train"):
         run_pass("distill", resnet, {}, PassContext(workdir=tmp_path, source_model=resnet.torch_model))
     # After an ONNX-only step the PyTorch model is gone: training must come first in a chain.
-    q = run_pass("int8_dynamic", resnet, {}, PassContext(workdir=tmp_path))
+    q = run_pass("int8_dynamic", resnet, {"force": True}, PassContext(workdir=tmp_path))
     with pytest.raises(ConversionError, match="first in the chain"):
         run_pass("structured_prune", q, {}, ctx_for(resnet, fmnist_small, tmp_path))
     with pytest.raises(ConversionError, match="student must be"):

@@ -59,26 +59,27 @@ def test_fp16_halves_weights_and_keeps_float32_io(base, ctx, tiny_mlp):
 def test_int8_static_auto_measures_schemes(base, ctx, tiny_mlp):
     q = run_pass("int8_static", base, {"scheme": "auto"}, ctx)
     assert q.precision == "int8"
-    assert q.notes["scheme"] in ("reduce_range", "u8u8")
-    assert set(q.notes["scheme_scores"]) == {"reduce_range", "u8u8"}
+    assert q.notes["scheme"] in ("u8s8", "reduce_range", "u8u8")
+    assert set(q.notes["scheme_scores"]) == {"u8s8", "reduce_range", "u8u8"}
     ops = {n.op_type for n in load_onnx(q.path).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert q.size_bytes < 0.5 * base.size_bytes  # a tiny model: scales and QDQ nodes weigh in
     assert _accuracy(q, tiny_mlp) >= _accuracy(base, tiny_mlp) - 0.02
 
 
-def test_int8_static_without_score_takes_reduce_range(base, tmp_path, tiny_mlp):
+def test_int8_static_without_an_eval_score_measures_on_held_back_calibration_data(base, tmp_path, tiny_mlp):
     ctx = PassContext(workdir=tmp_path, calibration={"x": tiny_mlp["x"][:64]})
     q = run_pass("int8_static", base, {}, ctx)
-    assert q.notes["scheme"] == "reduce_range" and "scheme_scores" not in q.notes
+    assert q.notes["held_back_samples"] == 16 and q.notes["calibration_samples"] == 48
+    assert len(q.notes["trials"]) >= 5 and "eval_before_rounding" not in q.notes
 
 
 def test_entropy_calibration_differs_from_minmax(base, tmp_path, tiny_mlp):
     """With proper bin counts, entropy ranges are not the min/max ranges (ORT's default bins make them equal)."""
-    from edgehub.converters.calibration import compute_ranges
-    from edgehub.converters.passes.onnx_quantize import _pre_process
+    from edgehub.converters.int8.calibration import compute_ranges
+    from edgehub.converters.int8.ort_quantize import pre_process
 
-    pre = _pre_process(base.path, PassContext(workdir=tmp_path))
+    pre = pre_process(base.path, tmp_path / "pre.onnx")
     data = {"x": tiny_mlp["x"][:256]}
     minmax = json.loads(compute_ranges(pre, data, "minmax", tmp_path / "mm.json").read_text())
     entropy = json.loads(compute_ranges(pre, data, "entropy", tmp_path / "en.json").read_text())

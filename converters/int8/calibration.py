@@ -47,6 +47,17 @@ class ArrayReader:
         return self._n // self._batch
 
 
+class OneBatch:
+    """A CalibrationDataReader of one batch."""
+
+    def __init__(self, batch: dict[str, np.ndarray]):
+        self._batch: dict[str, np.ndarray] | None = batch
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch, self._batch = self._batch, None
+        return batch
+
+
 def ort_method(name: CalibrationMethodName):
     from onnxruntime.quantization import CalibrationMethod
 
@@ -83,9 +94,14 @@ def compute_ranges(
         extra_options=extra,
     )
     # The histogram calibrators print progress with print(); keep stdout clean for --json.
+    # One batch per collect_data call: ONNX Runtime's calibrators keep every intermediate tensor of
+    # the batches they are given until the call ends (256 EfficientNet-Lite1 crops: > 20 GB, the
+    # process was killed); histograms and ranges merge across calls.
+    reader = ArrayReader(data)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            calibrator.collect_data(ArrayReader(data))
+            while (batch := reader.get_next()) is not None:
+                calibrator.collect_data(OneBatch(batch))
             ranges = calibrator.compute_data()
     except ValueError as exc:
         # e.g. histogram calibration over attention masks that hold -inf

@@ -1,0 +1,37 @@
+"""How close one model's outputs are to another's, fitting what the output is: top-1 agreement
+only for class scores, cosine (and absolute errors) for everything. Used by the hub's evaluation,
+the int8 passes' trials and the agent's on-device reference check, so all three judge alike."""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Output names that say "this is not a class score", whatever its shape (sentence encoders and
+# feature extractors export [N, D] outputs that look like logits).
+EMBEDDING_NAMES = ("embed", "hidden", "pool", "feature", "vector", "encod")
+
+
+def is_classifier(output: np.ndarray, name: str = "") -> bool:
+    """Class scores: one row per sample with several columns, and not named like an embedding."""
+    return output.ndim == 2 and output.shape[1] > 1 and not any(k in name.lower() for k in EMBEDDING_NAMES)
+
+
+def top1(output: np.ndarray) -> np.ndarray:
+    return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
+
+
+def agreement(out: np.ndarray, ref: np.ndarray) -> float:
+    """Share of samples whose top-1 class is the reference's."""
+    return float((top1(out) == top1(ref)).mean())
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over samples of the cosine between the flattened outputs."""
+    a2 = a.reshape(len(a), -1).astype(np.float64)
+    b2 = b.reshape(len(b), -1).astype(np.float64)
+    num = (a2 * b2).sum(1)
+    den = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    # Two all-zero rows agree perfectly; one zero row against a non-zero one does not.
+    sims = np.where(den > 0, num / np.where(den > 0, den, 1),
+                    np.where(np.abs(a2).sum(1) + np.abs(b2).sum(1) == 0, 1.0, 0.0))
+    return float(sims.mean())
