@@ -11,7 +11,8 @@ from edgehub.protocol.messages import BenchmarkSettings
 
 # A short run on the reference inputs, in a child process so a bad model cannot take the agent.
 HEALTH_SETTINGS = BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3, timeout_s=60)
-HEALTH_MIN_AGREEMENT = 0.99
+HEALTH_MIN_AGREEMENT = 0.99  # top-1, for class scores
+HEALTH_MIN_COSINE = 0.99  # outputs that are not class scores
 
 
 def health_settings(limits: BenchmarkSettings | None) -> BenchmarkSettings:
@@ -30,6 +31,8 @@ def health_check(variant: InstalledVariant, limits: BenchmarkSettings | None = N
         return result.error or "failed to run"
     if result.agreement is not None and result.agreement < HEALTH_MIN_AGREEMENT:
         return f"outputs disagree with the reference (agreement {result.agreement:.3f})"
+    if result.agreement is None and result.cosine is not None and result.cosine < HEALTH_MIN_COSINE:
+        return f"outputs disagree with the reference (cosine {result.cosine:.4f})"
     return None
 
 

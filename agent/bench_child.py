@@ -8,7 +8,8 @@ Method (the same on every device, so numbers compare):
   latency    back-to-back runs of one batch-1 input, timed each with perf_counter_ns, until
              `time_budget_s` has passed and at least `min_runs` were made;
   peak RSS   high-water mark after timing (load + serving batch 1, not the reference batches);
-  agreement  top-1 along the last axis of the first output vs the references, all samples.
+  agreement  top-1 of the first output vs the references, all samples, for class scores
+             (protocol/metrics.py: what is a classifier); cosine for every output.
 The timing input is the first reference sample, else a deterministic random one (dynamic dims 1).
 """
 
@@ -27,6 +28,8 @@ from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
 from edgehub.agent.sandbox import claim_stdout, limit_address_space
 from edgehub.protocol.manifest import TensorSpec
 from edgehub.protocol.messages import Latency
+from edgehub.protocol.metrics import agreement as metrics_agreement
+from edgehub.protocol.metrics import cosine, is_classifier
 
 REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
 _MAX_ERROR_CHARS = 500
@@ -110,7 +113,8 @@ class References:
         self.inputs = _match(session.inputs, inputs, "inputs")
         first_output = session.outputs[0].name
         # By name, else the first stored output (names can change when a variant is converted).
-        self.output = outputs.get(first_output, next(iter(outputs.values())))
+        self.output_name = first_output if first_output in outputs else next(iter(outputs))
+        self.output = outputs[self.output_name]
         self.count = len(self.inputs[0])
         first, rank = self.inputs[0], len(self.specs[0].shape)
         if first.ndim not in (rank, rank + 1):
@@ -160,8 +164,8 @@ def _latency(times_ns: list[int]) -> Latency:
     return Latency(p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=float(ms.mean()), runs=len(ms))
 
 
-def _compare(session: Session, refs: References) -> tuple[float, float]:
-    """(top-1 agreement, max |output - reference|) on the first output over all samples."""
+def _compare(session: Session, refs: References) -> tuple[float | None, float | None, float]:
+    """(top-1 agreement or None, cosine, max |output - reference|) on the first output over all samples."""
     parts = []
     for feed, count in refs.chunks():
         out = np.asarray(session.run(feed)[0])
@@ -170,13 +174,16 @@ def _compare(session: Session, refs: References) -> tuple[float, float]:
     want = np.asarray(refs.output).astype(np.float64)
     if got.shape != want.shape:
         raise ValueError(f"output shape {got.shape} does not match the references' {want.shape}")
-    if want.ndim >= 2:
-        agreement = float(np.mean(got.argmax(axis=-1) == want.argmax(axis=-1)))
-    else:  # one value per sample (a label or a score): no axis to take a top-1 along
-        agreement = float(np.mean(np.isclose(got, want, rtol=1e-3, atol=1e-5)))
+    similar: float | None = cosine(got, want) if want.ndim >= 2 else None
+    if want.ndim < 2:  # one value per sample (a label or a score): no axis to take a top-1 along
+        agreement: float | None = float(np.mean(np.isclose(got, want, rtol=1e-3, atol=1e-5)))
+    else:
+        agreement = metrics_agreement(got, want) if is_classifier(want, refs.output_name) else None
     diff = float(np.max(np.abs(got - want))) if got.size else 0.0
+    if similar is not None and not np.isfinite(similar):
+        similar = -1.0
     # JSON has no NaN/Inf: a non-finite difference (NaN outputs) is reported as the largest float.
-    return agreement, diff if np.isfinite(diff) else sys.float_info.max
+    return agreement, similar, diff if np.isfinite(diff) else sys.float_info.max
 
 
 def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
@@ -210,14 +217,14 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
     times, wall_ns = _time_runs(session, feed, settings.time_budget_s, settings.min_runs)
     peak_rss_mb = _peak_rss_mb()
 
-    agreement = max_abs_diff = None
+    agreement = similar = max_abs_diff = None
     if refs is not None:
         stage.name = "comparing with the references"
-        agreement, max_abs_diff = _compare(session, refs)
+        agreement, similar, max_abs_diff = _compare(session, refs)
     return BenchResult(
         ok=True, warmup_ms=warmup_ms, latency=_latency(times),
         throughput_per_s=len(times) / (wall_ns / 1e9), peak_rss_mb=peak_rss_mb,
-        agreement=agreement, max_abs_diff=max_abs_diff, **known,
+        agreement=agreement, cosine=similar, max_abs_diff=max_abs_diff, **known,
     )
 
 

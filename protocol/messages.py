@@ -155,7 +155,10 @@ class Measurement(BaseModel):
     latency: Latency | None = None
     throughput_per_s: float | None = None
     peak_rss_mb: float | None = None
-    agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference outputs
+    # Against the reference outputs that ship with the variant: top-1 agreement for class scores
+    # (None for other outputs, e.g. embeddings), cosine for every output.
+    agreement: float | None = Field(None, ge=0, le=1)
+    cosine: float | None = Field(None, ge=-1.0001, le=1.0001)
     max_abs_diff: float | None = None
 
 

@@ -22,6 +22,7 @@ from edgehub.converters.int8.ort_quantize import compact
 from edgehub.converters.onnx_model import onnx_artifact
 from edgehub.converters.passes.base import NotApplicable, PassContext, register
 from edgehub.converters.passes.onnx_quantize import Int8Static, Int8StaticConfig
+from edgehub.protocol.files import sha256_file
 
 QUANTIZED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -61,10 +62,21 @@ class Int8Guarded(Int8Static):
     config_model = Int8GuardedConfig
 
     def run(self, artifact: Artifact, config: Int8GuardedConfig, ctx: PassContext) -> Artifact:
-        import onnx
-
         if ctx.score is None:
             raise ConversionError("int8_guarded measures accuracy: it needs an eval set to score with")
+        key = ("int8_guarded", sha256_file(artifact.path), config.model_dump_json())
+        if key not in ctx.memo:  # a profile's ONNX and TensorRT variants guard the same network
+            try:
+                ctx.memo[key] = self._guard(artifact, config, ctx)
+            except NotApplicable as skipped:
+                ctx.memo[key] = skipped
+        if isinstance(ctx.memo[key], NotApplicable):
+            raise ctx.memo[key]
+        return ctx.memo[key]
+
+    def _guard(self, artifact: Artifact, config: Int8GuardedConfig, ctx: PassContext) -> Artifact:
+        import onnx
+
         # The plain search with int8_static's settings, so both variants of a publish share it.
         built = self.build(artifact, Int8StaticConfig(**config.model_dump(include=set(Int8StaticConfig.model_fields))),
                            ctx)

@@ -191,16 +191,21 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
         from edgehub.converters.onnx_model import graph_inputs, graph_outputs, load_onnx
 
         precision = artifact.precision if config.precision == "auto" else config.precision
+        # A guarded int8 graph (some layers kept float) is explicit quantization all the same: TensorRT
+        # runs its Q/DQ layers in int8 and the rest in float.
+        mixed = precision == "mixed"
+        precision = "int8" if mixed else precision
         if precision not in ("fp32", "fp16", "int8"):
             raise ConversionError(f"tensorrt_ready takes fp32, fp16 or int8 models, not {precision}")
-        if precision == "int8" and artifact.precision != "int8":
+        explicit = artifact.precision in ("int8", "mixed")
+        if precision == "int8" and not explicit:
             raise ConversionError("precision int8 needs an int8 QDQ parent (int8_static, scheme 's8s8-symmetric')")
         if precision == "fp32" and artifact.precision != "fp32":
             raise ConversionError(f"precision fp32 needs an fp32 parent, got {artifact.precision}")
         model = load_onnx(artifact.path)
         check_parser_ops(model)
         notes: dict = {"opset": _opset(model)}
-        if artifact.precision == "int8":
+        if explicit:
             notes.update(check_explicit_quantization(model))
         profiles = fix_shapes(model, config, ctx.calibration)
         if config.shapes == "static":
@@ -208,7 +213,7 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
         settings = EngineSettings(
             precision=precision, workspace_mb=config.workspace_mb,
             builder_optimization_level=config.builder_optimization_level, profiles=profiles,
-            dla_core=config.dla_core, explicit_quantization=artifact.precision == "int8",
+            dla_core=config.dla_core, explicit_quantization=explicit,
         )
         entry = next((p for p in model.metadata_props if p.key == METADATA_KEY), None) or model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, settings.model_dump_json()
@@ -217,5 +222,5 @@ class TensorrtReady(Pass[TensorrtReadyConfig]):
         checked = load_onnx(out)
         notes.update({"engine": json.loads(settings.model_dump_json()), "builder_flags": settings.builder_flags,
                       "shapes": config.shapes})
-        return Artifact(path=out, format=TENSORRT, precision=precision, inputs=graph_inputs(checked),
+        return Artifact(path=out, format=TENSORRT, precision="mixed" if mixed else precision, inputs=graph_inputs(checked),
                         outputs=graph_outputs(checked), notes=notes)

@@ -61,6 +61,9 @@ class RichSink:
                    "its outputs on them.")
 @click.option("--recipe", "recipe_path", type=click.Path(path_type=Path),
               help="TOML/YAML file of pass chains that extend or narrow the profiles' recipes.")
+@click.option("--metric", help="Task metric 'package.module:function(outputs, data) -> float' (higher is better) that "
+              "scores variants on the eval set instead of accuracy/agreement; 'data' holds the eval file's "
+              "arrays that are not inputs (e.g. y, boxes). Runs in the evaluation child.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
 @click.option("--no-deploy", is_flag=True, help="Register only; do not send candidates to enrolled devices.")
 @click.option("--eval-timeout", "eval_timeout_s", type=click.FloatRange(min=1),
@@ -72,7 +75,7 @@ class RichSink:
 @json_option
 @one_line_errors
 def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, unlabeled_path,
-            recipe_path, new_version, no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
+            recipe_path, metric, new_version, no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
@@ -91,7 +94,7 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
                              profiles_file=profiles_file, train_path=train_path, unlabeled_path=unlabeled_path,
-                             recipe_path=recipe_path,
+                             recipe_path=recipe_path, metric=metric,
                              eval_timeout_s=eval_timeout_s, eval_memory_mb=eval_memory_mb)
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),

@@ -2,8 +2,8 @@
 
 Rules: reject a variant that failed on the device, whose outputs disagree with its
 reference outputs on the device (a runtime computing wrong numbers), whose accuracy drop is over
-the budget (or, without labels, whose agreement with fp32 is under the minimum;
-for outputs that are not class scores, whose cosine with fp32 is), or whose peak
+the budget (the publisher's task metric where one was given; without labels, whose agreement with
+fp32 is under the minimum; for outputs that are not class scores, whose cosine with fp32 is), or whose peak
 memory is over the device's limit or p99 over the SLO; pick the lowest p50 (or p99); among
 variants within `tie_tolerance` of the best, the smallest file wins. Every variant gets a reason.
 """
@@ -21,7 +21,9 @@ class Policy(BaseModel):
     accuracy_budget: float = Field(0.01, ge=0, le=1)  # 1 point of top-1
     min_agreement: float = Field(0.99, ge=0, le=1)  # when the eval set has no labels
     min_cosine: float = Field(0.99, ge=-1, le=1)  # outputs that are not class scores (embeddings, ...)
+    task_budget: float = Field(0.01, ge=0)  # largest drop of the publisher's task metric (--metric)
     min_device_agreement: float = Field(0.99, ge=0, le=1)  # on-device check against references
+    min_device_cosine: float = Field(0.99, ge=-1, le=1)  # the same for outputs that are not class scores
     memory_limit_mb: float | None = Field(None, gt=0)
     slo_p99_ms: float | None = Field(None, gt=0)
     objective: Literal["p50", "p99"] = "p50"
@@ -36,6 +38,7 @@ class CandidateFacts(BaseModel):
     accuracy: float | None = None
     agreement: float | None = None  # only for class-score outputs
     cosine: float | None = None
+    task_drop: float | None = None  # the publisher's task metric (--metric): fp32's minus this variant's
 
 
 class Verdict(BaseModel):
@@ -73,8 +76,14 @@ def _reject_reason(c: CandidateFacts, r: BenchmarkReport | None, policy: Policy,
     if r.agreement is not None and r.agreement < policy.min_device_agreement:
         return (f"outputs on the device disagree with the reference outputs (agreement {r.agreement:.3f} "
                 f"< {policy.min_device_agreement}): the runtime computes this variant wrongly")
+    if r.agreement is None and r.cosine is not None and r.cosine < policy.min_device_cosine:
+        return (f"outputs on the device differ from the reference outputs (cosine {r.cosine:.4f} "
+                f"< {policy.min_device_cosine}): the runtime computes this variant wrongly")
     ref = reference_accuracy if reference_accuracy is not None else baseline
-    if ref is not None and c.accuracy is not None:
+    if c.task_drop is not None:
+        if c.task_drop > policy.task_budget + 1e-9:
+            return f"task metric drop {c.task_drop:.4f} is over the budget of {policy.task_budget}"
+    elif ref is not None and c.accuracy is not None:
         drop = ref - c.accuracy
         if drop > policy.accuracy_budget + 1e-9:
             return f"accuracy drop {drop * 100:.2f} points is over the budget of {policy.accuracy_budget * 100:.2f}"

@@ -99,6 +99,10 @@ class EvalRunner:
         self._inputs: Path | None = None
         self._names: list[str] = []
         self._jobs = 0
+        self._metric: str | None = None
+        self._targets: Path | None = None
+        self._target_names: list[str] = []
+        self.metric_value: float | None = None  # the task metric of the last full evaluation
 
     def __enter__(self) -> EvalRunner:
         self.start()
@@ -131,6 +135,14 @@ class EvalRunner:
         np.savez(path, **{f"i{k}": array for k, array in enumerate(inputs.values())})
         self._inputs, self._names = path, list(inputs)
 
+    def set_metric(self, metric: str, targets: dict[str, np.ndarray]) -> None:
+        """A task metric ('package.module:function') the child computes after each full evaluation:
+        function(outputs: list of arrays, data: dict of the eval set's target arrays) -> float,
+        higher is better. It is the publisher's code, so it runs where the models do."""
+        path = self.workdir / "eval-targets.npz"
+        np.savez(path, **{f"t{k}": array for k, array in enumerate(targets.values())})
+        self._metric, self._targets, self._target_names = metric, path, list(targets)
+
     def evaluate(self, artifact, label: str, head: int | None = None) -> list[np.ndarray] | None:
         """All outputs of the artifact over the eval inputs (the first `head` samples if given), or
         None where the hub cannot run its format."""
@@ -146,11 +158,14 @@ class EvalRunner:
         job = {"model": str(Path(path).absolute()), "runtime": spec.runtime, "batch_size": spec.batch_size,
                "layout": spec.layout, "simulate_qdq": spec.simulate_qdq, "inputs": str(self._inputs),
                "names": self._names, "head": head, "output": str(out)}
+        if self._metric and head is None:
+            job.update(metric=self._metric, targets=str(self._targets), target_names=self._target_names)
         self.start()
         try:
             reply = self._exchange(job, what)
             if not reply.get("ok"):
                 raise self._failed(reply, what)
+            self.metric_value = reply.get("metric")
             with np.load(out, allow_pickle=False) as npz:
                 return [npz[f"o{i}"] for i in range(int(reply["count"]))]
         finally:
@@ -257,10 +272,11 @@ class EvalRunner:
 
 # ---- the child --------------------------------------------------------------------------------
 
-def _load_inputs(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _load_inputs(job: dict, cache: dict) -> dict[str, np.ndarray]:
     path = job["inputs"]
     if path not in cache:
-        cache.clear()
+        for key in [k for k in cache if isinstance(k, str)]:
+            del cache[key]
         with np.load(path, allow_pickle=False) as npz:
             cache[path] = {name: npz[f"i{k}"] for k, name in enumerate(job["names"])}
     inputs = cache[path]
@@ -268,12 +284,48 @@ def _load_inputs(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict[str
     return inputs if head is None else {name: array[:head] for name, array in inputs.items()}
 
 
-def _handle(job: dict, cache: dict[str, dict[str, np.ndarray]]) -> dict:
+def load_metric(reference: str):
+    """The function a 'package.module:function' reference names (imported here, in the child)."""
+    import importlib
+
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--metric {reference!r}: expected 'package.module:function'")
+    try:
+        function = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ValueError(f"--metric {reference!r}: cannot import {module_name} ({exc})") from None
+    except AttributeError:
+        raise ValueError(f"--metric {reference!r}: {module_name} has no {attr}") from None
+    if not callable(function):
+        raise ValueError(f"--metric {reference!r}: {attr} is not a function")
+    return function
+
+
+def _task_metric(job: dict, outputs: list[np.ndarray], cache: dict) -> float:
+    key = ("metric", job["metric"], job["targets"])
+    if key not in cache:
+        with np.load(job["targets"], allow_pickle=False) as npz:
+            cache[key] = (load_metric(job["metric"]), {n: npz[f"t{k}"] for k, n in enumerate(job["target_names"])})
+    function, targets = cache[key]
+    try:
+        value = float(function([np.asarray(o) for o in outputs], dict(targets)))
+    except Exception as exc:  # the publisher's code: its failure is this job's reply
+        raise ValueError(f"--metric {job['metric']} failed: {type(exc).__name__}: {exc}") from None
+    if not np.isfinite(value):
+        raise ValueError(f"--metric {job['metric']} returned {value}, not a finite number")
+    return value
+
+
+def _handle(job: dict, cache: dict) -> dict:
     try:
         spec = EvalSpec(job["runtime"], int(job["batch_size"]), job.get("layout"), bool(job.get("simulate_qdq")))
         outputs = run_spec(Path(job["model"]), spec, _load_inputs(job, cache))
         np.savez(job["output"], **{f"o{i}": np.asarray(o) for i, o in enumerate(outputs)})
-        return {"ok": True, "count": len(outputs)}
+        reply: dict = {"ok": True, "count": len(outputs)}
+        if job.get("metric"):
+            reply["metric"] = _task_metric(job, outputs, cache)
+        return reply
     except MemoryError as exc:
         return {"ok": False, "kind": "memory", "error": f"MemoryError: {exc}"}
     except Exception as exc:  # the model's or runtime's failure is this job's reply, not the child's end
@@ -291,7 +343,7 @@ def main() -> int:
         import onnxruntime  # noqa: F401  (now, while the parent prepares the first job)
     except ImportError as exc:  # the first ONNX job reports it
         print(f"eval_child: {exc}", file=sys.stderr)
-    cache: dict[str, dict[str, np.ndarray]] = {}
+    cache: dict = {}
     for line in sys.stdin.buffer:
         replies.write(json.dumps(_handle(json.loads(line), cache)) + "\n")
         replies.flush()

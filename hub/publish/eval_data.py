@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,9 @@ class EvalSetError(Exception):
 class EvalSet:
     inputs: dict[str, np.ndarray]  # keyed by the model's input names; first axis = samples
     labels: np.ndarray | None
+    # With a task metric (--metric): every array of the file that is not an input (labels too),
+    # handed to the metric with the outputs.
+    targets: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -53,11 +56,22 @@ def _fit_dtype(name: str, array: np.ndarray, want: str, source: str) -> np.ndarr
     raise EvalSetError(f"{source}: '{name}' is {array.dtype}, the model wants {want_dt}")
 
 
-def bind_eval_set(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str) -> EvalSet:
-    """Match .npz keys to model inputs, check shapes and dtypes, split off labels."""
+def bind_eval_set(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str,
+                  targets: bool = False) -> EvalSet:
+    """Match .npz keys to model inputs, check shapes and dtypes, split off labels. With `targets`
+    (a task metric scores the outputs), keys that are not inputs are the metric's targets, and a
+    'y' that is not a class label is one of them."""
     arrays = dict(arrays)
-    labels = arrays.pop(LABEL_KEY, None)
     names = [i.name for i in inputs]
+    kept: dict[str, np.ndarray] = {}
+    if targets:
+        single = SINGLE_INPUT_KEY if len(inputs) == 1 and names[0] not in arrays else None
+        kept = {k: v for k, v in arrays.items() if k not in names and k != single}
+        for k in kept:
+            arrays.pop(k)
+        if LABEL_KEY in kept and _is_label_array(kept[LABEL_KEY]):
+            arrays[LABEL_KEY] = kept[LABEL_KEY]
+    labels = arrays.pop(LABEL_KEY, None)
     if len(inputs) == 1 and names[0] not in arrays and SINGLE_INPUT_KEY in arrays:
         arrays[names[0]] = arrays.pop(SINGLE_INPUT_KEY)
     missing = [n for n in names if n not in arrays]
@@ -99,7 +113,11 @@ def bind_eval_set(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], sourc
         if not np.issubdtype(labels.dtype, np.integer):
             raise EvalSetError(f"{source}: '{LABEL_KEY}' must hold integer class labels, got {labels.dtype}")
         labels = labels.astype(np.int64)
-    return EvalSet(inputs=bound, labels=labels)
+    return EvalSet(inputs=bound, labels=labels, targets=kept)
+
+
+def _is_label_array(array: np.ndarray) -> bool:
+    return array.ndim == 1 and np.issubdtype(array.dtype, np.integer)
 
 
 def example_batch(arrays: dict[str, np.ndarray], names: list[str], source: str, n: int = 2) -> dict[str, np.ndarray]:

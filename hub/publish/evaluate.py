@@ -107,8 +107,9 @@ def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels
 
 
 def primary_score(metrics: dict) -> tuple[float, str]:
-    """The score passes optimise and budgets measure: accuracy, else agreement, else cosine."""
-    for unit in ("accuracy", "agreement", "cosine"):
+    """The score passes optimise and budgets measure: the publisher's task metric (--metric), else
+    accuracy, else agreement, else cosine."""
+    for unit in ("task", "accuracy", "agreement", "cosine"):
         if metrics.get(unit) is not None:
             return float(metrics[unit]), unit
     raise ValueError("no metric to score with")

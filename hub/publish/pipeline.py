@@ -69,6 +69,9 @@ class PublishOptions:
     # $EDGEHUB_EVAL_MEMORY_MB, else 600 s and 8192 MB.
     eval_timeout_s: float | None = None
     eval_memory_mb: int | None = None
+    # 'package.module:function' scoring the outputs on the eval set (higher is better), run in the
+    # evaluation child: what passes optimise and the selection gate budgets (metrics "task").
+    metric: str | None = None
 
 
 @dataclass
@@ -178,9 +181,19 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
     skipped: list[Skipped] = []
     reference: list[np.ndarray] | None = None
 
+    def measured(outputs: list[np.ndarray]) -> dict:
+        metrics = score_outputs(outputs, reference, evalset.labels, output_name)
+        if runner.metric_value is not None:
+            metrics["task"] = round(runner.metric_value, 6)
+            if reference_task is not None:
+                metrics["task_drop"] = round(reference_task - runner.metric_value, 6)
+        return metrics
+
     def score(candidate: Artifact, label: str) -> float:
         outputs = runner.run(candidate.path, EvalSpec("onnx"), f"{label} candidate")
-        return primary_score(score_outputs(outputs, reference, evalset.labels, output_name))[0]
+        return primary_score(measured(outputs))[0]
+
+    reference_task: float | None = None
 
     output_name = root.outputs[0].name if root.outputs else ""
     unit = "accuracy"
@@ -218,8 +231,8 @@ def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib:
         outputs = runner.evaluate(artifact, vp.label)
         if outputs is not None:
             if reference is None:
-                reference = outputs
-            metrics = score_outputs(outputs, reference, evalset.labels, output_name)
+                reference, reference_task = outputs, runner.metric_value
+            metrics = measured(outputs)
             if vp.parent is None:
                 unit = primary_score(metrics)[1]
         elif parent is not None and artifact.format == "edgetpu":
@@ -296,6 +309,8 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     except (PlanError, ConversionError) as exc:
         raise PublishError(str(exc)) from None
     _check_training(plan, options, train_arrays is not None)
+    if options.metric is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", options.metric):
+        raise PublishError(f"--metric {options.metric!r}: expected 'package.module:function'")
     try:
         limits = EvalLimits.resolve(options.eval_timeout_s, options.eval_memory_mb)
     except ValueError as exc:
@@ -306,7 +321,7 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
     try:
         runner.start()  # first, so that the child starts up while the source is loaded and bound
         root, root_step = _load_source(options, arrays, workdir / "source")
-        evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name)
+        evalset = bind_eval_set(arrays, root.inputs, options.eval_path.name, targets=options.metric is not None)
         calib = bind_eval_set(calib_arrays, root.inputs, options.calib_path.name).inputs if calib_arrays else evalset.inputs
         training = bind_training_set(train_arrays, root.inputs, options.train_path.name) if train_arrays else None
         if training is not None and unlabeled_arrays is not None:
@@ -330,6 +345,8 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
             source_sha256=source_sha,
         )
         runner.set_inputs(evalset.inputs)
+        if options.metric:
+            runner.set_metric(options.metric, evalset.targets)
         _preflight(root, evalset, runner)
         built, not_built = _build(plan, root, root_step, evalset, calib, workdir, sink, runner, training)
         runner.close()

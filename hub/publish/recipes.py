@@ -132,13 +132,23 @@ def _onnx_plans(profile: Profile) -> list[VariantPlan]:
             steps=[Step(pass_name="int8_static", config={"scheme": scheme, "per_channel": True})],
             profiles=[profile.name],
         ))
+        plans.append(guarded_plan(label.replace("static", "guarded"), scheme, profile.name))
         if profile.runtime in CPU_RUNTIMES:
             plans.append(VariantPlan(
                 label="int8-dynamic", parent=ROOT,
-                steps=[Step(pass_name="int8_dynamic", config={"reduce_range": True})],
+                steps=[Step(pass_name="int8_dynamic", config={})],
                 profiles=[profile.name],
             ))
     return plans
+
+
+def guarded_plan(label: str, scheme: str, profile: str, then: list[Step] = ()) -> VariantPlan:
+    """The guarded int8 variant beside a profile's plain one: the same search (a publish runs it
+    once), then the fewest layers kept float that bring it within the selection gate's budget.
+    Skipped (with the reason) when the plain int8 variant is already within it."""
+    return VariantPlan(label=label, parent=ROOT, profiles=[profile],
+                       steps=[Step(pass_name="int8_guarded", config={"scheme": scheme, "per_channel": True}),
+                              *then])
 
 
 def _tflite_plans(profile: Profile) -> list[VariantPlan]:
@@ -182,6 +192,8 @@ def _tensorrt_plans(profile: Profile) -> list[VariantPlan]:
                                  steps=[Step(pass_name="int8_static", config={"scheme": "s8s8-symmetric",
                                                                                "per_channel": True}),
                                         Step(pass_name="tensorrt_ready", config={})]))
+        plans.append(guarded_plan("tensorrt-int8-guarded", "s8s8-symmetric", profile.name,
+                                  [Step(pass_name="tensorrt_ready", config={})]).model_copy(update={"format": TENSORRT}))
     return plans
 
 

@@ -81,6 +81,14 @@ def models(tmp_path_factory) -> dict[str, Path]:
     save(hog, out / "hog.onnx")
     paths["hog"] = out / "hog.onnx"
 
+    # The same MLP seen as an embedding model (references stored under an embedding's name), and
+    # references that a runtime computing wrongly would disagree with: the direction is off.
+    with np.load(paths["mlp_refs"]) as refs:
+        np.savez(out / "embed-refs.npz", **{"input.x": x_mlp, "output.embedding": refs["output.y"]})
+        np.savez(out / "embed-wrong.npz", **{"input.x": x_mlp,
+                                             "output.embedding": refs["output.y"] + rng.normal(0, 3, refs["output.y"].shape)})
+    paths["embed_refs"], paths["embed_wrong"] = out / "embed-refs.npz", out / "embed-wrong.npz"
+
     (out / "corrupt.onnx").write_bytes(b"\x08\x07this is not a protobuf" * 50)
     paths["corrupt"] = out / "corrupt.onnx"
     return paths
@@ -122,6 +130,25 @@ def test_wrong_references_lower_agreement(models):
     result = run_benchmark(models["mlp"], "onnx", models["wrong_refs"], BenchmarkSettings(**FAST))
     assert result.ok
     assert result.agreement == pytest.approx(0.5) and result.max_abs_diff > 0.1
+
+
+def test_embedding_outputs_are_checked_by_cosine_not_top1(models, tmp_path):
+    from edgehub.agent.activation import health_check
+    from edgehub.agent.local_state import InstalledVariant
+
+    result = run_benchmark(models["mlp"], "onnx", models["embed_refs"], BenchmarkSettings(**FAST))
+    assert result.ok and result.agreement is None and result.cosine == pytest.approx(1.0, abs=1e-6)
+    wrong = run_benchmark(models["mlp"], "onnx", models["embed_wrong"], BenchmarkSettings(**FAST))
+    assert wrong.agreement is None and wrong.cosine < 0.9
+    classifier = run_benchmark(models["mlp"], "onnx", models["mlp_refs"], BenchmarkSettings(**FAST))
+    assert classifier.agreement == 1.0 and classifier.cosine == pytest.approx(1.0, abs=1e-6)
+
+    def installed(refs):  # what the health check reads of an installed variant
+        return InstalledVariant.model_construct(variant_id="mlp-v1-int8", path=models["mlp"], format="onnx",
+                                                references_path=refs)
+
+    assert health_check(installed(models["embed_refs"])) is None
+    assert "cosine" in health_check(installed(models["embed_wrong"]))
 
 
 def test_corrupt_model_is_a_clear_failure(models):

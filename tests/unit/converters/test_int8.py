@@ -379,3 +379,32 @@ def test_int8_static_needs_an_fp32_model(net, tmp_path):
                                            "calibrate_method": "minmax", "scheme": "u8s8"}, _ctx(tmp_path, x))
     with pytest.raises(ConversionError, match="needs an fp32 model"):
         run_pass("int8_static", onnx_artifact(q.path, precision="int8"), {}, _ctx(tmp_path, x))
+
+
+# --- dynamic int8 ------------------------------------------------------------------------------
+
+def test_dynamic_int8_is_not_built_for_a_convolutional_graph(net, tmp_path):
+    from edgehub.converters.passes.base import NotApplicable
+
+    artifact, _, x, _ = net
+    with pytest.raises(NotApplicable, match="of the weights are convolutions"):
+        run_pass("int8_dynamic", artifact, {}, _ctx(tmp_path, x))
+
+
+def test_dynamic_int8_measures_reduce_range_on_held_back_samples(tmp_path):
+    import torch
+
+    from edgehub.converters.torch_export import export_onnx
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16)).eval()
+    x = np.random.default_rng(0).normal(size=(128, 32)).astype(np.float32)
+    art = export_onnx(mlp, {"x": x[:2]}, tmp_path / "mlp.onnx")
+    q = run_pass("int8_dynamic", art, {}, PassContext(workdir=tmp_path / "w", calibration={"x": x}))
+    notes = q.notes
+    assert notes["per_channel"] is True and isinstance(notes["reduce_range"], bool)
+    assert set(notes["held_back"]) == {"true", "false"}
+    chosen = notes["held_back"][str(notes["reduce_range"]).lower()]["cosine"]
+    assert chosen == max(t["cosine"] for t in notes["held_back"].values())
+    fixed = run_pass("int8_dynamic", art, {"reduce_range": True}, PassContext(workdir=tmp_path / "f"))
+    assert fixed.notes["reduce_range"] is True and "held_back" not in fixed.notes

@@ -15,7 +15,7 @@ def labels(plan):
 def test_x86_cpu_plan():
     plan = plan_for_profiles([BUILTIN_PROFILES["x86-cpu"]])
     assert labels(plan)[0] == ROOT
-    assert set(labels(plan)) == {"fp32", "fp16", "int8-static", "int8-dynamic"}
+    assert set(labels(plan)) == {"fp32", "fp16", "int8-static", "int8-guarded", "int8-dynamic"}
     static = next(v for v in plan.variants if v.label == "int8-static")
     assert static.parent == ROOT and static.steps[0].config["scheme"] == "auto"
     assert plan.skipped == []
@@ -56,7 +56,8 @@ def test_coreml_and_tensorrt_plans():
                                                                            "coreml-palettize-4bit"}
     jetson = plan_for_profiles([BUILTIN_PROFILES["jetson-orin-nano"]])
     trt = {v.label: v for v in jetson.variants if v.format == "tensorrt"}
-    assert set(trt) == {"tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8"}
+    assert set(trt) == {"tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8", "tensorrt-int8-guarded"}
+    assert [s.pass_name for s in trt["tensorrt-int8-guarded"].steps] == ["int8_guarded", "tensorrt_ready"]
     assert [s.pass_name for s in trt["tensorrt-int8"].steps] == ["int8_static", "tensorrt_ready"]
     assert trt["tensorrt-int8"].steps[0].config["scheme"] == "s8s8-symmetric"
 

@@ -190,6 +190,36 @@ def test_on_device_disagreement_rejected_as_wrong_runtime():
     assert not v.eligible and "reference outputs" in v.reason and "computes this variant wrongly" in v.reason
 
 
+def test_outputs_that_are_not_class_scores_are_gated_by_cosine():
+    # An embedding model: no agreement (top-1 over embedding dimensions means nothing), cosine instead.
+    cs = [CandidateFacts(variant_id="fp32", size_bytes=4000, cosine=1.0),
+          CandidateFacts(variant_id="int8-static", size_bytes=1600, cosine=0.943),
+          CandidateFacts(variant_id="int8-dynamic", size_bytes=1000, cosine=0.991)]
+    reports = {v: report(v, p50) for v, p50 in (("fp32", 10.0), ("int8-static", 3.0), ("int8-dynamic", 4.0))}
+    sel = select_variant(cs, reports, Policy())
+    assert sel.winner == "int8-dynamic"
+    assert "cosine with fp32 outputs 0.9430 is under 0.99" in verdict(sel, "int8-static").reason
+    stricter = select_variant(cs, reports, Policy(min_cosine=0.995))
+    assert stricter.winner == "fp32"
+
+
+def test_on_device_cosine_gate_for_outputs_that_are_not_class_scores():
+    bad = report("int8", 2.0).model_copy(update={"cosine": 0.62})
+    sel = select_variant([cand("fp32", 4000), cand("int8", 1000)], {"fp32": report("fp32", 10.0), "int8": bad},
+                         Policy())
+    assert sel.winner == "fp32" and "cosine 0.6200" in verdict(sel, "int8").reason
+
+
+def test_a_task_metric_takes_precedence_over_accuracy():
+    cs = [CandidateFacts(variant_id="fp32", size_bytes=4000, accuracy=0.90, task_drop=0.0),
+          CandidateFacts(variant_id="int8", size_bytes=1000, accuracy=0.90, task_drop=0.03),
+          CandidateFacts(variant_id="fp16", size_bytes=2000, accuracy=0.85, task_drop=0.005)]
+    reports = {v: report(v, p50) for v, p50 in (("fp32", 10.0), ("int8", 3.0), ("fp16", 5.0))}
+    sel = select_variant(cs, reports, Policy())
+    assert sel.winner == "fp16"  # accuracy fell 5 points, but the task metric is what the publisher asked for
+    assert "task metric drop 0.0300" in verdict(sel, "int8").reason
+
+
 def test_on_device_agreement_at_minimum_accepted():
     sel = select_variant([cand("a")], {"a": report("a", agreement=0.99)}, Policy())
     assert sel.winner == "a"
