@@ -119,8 +119,8 @@ class Int8Guarded(Int8Static):
 
         kept, within = fewest_float_layers(ranked, lambda prefix: baseline - candidate(prefix)[1] <= config.max_drop)
         if not kept:
-            raise ConversionError("int8_guarded: no layer recovers any accuracy when kept float; "
-                                  "the all-int8 network is the best this model gets")
+            raise NotApplicable("no layer recovers anything when kept float alone: the plain int8 variant is "
+                                "the best int8 this model gets")
         result, score = candidate(kept)
         guard.update(sensitivity={name: gains[name] for name in ranked}, sensitivity_unit="held-back cosine recovered",
                      kept_float=kept, final_score=round(score, 6), final_drop=round(baseline - score, 6),
