@@ -1,7 +1,9 @@
 """ONNX Runtime's quantization tools log through Python's root logger (logging.warning), one line
 per tensor: on a real CNN dozens of lines that would land raw on the user's terminal. `OrtLog`
 takes them while a block runs and summarises them (a count per kind of message, a few of the
-names) for the pass notes."""
+names) for the pass notes. Its sessions' own C++ warnings (e.g. "Removing initializer ... not
+used", after a graph edit) go straight to stderr: the block raises ONNX Runtime's default log
+severity to errors while it runs."""
 
 from __future__ import annotations
 
@@ -26,22 +28,31 @@ class OrtLog:
 
     def __init__(self) -> None:
         self.records: list[logging.LogRecord] = []
-        self._saved: list[logging.Handler] = []
+        self._saved: list[list[logging.Handler]] = []  # a stack: blocks may nest
         self._handler = _Collect(self.records)
 
     def __enter__(self) -> OrtLog:
+        import onnxruntime
+
         root = logging.getLogger()
-        self._saved = list(root.handlers)
-        for h in self._saved:
+        saved = list(root.handlers)
+        self._saved.append(saved)
+        for h in saved:
             root.removeHandler(h)
         root.addHandler(self._handler)
+        onnxruntime.set_default_logger_severity(3)
         return self
 
     def __exit__(self, *exc) -> None:
+        import onnxruntime
+
         root = logging.getLogger()
-        root.removeHandler(self._handler)
-        for h in self._saved:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in self._saved.pop():
             root.addHandler(h)
+        if not self._saved:
+            onnxruntime.set_default_logger_severity(2)  # ONNX Runtime's own default
 
     def summary(self) -> dict[str, dict]:
         """{message with names and numbers blanked: {"count": n, "examples": [first names]}}."""

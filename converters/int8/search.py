@@ -27,7 +27,8 @@ from edgehub.converters.int8.calibration import CalibrationMethodName, compute_r
 from edgehub.converters.int8.holdout import HoldoutScorer, TrialScore
 from edgehub.converters.int8.ort_log import OrtLog
 from edgehub.converters.int8.ort_quantize import U8U8_MIN_GAIN, Scheme, quantize_from_ranges
-from edgehub.converters.int8.rounding import Int8Network, optimise_rounding, probe_session
+from edgehub.converters.int8.qdq_network import Int8Network, probe_session
+from edgehub.converters.int8.rounding import optimise_rounding
 
 SYMMETRIC_WEIGHTS = ("u8s8", "reduce_range", "s8s8-symmetric")  # schemes whose weights rounding can place
 

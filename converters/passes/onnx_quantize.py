@@ -117,10 +117,11 @@ class Int8Static(Pass[Int8StaticConfig]):
         scorer = HoldoutScorer(pre, parts.held, artifact.outputs[0].name if artifact.outputs else "",
                                unfused=config.scheme == "s8s8-symmetric")
         search = Search(pre, parts.calibrate, scorer, _settings(config, op_types), ctx.new_path, ctx.on_progress)
-        best = search.choose_calibration()
-        nearest = search.try_equalization(best)
-        best = search.try_bias_correction(nearest)
-        best = search.try_rounding(best, nearest, self._misses_budget(artifact, best, config, ctx, search))
+        with search.log:  # every ONNX Runtime message of the search goes to the notes, none to the terminal
+            best = search.choose_calibration()
+            nearest = search.try_equalization(best)
+            best = search.try_bias_correction(nearest)
+            best = search.try_rounding(best, nearest, self._misses_budget(artifact, best, config, ctx, search))
         out = copy_chosen(best, ctx.new_path(f"int8-{best.scheme}", ".onnx"))
         if config.compact:
             compact(out)

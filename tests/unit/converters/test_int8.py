@@ -21,8 +21,8 @@ from edgehub.converters.int8.float_layers import keep_float
 from edgehub.converters.int8.holdout import HoldoutScorer, split
 from edgehub.converters.int8.ort_log import OrtLog
 from edgehub.converters.int8.ort_quantize import pre_process, quantize_from_ranges
+from edgehub.converters.int8.qdq_network import Int8Network
 from edgehub.converters.int8.rounding import (
-    Int8Network,
     LayerShape,
     Moments,
     accumulate,
