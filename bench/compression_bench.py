@@ -153,7 +153,8 @@ def run_arch(arch: str, factory, args, data, test, tmp: Path, progress: Progress
         return artifact
 
     step("fp16", "fp32", "fp16", {})
-    step("int8", "fp32", "int8_static", {"scheme": "auto"}, lambda n: f"scheme {n['scheme']}")
+    step("int8", "fp32", "int8_static", {"scheme": "auto"},
+         lambda n: f"{n['scheme']}/{n['calibrate_method']}" + "".join(f", {s}" for s in n.get("steps", [])))
     step("int4-weights", "fp32", "int4_weight", {},
          lambda n: f"{n['quantized_layers']} MatMul/Gemm 4-bit, {n['convolutions_left_float']} convs float")
     step("magnitude-50", "fp32", "magnitude_prune", {"sparsity": 0.5},
@@ -407,10 +408,9 @@ def main() -> None:
         for arch, f in facts.items():
             if f.get("guard"):
                 g = f["guard"]
-                text += (f"\n\n{arch} guarded int8: all-int8 drop {g['int8_drop'] * 100:.2f} pts; per-layer drops "
-                         "(only that layer int8): " + ", ".join(f"{k} {v * 100:+.2f}" for k, v in
-                                                             sorted(g.get('sensitivity', {}).items(),
-                                                                    key=lambda kv: -kv[1])[:6]))
+                text += (f"\n\n{arch} guarded int8: all-int8 drop {g['int8_drop'] * 100:.2f} pts; held-back cosine "
+                         "recovered when only that layer is float: " + ", ".join(
+                             f"{k} {v:+.5f}" for k, v in sorted(g.get('sensitivity', {}).items(), key=lambda kv: -kv[1])[:6]))
             if f.get("sensitivity"):
                 s = f["sensitivity"]
                 text += (f"\n\n{arch} sensitivity-70 per-layer ratios: "

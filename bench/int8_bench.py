@@ -166,14 +166,15 @@ def ort_dynamic(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
     return out, "quantize_dynamic defaults"
 
 
-def nncf_int8(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
+def nncf_int8(fp32: Path, calib: dict, out: Path, transformer: bool = False) -> tuple[Path, str]:
     import nncf
     import onnx
 
     n = len(next(iter(calib.values())))
     dataset = nncf.Dataset([{k: v[i:i + 1] for k, v in calib.items()} for i in range(n)])
-    onnx.save(nncf.quantize(onnx.load(str(fp32)), dataset, subset_size=n), str(out))
-    return out, "nncf.quantize defaults (fast bias correction)"
+    extra = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    onnx.save(nncf.quantize(onnx.load(str(fp32)), dataset, subset_size=n, **extra), str(out))
+    return out, "nncf.quantize, model_type=TRANSFORMER" if transformer else "nncf.quantize defaults (fast bias correction)"
 
 
 def olive_int8(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
@@ -255,6 +256,7 @@ def main() -> None:
         "ort-pc": lambda f, c, o: ort_static(f, c, o, per_channel=True, reduce_range=True),
         "ort-dynamic": ort_dynamic,
         "nncf": nncf_int8,
+        "nncf-transformer": lambda f, c, o: nncf_int8(f, c, o, transformer=True),
         "olive": olive_int8,
         "edgehub": lambda f, c, o: edgehub_pass("int8_static", {})(f, c, o, score, unit),
         "edgehub-dynamic": lambda f, c, o: edgehub_pass("int8_dynamic", {})(f, c, o),

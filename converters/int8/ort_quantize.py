@@ -11,9 +11,9 @@ from edgehub.converters.int8.calibration import ort_method
 
 # Kernel schemes. On x86 CPUs without VNNI, ONNX Runtime's default U8S8 kernels can saturate
 # 16-bit intermediate sums; reduce_range (7-bit weights) or U8U8 avoid it, at a cost: 7-bit
-# weights are coarser and U8U8 kernels slower. Which costs least depends on the model (measured on
-# this AVX2-only CPU: a Fashion-MNIST CNN best with reduce_range, EfficientNet-Lite1 with U8S8,
-# cosine 0.991 against 0.975 for reduce_range), so "auto" tries them on held-back data.
+# weights are coarser and U8U8 kernels slower. Which costs least depends on the model and the CPU
+# (measured on an AVX-512 VNNI EPYC: a Fashion-MNIST CNN best with reduce_range, EfficientNet-Lite1
+# with U8S8, cosine 0.991 against 0.975 for reduce_range), so "auto" tries them on held-back data.
 # TensorRT wants symmetric signed int8 for both activations and weights.
 Scheme = Literal["u8s8", "reduce_range", "u8u8", "s8s8-symmetric"]
 

@@ -122,8 +122,13 @@ class Int8Guarded(Int8Static):
             raise NotApplicable("no layer recovers anything when kept float alone: the plain int8 variant is "
                                 "the best int8 this model gets")
         result, score = candidate(kept)
+        ratio = result.size_bytes / built.artifact.size_bytes
+        if not within:  # a variant the gate would reject anyway is not worth a device's benchmark
+            raise NotApplicable(f"keeping {len(kept)} of {len(layers)} layers float ({ratio:.2f}x the int8 file) "
+                                f"reaches {ctx.score_unit} {score:.4f}, still {baseline - score:.4f} from fp32 "
+                                f"(budget {config.max_drop}): not built")
         guard.update(sensitivity={name: gains[name] for name in ranked}, sensitivity_unit="held-back cosine recovered",
                      kept_float=kept, final_score=round(score, 6), final_drop=round(baseline - score, 6),
-                     within_budget=within, size_ratio_to_int8=round(result.size_bytes / built.artifact.size_bytes, 3),
+                     within_budget=within, size_ratio_to_int8=round(ratio, 3),
                      evaluations=len(candidates) + 2)
         return result.model_copy(update={"notes": {**built.notes, "guard": guard}})

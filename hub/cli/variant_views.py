@@ -63,6 +63,9 @@ def step_summary(step: dict) -> str:
         guard = notes.get("guard", {})
         kept = guard.get("kept_float", [])
         return f"kept float: {', '.join(kept)}" if kept else "all layers int8"
+    if name == "int8_static" and "scheme" in notes:
+        steps = ", ".join(notes.get("steps", []))
+        return f"{notes['scheme']}/{notes.get('calibrate_method', '?')}" + (f", {steps}" if steps else "")
     if name == "int4_weight":
         return f"4-bit {notes.get('quantized_layers', 0)}/{notes.get('eligible_layers', 0)} MatMul/Gemm"
     return ""
@@ -99,16 +102,19 @@ def _pruning_table(label: str, notes: dict) -> Table:
 
 
 def _guard_table(label: str, guard: dict) -> Table:
-    table = Table(title=f"{label}: int8 sensitivity (drop in {guard.get('unit', 'score')} points when only "
-                        f"that layer is int8)", title_justify="left")
+    table = Table(title=f"{label}: int8 sensitivity (cosine with fp32 recovered on held-back samples when only "
+                        f"that layer is kept float)", title_justify="left")
     table.add_column("layer")
-    table.add_column("drop", justify="right")
+    table.add_column("cosine recovered", justify="right")
     table.add_column("kept float", justify="center")
     kept = set(guard.get("kept_float", []))
-    for layer, drop in sorted(guard["sensitivity"].items(), key=lambda kv: -kv[1]):
-        table.add_row(layer, f"{drop * 100:+.2f}", "yes" if layer in kept else "")
-    table.caption = (f"all int8: drop {guard['int8_drop'] * 100:.2f} pts; with {len(kept)} layer(s) float: "
-                     f"{guard['final_drop'] * 100:.2f} pts (budget {guard['max_drop'] * 100:.2f})")
+    for layer, gain in sorted(guard["sensitivity"].items(), key=lambda kv: -kv[1]):
+        table.add_row(layer, f"{gain:+.6f}", "yes" if layer in kept else "")
+    unit = guard.get("unit", "score")
+    table.caption = (f"all int8: {unit} drop {guard['int8_drop']:.4f}; with {len(kept)} layer(s) float: "
+                     f"{guard['final_drop']:.4f} (budget {guard['max_drop']:.4f}"
+                     f"{', met' if guard.get('within_budget') else ', not met'}); "
+                     f"size {guard.get('size_ratio_to_int8', 1):.2f}x the all-int8 file")
     return table
 
 

@@ -174,7 +174,7 @@ def test_guard_table_names_the_layers_kept_float():
 
     guard = {"max_drop": 0.003, "unit": "accuracy", "int8_drop": 0.65, "final_drop": 0.001,
              "sensitivity": {"/layer1/conv2/Conv": 0.6, "/stem/Conv": 0.0, "/fc/Gemm": 0.001},
-             "kept_float": ["/layer1/conv2/Conv"], "within_budget": True}
+             "kept_float": ["/layer1/conv2/Conv"], "within_budget": True, "size_ratio_to_int8": 1.25}
     spec = [TensorSpec(name="x", dtype="float32", shape=["batch", 4])]
     variant = VariantRecord(id="m-v1-g", model="m", version=1, label="g", profiles=[], format="onnx",
                             precision="mixed", size_bytes=10, sha256="0" * 64, inputs=spec, outputs=spec,
@@ -184,6 +184,7 @@ def test_guard_table_names_the_layers_kept_float():
         console.print(table)
     console.print(lineage_tree("m", 1, [variant]))
     text = console.export_text()
-    row = next(line for line in text.splitlines() if "/layer1/conv2/Conv" in line and "+60.00" in line)
+    row = next(line for line in text.splitlines() if "/layer1/conv2/Conv" in line and "+0.600000" in line)
     assert "yes" in row
-    assert "all int8: drop 65.00 pts" in text and "kept float: /layer1/conv2/Conv" in text
+    assert "all int8: accuracy drop 0.6500" in text and "budget 0.0030, met" in text and "1.25x" in text
+    assert "kept float: /layer1/conv2/Conv" in text

@@ -341,10 +341,12 @@ def test_a_calibration_method_that_fails_falls_back_and_says_so(net, tmp_path, m
     assert "entropy" in q.notes["calibration_failed"] and q.notes["calibrate_method"] != "entropy"
 
 
-def test_the_guard_names_what_it_kept_float_and_says_when_the_budget_is_out_of_reach(net, tmp_path):
-    """A budget of 0 cannot be met (activations stay int8): the guard keeps every layer that helps,
-    says it is not within budget, and names the layers and the size they cost. Meeting a budget is
-    tested on the outlier MLP (test_compression_onnx.py)."""
+def test_the_guard_says_when_the_budget_is_out_of_reach(net, tmp_path):
+    """A budget of 0 cannot be met (activations stay int8): no variant the gate would reject is
+    built, and the reason gives the figures. Meeting a budget is tested on the outlier MLP
+    (test_compression_onnx.py)."""
+    from edgehub.converters.passes.base import NotApplicable
+
     artifact, pre, x, _ = net
     held = x[1400:]
     reference = _run(pre, held)
@@ -353,15 +355,9 @@ def test_the_guard_names_what_it_kept_float_and_says_when_the_budget_is_out_of_r
         return cosine(_run(candidate.path, held), reference)
 
     ctx = _ctx(tmp_path, x, score)
-    guarded = run_pass("int8_guarded", artifact, {"max_drop": 0.0, "rounding": "nearest", "bias_correction": "off",
-                                                  "max_float_share": 1.0}, ctx)
-    guard = guarded.notes["guard"]
-    assert guard["kept_float"] and not guard["within_budget"]
-    assert guard["kept_float"] == sorted(guard["sensitivity"], key=lambda n: -guard["sensitivity"][n])
-    assert all(gain > 0 for gain in guard["sensitivity"].values())
-    assert guard["final_drop"] < guard["int8_drop"]
-    assert guard["size_ratio_to_int8"] > 1.0 and guarded.precision == "mixed"
-    assert guard["evaluations"] == 3  # fp32, all-int8, and one try with every helpful layer float
+    with pytest.raises(NotApplicable, match=r"keeping \d+ of 5 layers float \(\d\.\d\dx the int8 file\).*not built"):
+        run_pass("int8_guarded", artifact, {"max_drop": 0.0, "rounding": "nearest", "bias_correction": "off",
+                                            "max_float_share": 1.0}, ctx)
 
 
 def test_the_guard_is_not_built_when_all_int8_is_within_budget(net, tmp_path):
