@@ -18,7 +18,7 @@ from edgehub.hub.fleet.records import DesiredSummary
 from edgehub.protocol.messages import BenchmarkSettings, Candidate, DesiredState, now_utc
 
 
-class Plan(BaseModel):
+class DesiredPlan(BaseModel):
     """The next desired state, minus the candidates' bodies."""
 
     model_config = ConfigDict(frozen=True)
@@ -36,7 +36,7 @@ class Plan(BaseModel):
 
 
 def plan_next(current: DesiredSummary | None, target: tuple[str, int] | None, candidate_ids: list[str],
-              winner: str | None, settings: BenchmarkSettings) -> Plan | None:
+              winner: str | None, settings: BenchmarkSettings) -> DesiredPlan | None:
     """One step towards the target, or None when nothing needs to change."""
     if target is None:
         return None
@@ -46,16 +46,16 @@ def plan_next(current: DesiredSummary | None, target: tuple[str, int] | None, ca
     if current is None or (current.model, current.version) != (model, version) or \
             current.candidate_ids != wanted or current.benchmark != settings:
         # New work: benchmark these candidates. The device keeps serving what it has meanwhile.
-        return Plan(generation=generation, model=model, version=version, candidate_ids=wanted,
+        return DesiredPlan(generation=generation, model=model, version=version, candidate_ids=wanted,
                     activate=current.activate if current else None, benchmark=settings)
     if winner is not None and winner != current.activate and winner in wanted:
-        return Plan(generation=generation, model=model, version=version, candidate_ids=wanted, activate=winner,
+        return DesiredPlan(generation=generation, model=model, version=version, candidate_ids=wanted, activate=winner,
                     benchmark=settings)
     return None
 
 
 def settle(current: DesiredSummary | None, target: tuple[str, int] | None, candidate_ids: list[str],
-           winner: str | None, settings: BenchmarkSettings) -> Plan | None:
+           winner: str | None, settings: BenchmarkSettings) -> DesiredPlan | None:
     """Like plan_next, but a new target whose winner is already known activates it at once."""
     first = plan_next(current, target, candidate_ids, winner, settings)
     if first is None:
@@ -66,7 +66,7 @@ def settle(current: DesiredSummary | None, target: tuple[str, int] | None, candi
     return second.model_copy(update={"generation": first.generation})  # the device never saw `first`
 
 
-def desired_from(device_id: str, plan: Plan, candidates: list[Candidate]) -> DesiredState:
+def desired_from(device_id: str, plan: DesiredPlan, candidates: list[Candidate]) -> DesiredState:
     """The wire body of a plan; `candidates` are in the plan's order."""
     return DesiredState(device_id=device_id, generation=plan.generation, model=plan.model, version=plan.version,
                         candidates=candidates, activate=plan.activate, benchmark=plan.benchmark, at=now_utc())

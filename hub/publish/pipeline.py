@@ -33,7 +33,7 @@ from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.publish.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
 from edgehub.hub.publish.evaluate import EvalSpec, primary_score, score_outputs
-from edgehub.hub.publish.recipes import Plan, PlanError, Skipped, VariantPlan, check_formats, plan_for_profiles
+from edgehub.hub.publish.recipes import BuildPlan, PlanError, Skipped, VariantPlan, check_formats, plan_for_profiles
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.manifest import Manifest
 from edgehub.zoo.profiles import get_profile, load_profiles
@@ -174,7 +174,7 @@ def _preflight(root: Artifact, evalset: EvalSet, runner: EvalRunner) -> None:
     runner.evaluate(root, "source", head=head)
 
 
-def _build(plan: Plan, root: Artifact, root_step: dict, evalset: EvalSet, calib: dict[str, np.ndarray],
+def _build(plan: BuildPlan, root: Artifact, root_step: dict, evalset: EvalSet, calib: dict[str, np.ndarray],
            workdir: Path, sink: ProgressSink, runner: EvalRunner,
            training: TrainingSet | None = None) -> tuple[list[_Built], list[Skipped]]:
     built: dict[str, _Built] = {}
@@ -370,7 +370,7 @@ def _load_recipe(path: Path | None):
         raise PublishError(str(exc)) from None
 
 
-def _check_training(plan: Plan, options: PublishOptions, has_training_set: bool) -> None:
+def _check_training(plan: BuildPlan, options: PublishOptions, has_training_set: bool) -> None:
     """Training passes need a PyTorch source and a training set: say so before building anything."""
     from edgehub.converters.passes.base import get_pass
     from edgehub.converters.torch_export import is_factory_ref

@@ -53,7 +53,7 @@ class Skipped(BaseModel):
     variant: str | None = None  # a planned variant that was not built (e.g. nothing to quantize)
 
 
-class Plan(BaseModel):
+class BuildPlan(BaseModel):
     variants: list[VariantPlan]
     skipped: list[Skipped]
 
@@ -201,7 +201,7 @@ FORMAT_PLANNERS = {"tflite": _tflite_plans, "edgetpu": _edgetpu_plans, "coreml":
                    "tensorrt": _tensorrt_plans}
 
 
-def check_formats(plan: Plan, pass_formats) -> Plan:
+def check_formats(plan: BuildPlan, pass_formats) -> BuildPlan:
     """Type-check every variant's chain before anything is built: each step must take the format
     its input has (the fp32 root is ONNX), and the variant gets the format its last step makes.
     `pass_formats(name)` gives a pass's (input formats, output format or None). Raises PlanError."""
@@ -217,7 +217,7 @@ def check_formats(plan: Plan, pass_formats) -> Plan:
             fmt = makes or fmt
         made[v.label] = fmt
         checked.append(v if v.format == fmt else v.model_copy(update={"format": fmt}))
-    return Plan(variants=checked, skipped=plan.skipped)
+    return BuildPlan(variants=checked, skipped=plan.skipped)
 
 
 def _root_plan() -> VariantPlan:
@@ -235,7 +235,7 @@ def _merge(merged: dict[str, VariantPlan], plan: VariantPlan, profile: str) -> N
         merged[plan.label] = plan.model_copy(update={"profiles": [profile]})
 
 
-def plan_for_profiles(profiles: list[Profile], training: bool = False, recipe: RecipeFile | None = None) -> Plan:
+def plan_for_profiles(profiles: list[Profile], training: bool = False, recipe: RecipeFile | None = None) -> BuildPlan:
     """The variants to build for these profiles, merged across profiles by label.
 
     With `training` (a training set was given) the defaults include the training passes; a
@@ -280,7 +280,7 @@ def plan_for_profiles(profiles: list[Profile], training: bool = False, recipe: R
     if profiles and not merged:
         # Nothing buildable: keep the fp32 root so the model is still registered and measurable.
         merged[ROOT] = _root_plan()
-    return Plan(variants=list(merged.values()), skipped=skipped)
+    return BuildPlan(variants=list(merged.values()), skipped=skipped)
 
 
 def _all_default_labels(profiles: list[Profile], training: bool) -> list[VariantPlan]:

@@ -90,15 +90,15 @@ def test_every_builtin_chain_type_checks_and_gets_the_format_its_passes_make():
 
 def test_a_chain_feeding_a_pass_the_wrong_format_fails_before_any_build():
     from edgehub.converters.passes.base import pass_formats
-    from edgehub.hub.publish.recipes import Plan, PlanError, Step, VariantPlan, check_formats
+    from edgehub.hub.publish.recipes import BuildPlan, PlanError, Step, VariantPlan, check_formats
 
-    bad = Plan(skipped=[], variants=[
+    bad = BuildPlan(skipped=[], variants=[
         VariantPlan(label=ROOT, parent=None, steps=[Step(pass_name="slim")], profiles=["rpi5"]),
         VariantPlan(label="tflite-then-int8", parent=ROOT, profiles=["rpi5"],
                     steps=[Step(pass_name="tflite", config={}), Step(pass_name="int8_static", config={})])])
     with pytest.raises(PlanError, match=r"'tflite-then-int8': step 2 \(int8_static\) takes onnx models, but its "
                                         r"input is tflite"):
         check_formats(bad, pass_formats)
-    good = Plan(skipped=[], variants=bad.variants[:1] + [bad.variants[1].model_copy(update={
+    good = BuildPlan(skipped=[], variants=bad.variants[:1] + [bad.variants[1].model_copy(update={
         "label": "tflite-only", "steps": bad.variants[1].steps[:1]})])
     assert [v.format for v in check_formats(good, pass_formats).variants] == ["onnx", "tflite"]
