@@ -83,10 +83,8 @@ class HoldoutScorer:
         self.held, self.unfused = held, unfused
         self.reference = run_model(fp32, held)
         self.classifier = is_classifier(self.reference, output_name)
-        self.runs = 0
 
     def __call__(self, candidate: Path, unfused: bool | None = None) -> TrialScore:
-        self.runs += 1
         out = run_model(candidate, self.held, unfused=self.unfused if unfused is None else unfused)
         return TrialScore(cosine(out, self.reference),
                           agreement(out, self.reference) if self.classifier else None)

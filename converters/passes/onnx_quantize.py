@@ -14,7 +14,6 @@ from edgehub.converters.artifact import Artifact
 from edgehub.converters.errors import ConversionError
 from edgehub.converters.int8.calibration import CalibrationMethodName
 from edgehub.converters.int8.holdout import HoldoutScorer, Split, split
-from edgehub.converters.int8.ort_log import OrtLog
 from edgehub.converters.int8.ort_quantize import Scheme, compact, pre_process, resolve_op_types
 from edgehub.converters.int8.search import Search, Settings, Trial, copy_chosen
 from edgehub.converters.onnx_model import onnx_artifact
@@ -74,8 +73,6 @@ class Built:
     search: Search
     float_graph: Path  # the fp32 graph with float weights: what a layer kept float computes with
     scorer: HoldoutScorer
-    parts: Split
-    log: OrtLog
     notes: dict
 
 
@@ -128,8 +125,7 @@ class Int8Static(Pass[Int8StaticConfig]):
         n_cal, n_held = parts.sizes
         notes = {**search.summary(best), "calibration_samples": n_cal, "held_back_samples": n_held if parts.separate else 0,
                  "op_types": op_types or "all"}
-        built = Built(onnx_artifact(out, precision="int8", notes=notes), best, search, best.float_graph, scorer,
-                      parts, search.log, notes)
+        built = Built(onnx_artifact(out, precision="int8", notes=notes), best, search, best.float_graph, scorer, notes)
         ctx.memo[key] = built
         return built
 
