@@ -72,7 +72,6 @@ class Settings:
     rounding: str  # "auto" | "nearest" | "optimized"
     rounding_samples: int
     rounding_time_budget_s: float
-    max_drop: float
     per_channel: bool
     nodes_to_exclude: list[str]
     op_types: list[str] | None
@@ -169,7 +168,7 @@ class Search:
             return best
         self.on_progress("equalizing")
         report = equalize(model)
-        pairs, _ = find_pairs(model)
+        pairs, _ = find_pairs(model)  # again: equalize replaced the ReLU6 nodes the first pairs hold
         report.absorbed = absorb_biases(model, _output_minima(model, pairs, self.calibrate), pairs)
         path = self.new_path("equalized", ".onnx")
         onnx.save(model, str(path))

@@ -82,7 +82,7 @@ def _settings(config: Int8StaticConfig, op_types: list[str] | None) -> Settings:
     return Settings(methods=list(methods), schemes=list(schemes), equalize=config.equalize,
                     bias_correction=config.bias_correction, rounding=config.rounding,
                     rounding_samples=config.rounding_samples, rounding_time_budget_s=config.rounding_time_budget_s,
-                    max_drop=config.max_drop, per_channel=config.per_channel,
+                    per_channel=config.per_channel,
                     nodes_to_exclude=list(config.nodes_to_exclude), op_types=op_types, num_bins=config.num_bins,
                     percentile=config.percentile)
 
