@@ -10,4 +10,6 @@ from setuptools import find_packages, setup
 PARTS = ("agent", "converters", "hub", "protocol", "zoo")
 
 setup(packages=[f"edgehub.{name}" for part in PARTS
-                for name in (part, *(f"{part}.{sub}" for sub in find_packages(part)))])
+                for name in (part, *(f"{part}.{sub}" for sub in find_packages(part)))],
+      # The console's page templates (hub/console/templates/) ship with the package.
+      package_data={"edgehub.hub.console": ["templates/*.html"]})

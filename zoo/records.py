@@ -71,6 +71,14 @@ class VariantRecord(BaseModel):
     def _profile_set(cls, values: list[str]) -> list[str]:
         return sorted(set(values))
 
+    def public_json(self) -> dict:
+        """The variant as `zoo show --json`, the API and the console give it: the signed manifest
+        as plain JSON under `manifest`."""
+        data = self.model_dump(mode="json", exclude={"signed_manifest"})
+        if self.signed_manifest is not None:
+            data["manifest"] = self.signed_manifest.model_dump(mode="json")
+        return data
+
     @field_validator("metrics")
     @classmethod
     def _finite(cls, values: dict[str, float | None]) -> dict[str, float | None]:

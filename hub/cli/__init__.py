@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "hub": ("edgehub.hub.cli.hub_cmd", "hub", "hub"),
     "fleet": ("edgehub.hub.cli.fleet_cmd", "fleet", "hub"),
     "rollout": ("edgehub.hub.cli.rollout_cmd", "rollout", "hub"),
+    "jobs": ("edgehub.hub.cli.jobs_cmd", "jobs", "hub"),
     "report": ("edgehub.hub.cli.report_cmd", "report", "hub"),
     "demo": ("edgehub.hub.cli.demo_cmd", "demo", "all"),
 }

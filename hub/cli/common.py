@@ -22,6 +22,28 @@ home_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of tables.")
 
 
+def hub_options(fn: Callable) -> Callable:
+    """--home plus --hub / --token / --ca: with a hub URL (or $EDGEHUB_HUB) the command talks to that hub's
+    API and writes nothing locally; without, it opens the local hub home."""
+    fn = click.option("--ca", "hub_ca", envvar="EDGEHUB_CA", type=click.Path(dir_okay=False),
+                      help="CA certificate (PEM) of a remote hub's HTTPS, when the system does not trust it "
+                           "(`hub certs` makes <home>/tls/ca.pem). Default: $EDGEHUB_CA.")(fn)
+    fn = click.option("--token", "hub_token", envvar="EDGEHUB_TOKEN",
+                      help="API token for --hub (default: $EDGEHUB_TOKEN; prefer the variable: a command "
+                           "line is visible to other users).")(fn)
+    fn = click.option("--hub", "hub_url", envvar="EDGEHUB_HUB",
+                      help="A remote hub's API URL, e.g. https://hub.example:8443 (default: $EDGEHUB_HUB; "
+                           "none: the local hub home).")(fn)
+    return home_option(fn)
+
+
+def open_hub(home, hub_url, hub_token, hub_ca):
+    """The hub a command works on: RemoteHub for a URL, else LocalHub on the home (hub/client/)."""
+    from edgehub.hub.client import connect
+
+    return connect(home, hub_url, hub_token, hub_ca)
+
+
 _ERROR_CLASSES = (
     ("edgehub.converters.errors", "ConversionError"),
     ("edgehub.hub.publish.eval_data", "EvalSetError"),
@@ -33,6 +55,8 @@ _ERROR_CLASSES = (
     ("edgehub.agent.config", "ConfigError"),
     ("edgehub.hub.serve.certs", "CertError"),
     ("edgehub.zoo.signing", "HubKeyError"),
+    ("edgehub.hub.access.tokens", "TokenError"),
+    ("edgehub.hub.client.remote", "RemoteError"),
 )
 
 

@@ -16,8 +16,10 @@ from edgehub.hub.cli.common import console, err_console, print_json
               help="Hub home for the demo (default: a temporary directory, removed afterwards).")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Training epochs on Fashion-MNIST.")
 @click.option("--timeout", "timeout_s", type=float, default=300, show_default=True)
+@click.option("--keep", is_flag=True, help="Keep the hub and agents running afterwards (Ctrl-C stops) and print "
+              "the web console's URL with a token to log in.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final fleet as JSON.")
-def demo(home, epochs, timeout_s, as_json):
+def demo(home, epochs, timeout_s, keep, as_json):
     """Hub + managed broker + three agents on localhost: publish a CNN, benchmark, select, activate."""
     from edgehub.hub.cli.fleet_cmd import status_table
     from edgehub.hub.serve.demo import run_demo
@@ -27,7 +29,7 @@ def demo(home, epochs, timeout_s, as_json):
     try:
         try:
             # With --json the story goes to stderr so stdout holds only the JSON.
-            result = run_demo(home, err_console if as_json else console, epochs=epochs, timeout_s=timeout_s)
+            result = run_demo(home, err_console if as_json else console, epochs=epochs, timeout_s=timeout_s, keep=keep)
         except RuntimeError as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:

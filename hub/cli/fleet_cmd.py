@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from edgehub.hub.cli.common import console, err_console, home_option, json_option, one_line_errors, print_json
+from edgehub.hub.cli.common import (
+    console,
+    err_console,
+    home_option,
+    hub_options,
+    json_option,
+    one_line_errors,
+    open_hub,
+    print_json,
+)
 from edgehub.hub.cli.fleet_views import status_table  # the demo prints its fleet with it too
 
 
@@ -73,27 +83,12 @@ def revoke(device_id, home):
     console.print(f"revoked {device_id}")
 
 
-def _filter(profile=None, group=None, online=None, rollout=None, simulated=None):
-    from edgehub.hub.fleet.views import StatusFilter
+def status_rows(paths, *, limit: int | None = None) -> list[dict]:
+    """The local fleet's device rows (one joined, indexed query): what the demo prints."""
+    from edgehub.hub.client.local import LocalHub
 
-    return StatusFilter(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
-
-
-def status_rows(paths, *, limit: int | None = None, **filters) -> list[dict]:
-    """The fleet's device rows (one joined, indexed query), optionally filtered."""
-    from edgehub.hub.context import HubContext
-
-    with HubContext(paths) as hub:
-        return hub.fleet.status_rows(_filter(**filters), limit=limit)
-
-
-def status_view(paths, *, limit: int | None, **filters) -> dict:
-    """Summary counts over every matching device, and up to `limit` of their rows."""
-    from edgehub.hub.context import HubContext
-
-    with HubContext(paths) as hub:
-        where = _filter(**filters)
-        return {"summary": hub.fleet.status_summary(where), "devices": hub.fleet.status_rows(where, limit=limit)}
+    with LocalHub.open(paths.root) as hub:
+        return hub.fleet_status(limit=limit)["devices"]
 
 
 def _render(view: dict):
@@ -118,29 +113,39 @@ def _render(view: dict):
 @click.option("--watch", is_flag=True, help="Redraw every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between --watch redraws.")
 @click.option("--iterations", type=int, help="With --watch: stop after this many redraws.")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def status(profile, group, online, rollout, simulated, limit, watch, interval, iterations, home, as_json):
+def status(profile, group, online, rollout, simulated, limit, watch, interval, iterations, home, hub_url, hub_token,
+           hub_ca, as_json):
     """Every device: online, profile, active variant, measured p50, accuracy, rollout, last seen;
     and summary counts (per profile, per rollout stage)."""
+    from edgehub.hub.cli.fleet_views import TABLE_LIMIT
+    from edgehub.hub.client.models import StatusQuery
+
+    query = StatusQuery(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
+    table_limit = TABLE_LIMIT if limit is None else limit
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        if as_json and not watch:
+            print_json(hub.fleet_status(query, limit=limit))
+            return
+        if not watch:
+            _show_status(hub, query, table_limit)
+            return
+        _watch_status(hub, query, table_limit, as_json, interval, iterations)
+
+
+def _show_status(hub, query, table_limit: int) -> None:
+    view = hub.fleet_status(query, limit=table_limit)
+    if not view["summary"]["devices"] and not any(v is not None for v in query.model_dump().values()):
+        console.print("No devices yet: `edgehub fleet enroll DEVICE --profile PROFILE`.")
+        return
+    console.print(_render(view))
+
+
+def _watch_status(hub, query, table_limit: int, as_json: bool, interval: float, iterations: int | None) -> None:
     import time
 
-    from edgehub.hub.cli.fleet_views import TABLE_LIMIT
-
-    paths = _paths(home)
-    filters = dict(profile=profile, group=group, online=online, rollout=rollout, simulated=simulated)
-    table_limit = TABLE_LIMIT if limit is None else limit
-    if as_json and not watch:
-        print_json(status_view(paths, limit=limit, **filters))
-        return
-    if not watch:
-        view = status_view(paths, limit=table_limit, **filters)
-        if not view["summary"]["devices"] and not any(v is not None for v in filters.values()):
-            console.print("No devices yet: `edgehub fleet enroll DEVICE --profile PROFILE`.")
-            return
-        console.print(_render(view))
-        return
     from rich.live import Live
 
     shown = 0
@@ -148,7 +153,7 @@ def status(profile, group, online, rollout, simulated, limit, watch, interval, i
         try:
             while iterations is None or shown < iterations:
                 started = time.perf_counter()
-                view = status_view(paths, limit=table_limit, **filters)
+                view = hub.fleet_status(query, limit=table_limit)
                 if as_json:
                     print_json({**view, "query_s": round(time.perf_counter() - started, 4)})
                 else:
@@ -165,27 +170,21 @@ def status(profile, group, online, rollout, simulated, limit, watch, interval, i
 @click.argument("device_ids", nargs=-1, required=True)
 @click.option("--add", "add", multiple=True, help="Tag (group) to add (repeatable).")
 @click.option("--remove", "remove", multiple=True, help="Tag to remove (repeatable).")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def tag(device_ids, add, remove, home, as_json):
+def tag(device_ids, add, remove, home, hub_url, hub_token, hub_ca, as_json):
     """Put devices in groups (tags) or take them out; a device tagged into a group during a
     rollout of that group joins it (it gets the new version when the rollout reaches everyone)."""
-    from edgehub.hub.context import HubContext
-    from edgehub.hub.fleet.groups import validate_tag
-    from edgehub.hub.fleet.records import FleetError
+    from edgehub.hub.client.models import TagRequest
 
-    if not add and not remove:
-        raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
-    for t in (*add, *remove):
-        validate_tag(t)
-    with HubContext(_paths(home)) as hub:
-        records = hub.fleet.set_tags(list(dict.fromkeys(device_ids)), add=add, remove=remove)
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.tag(TagRequest(devices=list(device_ids), add=list(add), remove=list(remove)))
     if as_json:
-        print_json({"devices": [{"device": r.id, "tags": r.tags} for r in records]})
+        print_json(data)
     else:
-        for r in records:
-            console.print(f"{r.id}: {', '.join(r.tags) or '(no tags)'}")
+        for r in data["devices"]:
+            console.print(f"{escape(r['device'])}: {escape(', '.join(r['tags'])) or '(no tags)'}")
 
 
 def _failure_rule(text: str):
@@ -263,29 +262,23 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
 
 @fleet.command("explain")
 @click.argument("device_id")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def explain(device_id, home, as_json):
+def explain(device_id, home, hub_url, hub_token, hub_ca, as_json):
     """Why DEVICE_ID runs its variant: the verdict on every candidate."""
-    from edgehub.hub.context import HubContext
-    from edgehub.hub.fleet.records import FleetError
-
-    with HubContext(_paths(home)) as hub:
-        if hub.fleet.get_device(device_id) is None:
-            raise FleetError(f"no device {device_id!r}; see `edgehub fleet status`")
-        selection = hub.fleet.selection(device_id)
-    if selection is None:
-        raise FleetError(f"no selection for {device_id} yet: it has not reported every candidate")
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        selection = hub.explain(device_id)
     if as_json:
-        print_json(selection.model_dump(mode="json"))
+        print_json(selection)
         return
-    table = Table(title=f"{device_id}: {selection.model} v{selection.version} -> {selection.winner or 'nothing eligible'}")
+    table = Table(title=escape(f"{device_id}: {selection['model']} v{selection['version']} -> "
+                               f"{selection['winner'] or 'nothing eligible'}"))
     for column in ("variant", "p50 ms", "p99 ms", "size", "verdict"):
         table.add_column(column)
-    for v in selection.explanation["verdicts"]:
+    for v in selection["explanation"]["verdicts"]:
         mark = "[green]" if v["selected"] else ("" if v["eligible"] else "[red]")
         table.add_row(v["variant_id"], f"{v['p50_ms']:.3f}" if v["p50_ms"] is not None else "-",
                       f"{v['p99_ms']:.3f}" if v["p99_ms"] is not None else "-",
-                      str(v["size_bytes"] or "-"), f"{mark}{v['reason']}")
+                      str(v["size_bytes"] or "-"), f"{mark}{escape(v['reason'])}")
     console.print(table)

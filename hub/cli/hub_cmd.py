@@ -25,7 +25,7 @@ from edgehub.hub.cli.common import (
 
 @click.group()
 def hub() -> None:
-    """Run the hub service."""
+    """Run the hub service; its API tokens and audit log."""
 
 
 def security_errors(fn):
@@ -57,6 +57,8 @@ def security_errors(fn):
 @click.option("--http-host", help="Address of the artifact server (default 127.0.0.1).")
 @click.option("--http-port", type=int, help="Port of the artifact server (default: kept from the first run).")
 @click.option("--public-url", help="Artifact server URL as devices reach it (default http://host:port).")
+@click.option("--api-host", help="Address of the HTTP API, web console and /metrics (default 127.0.0.1).")
+@click.option("--api-port", type=int, help="Port of the API and console (default: kept from the first run; 0: off).")
 @click.option("--workers", type=click.IntRange(1, 32),
               help="Fleet workers sharing the devices' events over an MQTT 5 shared subscription: this "
                    "process and N-1 `edgehub hub worker` processes, restarted if one dies (default: as "
@@ -76,8 +78,8 @@ def security_errors(fn):
 @home_option
 @one_line_errors
 @security_errors
-def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, workers, cohort_sample, tls,
-          insecure_broker, verbose, home):
+def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, api_host, api_port, workers,
+          cohort_sample, tls, insecure_broker, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.home import HubPaths
     from edgehub.hub.serve.service import HubOptions, HubService
@@ -88,7 +90,8 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
     paths = HubPaths.from_home(home)
     settings = resolve_serve_settings(paths, broker_url=broker_url, broker_ca=broker_ca, tls=tls, fleet=fleet,
                                       mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
-                                      public_http_url=public_url, workers=workers, cohort_sample=cohort_sample)
+                                      public_http_url=public_url, workers=workers, cohort_sample=cohort_sample,
+                                      api_host=api_host, api_port=api_port)
     service = HubService(paths, settings, HubOptions(insecure_broker=insecure_broker)).start()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -96,8 +99,10 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
     scheme = "mqtts" if service.broker is not None and service.broker.files.tls is not None else "mqtt"
     console.print(f"[bold]edgehub hub[/] fleet [cyan]{settings.fleet}[/], broker "
                   f"{settings.broker_url or f'{scheme}://{settings.mqtt_host}:{settings.mqtt_port} (managed)'}, "
-                  f"artifacts {service.http.base_url}, {settings.workers} worker(s), home {paths.root}. "
-                  "Ctrl-C stops.")
+                  f"artifacts {service.http.base_url}, {settings.workers} worker(s), home {paths.root}.\n"
+                  + (f"API {service.api.base_url}/api/v1, console {service.api.base_url}/console, metrics "
+                     f"{service.api.base_url}/metrics (tokens: `edgehub hub token create NAME --role ROLE`). "
+                     if service.api else "") + "Ctrl-C stops.")
     try:
         while not stop.wait(1.0):
             for what in service.supervise():
@@ -234,3 +239,13 @@ def keys_retire(key_id, home):
 
     retire_key(_keys_dir(home), key_id)
     console.print(f"retired {key_id}")
+
+
+def _access_commands() -> None:
+    from edgehub.hub.cli.access_cmd import audit, token
+
+    hub.add_command(token)
+    hub.add_command(audit)
+
+
+_access_commands()

@@ -8,8 +8,8 @@ import click
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from edgehub.hub.cli.common import console, err_console, home_option, json_option, one_line_errors, print_json
-from edgehub.hub.cli.variant_views import sensitivity_tables, variant_json, variants_table
+from edgehub.hub.cli.common import console, err_console, hub_options, json_option, one_line_errors, open_hub, print_json
+from edgehub.hub.cli.variant_views import sensitivity_tables, variants_table
 
 
 class RichSink:
@@ -65,17 +65,25 @@ class RichSink:
               "scores variants on the eval set instead of accuracy/agreement; 'data' holds the eval file's "
               "arrays that are not inputs (e.g. y, boxes). Runs in the evaluation child.")
 @click.option("--new-version", is_flag=True, help="Publish as the next version if the name exists with other content.")
-@click.option("--no-deploy", is_flag=True, help="Register only; do not send candidates to enrolled devices.")
+@click.option("--deploy", is_flag=True,
+              help="Also make it the profiles' production at once (every enrolled device of the profiles gets "
+                   "it). Default: register only; devices get a version through a rollout or an alias.")
+@click.option("--rollout", "rollout_spec", metavar="SPEC",
+              help="Start a rollout of the new version on each profile (or group=TAG), e.g. "
+                   "'canary=5%,stages=25%,50%' (keys: group, canary, stages, success, error, soak, on_success "
+                   "[continue|approve], on_error [rollback|pause]).")
+@click.option("--no-deploy", is_flag=True, hidden=True, help="Kept for old scripts: registering only is the default.")
 @click.option("--eval-timeout", "eval_timeout_s", type=click.FloatRange(min=1),
               help="Seconds one evaluation of a model may take in its child process (default "
                    "$EDGEHUB_EVAL_TIMEOUT_S or 600).")
 @click.option("--eval-memory", "eval_memory_mb", type=click.IntRange(min=64),
               help="Address-space limit in MB of the evaluation child (default $EDGEHUB_EVAL_MEMORY_MB or 8192).")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
 def publish(source, name, eval_path, profiles, calib_path, weights, profiles_file, train_path, unlabeled_path,
-            recipe_path, metric, new_version, no_deploy, eval_timeout_s, eval_memory_mb, home, as_json):
+            recipe_path, metric, new_version, deploy, rollout_spec, no_deploy, eval_timeout_s, eval_memory_mb, home,
+            hub_url, hub_token, hub_ca, as_json):
     """Build variants of SOURCE (an .onnx file or 'package.module:factory') for device profiles.
 
     \b
@@ -85,12 +93,13 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz
       edgehub publish mypkg.nets:resnet --weights w.pt --name resnet --eval eval.npz --train train.npz \\
           --recipe chains.toml
+      edgehub publish model.onnx --name m --eval eval.npz --profile rpi5 --rollout canary=5%,stages=25%,50%
+      EDGEHUB_HUB=https://hub:8443 EDGEHUB_TOKEN=... edgehub publish model.onnx --name m --eval eval.npz
     """
-    from edgehub.hub.context import HubContext
+    from edgehub.hub.client.models import parse_publish_rollout
     from edgehub.hub.publish.pipeline import PublishOptions
-    from edgehub.hub.publish.release import publish_and_deploy
 
-    hub = HubContext.open(home)
+    rollout = parse_publish_rollout(rollout_spec) if rollout_spec else None
     options = PublishOptions(source=source, name=name, eval_path=eval_path, profiles=list(profiles),
                              calib_path=calib_path, weights=weights, new_version=new_version,
                              profiles_file=profiles_file, train_path=train_path, unlabeled_path=unlabeled_path,
@@ -99,28 +108,46 @@ def publish(source, name, eval_path, profiles, calib_path, weights, profiles_fil
     progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<16}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                         console=err_console, transient=as_json)
-    with hub, progress:
-        release = publish_and_deploy(options, hub.paths, hub.registry, hub.fleet, RichSink(progress),
-                                     deploy_to_fleet=not no_deploy)
-    outcome, deployed, devices = release.outcome, release.deployed_profiles, release.enrolled_devices
-
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub, progress:
+        data = hub.publish(options, RichSink(progress), deploy=deploy, rollout=rollout, on_upload=UploadBars(progress))
     if as_json:
-        print_json({
-            "model": outcome.version.name, "version": outcome.version.version,
-            "already_published": outcome.already_published,
-            "variants": [variant_json(v) for v in outcome.variants],
-            "skipped": [s.model_dump() for s in outcome.skipped],
-            "deployed_profiles": deployed, "enrolled_devices": devices,
-        })
+        print_json(data)
         return
-    if outcome.already_published:
-        console.print(f"{name} v{outcome.version.version} is already published with this content; nothing to do.")
-    console.print(variants_table(outcome.variants, title=f"{name} v{outcome.version.version}"))
-    for table in sensitivity_tables(outcome.variants):
+    _print_result(name, data)
+
+
+class UploadBars:
+    """One progress bar per file sent to a remote hub."""
+
+    def __init__(self, progress: Progress):
+        self.progress, self.tasks = progress, {}
+
+    def __call__(self, filename: str, done: int, total: int) -> None:
+        if filename not in self.tasks:
+            self.tasks[filename] = self.progress.add_task(f"upload {filename}"[:16], total=max(total, 1), status="")
+        self.progress.update(self.tasks[filename], completed=done if total else 1,
+                             status=f"{done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+
+def _print_result(name: str, data: dict) -> None:
+    from edgehub.hub.cli.zoo_cmd import variant_records
+
+    variants = variant_records(data["variants"])
+    if data["already_published"]:
+        console.print(f"{escape(name)} v{data['version']} is already published with this content; nothing to do.")
+    console.print(variants_table(variants, title=f"{name} v{data['version']}"))
+    for table in sensitivity_tables(variants):
         console.print(table)
-    for s in outcome.skipped:
-        what = f"variant {s.variant}" if s.variant else f"{s.format} for {s.profile}"
-        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(s.reason)}", highlight=False)
+    for s in data["skipped"]:
+        what = f"variant {s['variant']}" if s.get("variant") else f"{s['format']} for {s['profile']}"
+        console.print(f"[yellow]skipped[/] {escape(what)}: {escape(s['reason'])}", highlight=False)
+    deployed = data["deployed_profiles"]
     if deployed:
-        console.print(f"deployed to profiles {', '.join(deployed)}: {devices} enrolled device(s) will benchmark "
-                      "the candidates (`edgehub fleet status`)")
+        console.print(f"deployed to profiles {', '.join(deployed)}: {data['enrolled_devices']} enrolled device(s) will "
+                      "benchmark the candidates (`edgehub fleet status`)")
+    for r in data.get("rollouts", []):
+        console.print(f"rollout [bold]#{r['id']}[/] on {escape(r['group'])}: {r['members']} devices; watch it: "
+                      f"edgehub rollout status {r['id']}")
+    if not deployed and not data.get("rollouts"):
+        console.print(f"registered {escape(name)} v{data['version']}; devices get it through a rollout: "
+                      f"edgehub rollout start {escape(name)}:{data['version']} --group profile:PROFILE")

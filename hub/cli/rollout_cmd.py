@@ -1,44 +1,19 @@
-"""`edgehub rollout`: staged rollouts (canary, then the rest) and MLflow-style aliases."""
+"""`edgehub rollout`: staged rollouts (canary, then the rest), per-stage approval, and MLflow-style
+aliases; locally, or on a remote hub with --hub."""
 
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
-from edgehub.hub.cli.common import (
-    console,
-    home_option,
-    json_option,
-    one_line_errors,
-    print_json,
-)
+from edgehub.hub.cli.common import console, hub_options, json_option, one_line_errors, open_hub, print_json
 from edgehub.hub.fleet.records import ACTIVE_ROLLOUT
 
 
 @click.group()
 def rollout() -> None:
     """Staged rollouts with automatic rollback; aliases per profile or group."""
-
-
-def _hub(home):
-    """The hub home of a rollout command (one engine for the fleet store and the registry)."""
-    from edgehub.hub.context import HubContext
-
-    return HubContext.open(home)
-
-
-def _model_version(text: str, registry) -> tuple[str, int]:
-    from edgehub.hub.rollout.machine import RolloutError
-
-    name, _, version = text.partition(":")
-    if version:
-        if not version.lstrip("v").isdigit():
-            raise RolloutError(f"bad version in {text!r}: use MODEL or MODEL:VERSION (e.g. fmnist:2)")
-        return name, int(version.lstrip("v"))
-    latest = registry.latest_version(name)
-    if latest is None:
-        raise RolloutError(f"no model {name!r} in the registry; see `edgehub zoo list`")
-    return name, latest.version
 
 
 @rollout.command("start")
@@ -49,52 +24,44 @@ def _model_version(text: str, registry) -> tuple[str, int]:
 @click.option("--success-threshold", default="95%", show_default=True,
               help="Share of a stage's devices that must activate and pass the health check to go on.")
 @click.option("--error-threshold", default="10%", show_default=True,
-              help="Share of targeted devices failing past which the rollout halts and rolls back.")
+              help="Failed targeted devices past which the stage fails: a share (10%) or a device count (3).")
 @click.option("--soak", type=float, default=0.0, show_default=True, help="Seconds each stage must run before the next.")
-@home_option
+@click.option("--approve", "on_success", flag_value="approve", default="continue",
+              help="After each successful stage, wait for `edgehub rollout approve` (default: go on).")
+@click.option("--on-error", type=click.Choice(["rollback", "pause"]), default="rollback", show_default=True,
+              help="When a stage fails: roll back at once, or pause for the operator (resume or abort).")
+@hub_options
 @json_option
 @one_line_errors
-def start(model, group, canary, stages, success_threshold, error_threshold, soak, home, as_json):
+def start(model, group, canary, stages, success_threshold, error_threshold, soak, on_success, on_error, home, hub_url,
+          hub_token, hub_ca, as_json):
     """Roll MODEL[:VERSION] (default: latest) out to a group: the canary first, then the rest."""
-    from edgehub.hub.rollout.machine import RolloutSpec, parse_fraction, parse_stage_size
-    from edgehub.hub.rollout.ops import start_rollout
+    from edgehub.hub.client.models import RolloutRequest
 
-    sizes = [parse_stage_size(canary), *(parse_stage_size(s) for s in (stages or "").split(",") if s.strip())]
-    with _hub(home) as s:
-        name, version = _model_version(model, s.registry)
-        spec = RolloutSpec(model=name, version=version, selector=group, stages=sizes,
-                           success_threshold=parse_fraction(success_threshold, "success threshold"),
-                           error_threshold=parse_fraction(error_threshold, "error threshold"), min_soak_s=soak)
-        started = start_rollout(s.fleet, s.registry, spec)
+    request = RolloutRequest(model=model, group=group, canary=canary,
+                             stages=[s for s in (stages or "").split(",") if s.strip()],
+                             success_threshold=success_threshold, error_threshold=error_threshold, soak_s=soak,
+                             on_success=on_success, on_error=on_error)
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        started = hub.rollout_start(request)
+        name, version = (hub.rollout_status(started["id"])[k] for k in ("model", "version"))
     if as_json:
-        print_json(started.model_dump())
+        print_json(started)
         return
-    stages_text = ", ".join(f"stage {k + 1}: {n}" for k, n in sorted(started.per_stage.items()))
-    console.print(f"rollout [bold]#{started.id}[/]: {name} v{version} on {group}, {started.members} devices "
-                  f"({stages_text}); {started.not_applicable} without variants for their profile are left out.\n"
-                  f"Watch it: edgehub rollout status {started.id}")
-
-
-def _status_data(fleet, rollout_id: int | None) -> dict:
-    from edgehub.hub.rollout.machine import RolloutState, targeted
-    from edgehub.hub.rollout.ops import counts_of, find
-
-    record = find(fleet, rollout_id)
-    state = RolloutState.model_validate(record.state)
-    counts = counts_of(fleet, record.id)
-    seen = targeted(state, counts)
-    return {"id": record.id, "model": record.model, "version": record.version, "group": record.selector,
-            "status": state.status, "stage": state.stage, "stages": state.spec.stage_count,
-            "stage_sizes": [str(x) for x in state.spec.stages] + ["100%"], "reason": state.reason,
-            "success_threshold": state.spec.success_threshold, "error_threshold": state.spec.error_threshold,
-            "counts": {str(k): v.model_dump() for k, v in sorted(counts.items())}, "targeted": seen.model_dump(),
-            "history": [t.model_dump(mode="json") for t in state.history]}
+    stages_text = ", ".join(f"stage {int(k) + 1}: {n}" for k, n in sorted(started["per_stage"].items(),
+                                                                          key=lambda kv: int(kv[0])))
+    console.print(f"rollout [bold]#{started['id']}[/]: {escape(name)} v{version} on {escape(group)}, "
+                  f"{started['members']} devices ({stages_text}); {started['not_applicable']} without variants for "
+                  f"their profile are left out.\nWatch it: edgehub rollout status {started['id']}")
 
 
 def _status_table(data: dict) -> Table:
-    t = Table(title=f"rollout #{data['id']}: {data['model']} v{data['version']} on {data['group']}: "
-                    f"[bold]{data['status']}[/] (stage {data['stage'] + 1} of {data['stages']}; success >= "
-                    f"{data['success_threshold']:.0%}, rollback > {data['error_threshold']:.0%} failed)")
+    errors = f"{data['error_threshold']:.0%}" + (f" or {data['error_count']} devices" if data.get("error_count")
+                                                 is not None else "")
+    t = Table(title=escape(f"rollout #{data['id']}: {data['model']} v{data['version']} on {data['group']}: ")
+              + f"[bold]{data['status']}[/] (stage {data['stage'] + 1} of {data['stages']}; success >= "
+                f"{data['success_threshold']:.0%}, then {data.get('on_success', 'continue')}; failed > {errors}: "
+                f"{data.get('on_error', 'rollback')})")
     for column in ("stage", "size", "devices", "activated", "failed", "pending", "targeted"):
         t.add_column(column, justify="right")
     for stage in range(data["stages"]):
@@ -102,88 +69,73 @@ def _status_table(data: dict) -> Table:
         pending = c["total"] - c["activated"] - c["failed"]
         t.add_row(str(stage + 1), data["stage_sizes"][stage], str(c["total"]), str(c["activated"]), str(c["failed"]),
                   str(pending), "yes" if stage <= data["stage"] and data["status"] in ACTIVE_ROLLOUT else "")
-    t.caption = data["reason"]
+    t.caption = escape(data["reason"])
     return t
 
 
 @rollout.command("status")
 @click.argument("rollout_id", type=int, required=False)
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def status(rollout_id, home, as_json):
+def status(rollout_id, home, hub_url, hub_token, hub_ca, as_json):
     """A rollout's stage, per-stage counts and history (default: the newest rollout)."""
-    with _hub(home) as s:
-        data = _status_data(s.fleet, rollout_id)
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.rollout_status(rollout_id)
     if as_json:
         print_json(data)
         return
     console.print(_status_table(data))
     for h in data["history"]:
-        console.print(f"  {h['at'][:19]}  {h['status']:<11} stage {h['stage'] + 1}: {h['reason']}")
+        console.print(f"  {h['at'][:19]}  {h['status']:<11} stage {h['stage'] + 1}: {escape(h['reason'])}")
 
 
 @rollout.command("list")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def list_(home, as_json):
+def list_(home, hub_url, hub_token, hub_ca, as_json):
     """Every rollout, newest last."""
-    with _hub(home) as s:
-        rows = [{"id": r.id, "model": r.model, "version": r.version, "group": r.selector, "status": r.status,
-                 "stage": r.stage, "created_at": r.created_at.isoformat()} for r in s.fleet.rollouts()]
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.rollout_list()
     if as_json:
-        print_json({"rollouts": rows})
+        print_json(data)
         return
     t = Table(title="rollouts")
     for column in ("id", "model", "group", "status", "stage", "created"):
         t.add_column(column)
-    for r in rows:
-        t.add_row(str(r["id"]), f"{r['model']} v{r['version']}", r["group"], r["status"], str(r["stage"] + 1),
-                  r["created_at"][:19])
+    for r in data["rollouts"]:
+        t.add_row(str(r["id"]), escape(f"{r['model']} v{r['version']}"), escape(r["group"]), r["status"],
+                  str(r["stage"] + 1), r["created_at"][:19])
     console.print(t)
 
 
-def _operate(action: str, rollout_id, home, as_json) -> None:
-    from edgehub.hub.rollout.ops import find, operate
-
-    with _hub(home) as s:
-        record = find(s.fleet, rollout_id)
-        state = operate(s.fleet, record.id, action)
+def _operate(action: str, rollout_id, home, hub_url, hub_token, hub_ca, as_json) -> None:
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.rollout_operate(action, rollout_id)
     if as_json:
-        print_json({"id": record.id, "status": state.status, "stage": state.stage, "reason": state.reason})
+        print_json(data)
     else:
-        console.print(f"rollout #{record.id}: {state.status} ({state.reason})")
+        console.print(f"rollout #{data['id']}: {data['status']} ({escape(data['reason'])})")
 
 
-@rollout.command("pause")
-@click.argument("rollout_id", type=int, required=False)
-@home_option
-@json_option
-@one_line_errors
-def pause(rollout_id, home, as_json):
-    """Stop advancing (a failure past the error threshold still rolls back)."""
-    _operate("pause", rollout_id, home, as_json)
+def _action(name: str, doc: str):
+    @rollout.command(name, help=doc)
+    @click.argument("rollout_id", type=int, required=False)
+    @hub_options
+    @json_option
+    @one_line_errors
+    def command(rollout_id, home, hub_url, hub_token, hub_ca, as_json):
+        _operate(name, rollout_id, home, hub_url, hub_token, hub_ca, as_json)
+
+    return command
 
 
-@rollout.command("resume")
-@click.argument("rollout_id", type=int, required=False)
-@home_option
-@json_option
-@one_line_errors
-def resume(rollout_id, home, as_json):
-    """Advance again."""
-    _operate("resume", rollout_id, home, as_json)
-
-
-@rollout.command("abort")
-@click.argument("rollout_id", type=int, required=False)
-@home_option
-@json_option
-@one_line_errors
-def abort(rollout_id, home, as_json):
-    """Stop and roll back: the targeted devices go back to the group's production version."""
-    _operate("abort", rollout_id, home, as_json)
+pause = _action("pause", "Stop advancing (a failure past the error threshold still rolls back, unless --on-error "
+                         "pause).")
+resume = _action("resume", "Advance again.")
+approve = _action("approve", "Start the next stage of a rollout waiting for approval (`rollout start --approve`).")
+abort = _action("abort", "Stop and roll back: the targeted devices go back to the group's production version.")
 
 
 @rollout.group("alias")
@@ -191,64 +143,49 @@ def alias() -> None:
     """Aliases (production, canary, ...) per profile or group, MLflow-style."""
 
 
-def _scope(group: str | None, profile: str | None) -> str:
-    from edgehub.hub.fleet.groups import parse_selector
-    from edgehub.hub.rollout.machine import RolloutError
-
-    if bool(group) == bool(profile):
-        raise RolloutError("give exactly one of --group TAG or --profile NAME")
-    return parse_selector(f"profile:{profile}" if profile else group).scope
-
-
 @alias.command("set")
 @click.argument("name")
 @click.argument("model")
 @click.option("--group", help="A tag.")
 @click.option("--profile", help="A profile.")
-@home_option
+@hub_options
 @one_line_errors
-def alias_set(name, model, group, profile, home):
+def alias_set(name, model, group, profile, home, hub_url, hub_token, hub_ca):
     """Point alias NAME of a group or profile at MODEL[:VERSION]; `production` is what it runs."""
-    from edgehub.hub.fleet.groups import validate_tag
+    from edgehub.hub.client.models import AliasRequest
 
-    validate_tag(name)
-    with _hub(home) as s:
-        model_name, version = _model_version(model, s.registry)
-        record = s.fleet.set_alias(_scope(group, profile), name, model_name, version)
-    console.print(f"{record.scope} {record.name} -> {record.model} v{record.version}")
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        record = hub.alias_set(name, AliasRequest(model=model, group=group, profile=profile))
+    console.print(escape(f"{record['scope']} {record['name']} -> {record['model']} v{record['version']}"))
 
 
 @alias.command("delete")
 @click.argument("name")
 @click.option("--group", help="A tag.")
 @click.option("--profile", help="A profile.")
-@home_option
+@hub_options
 @one_line_errors
-def alias_delete(name, group, profile, home):
+def alias_delete(name, group, profile, home, hub_url, hub_token, hub_ca):
     """Remove alias NAME of a group or profile."""
-    from edgehub.hub.rollout.machine import RolloutError
-
-    scope = _scope(group, profile)
-    with _hub(home) as s:
-        if not s.fleet.delete_alias(scope, name):
-            raise RolloutError(f"no alias {name!r} on {scope}")
-    console.print(f"removed {scope} {name}")
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.alias_delete(name, group, profile)
+    console.print(escape(f"removed {data['scope']} {name}"))
 
 
 @alias.command("list")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def alias_list(home, as_json):
+def alias_list(home, hub_url, hub_token, hub_ca, as_json):
     """Every alias."""
-    with _hub(home) as s:
-        rows = [a.model_dump(mode="json") for a in s.fleet.aliases()]
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.alias_list()
     if as_json:
-        print_json({"aliases": rows})
+        print_json(data)
         return
     t = Table(title="aliases")
     for column in ("scope", "alias", "model", "updated"):
         t.add_column(column)
-    for a in rows:
-        t.add_row(a["scope"], a["name"], f"{a['model']} v{a['version']}", a["updated_at"][:19])
+    for a in data["aliases"]:
+        t.add_row(escape(a["scope"]), escape(a["name"]), escape(f"{a['model']} v{a['version']}"), a["updated_at"][:19])
     console.print(t)

@@ -15,10 +15,7 @@ if TYPE_CHECKING:  # the CLI must load on an agent-only install
 
 
 def variant_json(v: VariantRecord) -> dict:
-    data = v.model_dump(mode="json", exclude={"signed_manifest"})
-    if v.signed_manifest is not None:
-        data["manifest"] = v.signed_manifest.model_dump(mode="json")
-    return data
+    return v.public_json()
 
 
 def _root_size(variants: list[VariantRecord]) -> int | None:

@@ -1,20 +1,14 @@
-"""`edgehub zoo`: what the registry holds."""
+"""`edgehub zoo`: what the registry holds (locally, or on a remote hub with --hub)."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 import click
 from rich.table import Table
 
-from edgehub.hub.cli.common import console, home_option, json_option, one_line_errors, print_json
-from edgehub.hub.cli.variant_views import lineage_tree, sensitivity_tables, variant_json, variants_table
-
-
-def _registry(home):
-    from edgehub.hub.home import HubPaths
-    from edgehub.zoo.registry import Registry
-
-    # The registry alone: browsing the zoo never touches the fleet's tables.
-    return Registry(HubPaths.from_home(home).db_url)
+from edgehub.hub.cli.common import console, hub_options, json_option, one_line_errors, open_hub, print_json
+from edgehub.hub.cli.variant_views import lineage_tree, sensitivity_tables, variants_table
 
 
 @click.group()
@@ -23,55 +17,50 @@ def zoo() -> None:
 
 
 @zoo.command("list")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def list_models(home, as_json):
+def list_models(home, hub_url, hub_token, hub_ca, as_json):
     """List models with their latest version and variant counts."""
-    registry = _registry(home)
-    try:
-        models = registry.list_models()
-    finally:
-        registry.close()
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.zoo_list()
     if as_json:
-        print_json({"models": [m.model_dump(mode="json") for m in models]})
+        print_json(data)
         return
-    if not models:
+    if not data["models"]:
         console.print("The zoo is empty: add a model with `edgehub publish`.")
         return
     table = Table()
     for column in ("model", "latest", "versions", "variants", "created"):
         table.add_column(column)
-    for m in models:
-        table.add_row(m.name, f"v{m.latest_version}", str(m.versions), str(m.variants),
-                      m.created_at.strftime("%Y-%m-%d %H:%M"))
+    for m in data["models"]:
+        table.add_row(m["name"], f"v{m['latest_version']}", str(m["versions"]), str(m["variants"]),
+                      datetime.fromisoformat(m["created_at"]).strftime("%Y-%m-%d %H:%M"))
     console.print(table)
+
+
+def variant_records(data: list[dict]) -> list:
+    """VariantRecords from their JSON (what the tables and trees take)."""
+    from edgehub.zoo.records import VariantRecord
+
+    return [VariantRecord.model_validate({k: v for k, v in d.items() if k != "manifest"}) for d in data]
 
 
 @zoo.command("show")
 @click.argument("name")
 @click.option("--version", type=int, help="Model version (default: the latest).")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def show(name, version, home, as_json):
+def show(name, version, home, hub_url, hub_token, hub_ca, as_json):
     """Show a model's variants: lineage tree, sizes, metrics."""
-    from edgehub.zoo.registry import RegistryError
-
-    registry = _registry(home)
-    try:
-        record = registry.get_version(name, version) if version else registry.latest_version(name)
-        if record is None:
-            what = f"{name} v{version}" if version else name
-            raise RegistryError(f"no model {what} in the zoo; see `edgehub zoo list`")
-        variants = registry.variants(name, record.version)
-    finally:
-        registry.close()
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.zoo_show(name, version)
     if as_json:
-        print_json({"model": name, "version": record.version, "source": record.model_dump(mode="json"),
-                    "variants": [variant_json(v) for v in variants]})
+        print_json(data)
         return
-    console.print(lineage_tree(name, record.version, variants))
+    variants = variant_records(data["variants"])
+    console.print(lineage_tree(name, data["version"], variants))
     console.print(variants_table(variants))
     for table in sensitivity_tables(variants):
         console.print(table)

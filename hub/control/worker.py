@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import paho.mqtt.client as mqtt
@@ -52,6 +53,7 @@ from edgehub.protocol.messages import (
     DeviceState,
     HubState,
     encode,
+    now_utc,
     parse_body,
     parse_event,
 )
@@ -93,6 +95,8 @@ class FleetService:
                       "batches": 0, "messages": 0, "reconciled": 0, "ingest_s": 0.0, "reconcile_s": 0.0,
                       "rollout_steps": 0, "rollout_step_s": 0.0, "rollout_step_max_s": 0.0}
         self.started = threading.Event()  # the start-up reconcile of every device is done
+        # observer(what, value): timings and counts for /metrics (hub/api/metrics.py); None: not watched.
+        self.observer: Callable[[str, float], None] | None = None
         self._worker = threading.Thread(target=self._run, name=f"edgehub-fleet-{settings.worker_index}", daemon=True)
         # Messages are acknowledged to the broker only once stored (hub/control/inbox.py): a hub
         # killed mid-batch gets them again from its persistent session.
@@ -302,7 +306,13 @@ class FleetService:
         self.stats["events_duplicate"] += len(events) - result.new_events
         self.stats["batches"] += 1
         self.stats["messages"] += len(batch)
-        self.stats["ingest_s"] += time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.stats["ingest_s"] += took
+        if self.observer is not None:
+            self.observer("ingest_s", took)
+            self.observer("events", result.new_events)
+            if events:
+                self.observer("lag_s", (now_utc() - min(e.at for e in events)).total_seconds())
         return mine | (result.changed - foreign)
 
     def follow_changes(self) -> set[str]:
@@ -337,7 +347,10 @@ class FleetService:
             log.debug("desired state of %s: generation %d (%d candidates, activate %s)", desired.device_id,
                       desired.generation, len(desired.candidates), desired.activate)
         self.stats["reconciled"] += len(device_ids)
-        self.stats["reconcile_s"] += time.perf_counter() - started
+        took = time.perf_counter() - started
+        self.stats["reconcile_s"] += took
+        if self.observer is not None:
+            self.observer("reconcile_s", took)
 
     def reconcile(self, device_id: str) -> None:
         """Reconcile one device now (tests and tools; the loop reconciles in batches)."""

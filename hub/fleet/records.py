@@ -14,8 +14,9 @@ from edgehub.protocol.messages import BenchmarkSettings, DesiredState, DeviceSta
 
 # The fleet's kinds and states, defined once (the change log, rollouts and their members).
 ChangeKind = Literal["device", "profile", "group", "cohort", "rollout"]  # what a change-log entry names
-RolloutStatus = Literal["running", "paused", "completed", "rolled_back", "aborted"]
-ACTIVE_ROLLOUT: tuple[RolloutStatus, ...] = ("running", "paused")  # a rollout that still decides
+# `waiting`: a stage succeeded and the rollout waits for an operator's `rollout approve` (on_success="approve").
+RolloutStatus = Literal["running", "paused", "waiting", "completed", "rolled_back", "aborted"]
+ACTIVE_ROLLOUT: tuple[RolloutStatus, ...] = ("running", "paused", "waiting")  # a rollout that still decides
 MemberStatus = Literal["pending", "activated", "failed"]  # a device's outcome in a rollout
 
 

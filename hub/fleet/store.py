@@ -114,3 +114,5 @@ class FleetStore:
     variant_benchmarks = _forward("views", ViewQueries.variant_benchmarks)
     selection_counts = _forward("views", ViewQueries.selection_counts)
     desired_counts = _forward("views", ViewQueries.desired_counts)
+    device_benchmarks = _forward("views", ViewQueries.device_benchmarks)
+    device_activations = _forward("views", ViewQueries.device_activations)

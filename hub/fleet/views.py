@@ -16,6 +16,7 @@ from edgehub.hub.fleet.schema import (
     DesiredRow,
     DeviceRow,
     DeviceTagRow,
+    EventRow,
     EventStreamRow,
     RolloutDeviceRow,
     RolloutRow,
@@ -182,3 +183,22 @@ class ViewQueries:
         with self.db.sessions() as session:
             return {v: n for v, n in session.execute(select(q.c.version, func.count()).where(q.c.model == model)
                                                      .group_by(q.c.version))}
+
+    def device_benchmarks(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's newest result for every variant it measured (the primary key's prefix)."""
+        b = BenchmarkRow.__table__
+        with self.db.sessions() as session:
+            rows = session.execute(select(b.c.variant_id, b.c.ok, b.c.p50_ms, b.c.p99_ms, b.c.agreement,
+                                          b.c.peak_rss_mb, b.c.error, b.c.runtime, b.c.at)
+                                   .where(b.c.device_id == device_id).order_by(b.c.at.desc())).all()
+        return [{"variant_id": r.variant_id, "ok": r.ok, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
+                 "agreement": r.agreement, "peak_rss_mb": r.peak_rss_mb, "error": r.error, "runtime": r.runtime,
+                 "at": r.at.isoformat()} for r in rows]
+
+    def device_activations(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """The device's newest activation results and errors, newest first (events by device)."""
+        with self.db.sessions() as session:
+            rows = session.execute(select(EventRow.body, EventRow.received_at)
+                                   .where(EventRow.device_id == device_id, EventRow.kind.in_(("activation", "error")))
+                                   .order_by(EventRow.received_at.desc()).limit(limit)).all()
+        return [{**body, "received_at": at.isoformat()} for body, at in rows]

@@ -5,12 +5,15 @@ the group), optional further stages, then everyone. The hub counts, per stage, h
 targeted devices activated the new version and passed the agent's health check, and how many
 failed; `decide` turns those counts into the next state:
 
-- failed / targeted > error_threshold: halt and roll back (status `rolled_back`), even when paused;
+- failed / targeted > error_threshold, or failed > error_count: the stage failed. With
+  on_error="rollback" (the default) halt and roll back (status `rolled_back`), even when paused;
+  with on_error="pause", pause for the operator (who resumes or aborts);
 - activated / targeted >= success_threshold (and the stage soaked `min_soak_s`): the next stage,
-  or `completed` after the last one;
+  or `completed` after the last one; with on_success="approve", wait (status `waiting`) for the
+  operator's `approve` before each next stage (hawkBit's per-group "pause for approval");
 - otherwise: unchanged.
 
-`pause`, `resume` and `abort` are the operator's transitions. The state is a pydantic model the
+`pause`, `resume`, `approve` and `abort` are the operator's transitions. The state is a pydantic model the
 store keeps as JSON, so a restarted hub carries on from where it was. `alias_effects` says how
 the MLflow-style aliases of the group move on entering a status: `canary` points at the version
 while it rolls out, `production` moves to it on completion, a rollback only drops `canary`.
@@ -75,6 +78,14 @@ def parse_stage_size(text: str) -> StageSize:
         raise RolloutError(f"invalid stage size {text!r}: use a share (5%, 0.05) or a device count (20)") from None
 
 
+def parse_error_threshold(text: str) -> tuple[float, int | None]:
+    """`10%` / `0.1` -> (share 0.1, no count); `3` -> (no share bound, at most 3 failed devices)."""
+    t = text.strip()
+    if re.fullmatch(r"\d+", t):
+        return 1.0, int(t)
+    return parse_fraction(t, "error threshold"), None
+
+
 def parse_fraction(text: str | float, what: str) -> float:
     """`95%` or `0.95` -> 0.95, within [0, 1]."""
     try:
@@ -97,7 +108,10 @@ class RolloutSpec(BaseModel):
     stages: list[StageSize] = Field(default_factory=lambda: [StageSize(fraction=0.05)], max_length=10)
     success_threshold: float = Field(0.95, ge=0, le=1)
     error_threshold: float = Field(0.10, ge=0, le=1)
+    error_count: int | None = Field(None, ge=0)  # an absolute bound on failed devices, besides the share
     min_soak_s: float = Field(0.0, ge=0)
+    on_success: Literal["continue", "approve"] = "continue"
+    on_error: Literal["rollback", "pause"] = "rollback"
 
     @property
     def stage_count(self) -> int:
@@ -192,16 +206,32 @@ def targeted(state: RolloutState, counts: dict[int, StageCounts]) -> StageCounts
     return total
 
 
+def failure(spec: RolloutSpec, seen: StageCounts) -> str | None:
+    """Why the targeted devices' failures are past the thresholds, or None."""
+    if not seen.total:
+        return None
+    if seen.failed / seen.total > spec.error_threshold:
+        return (f"{seen.failed} of {seen.total} targeted devices failed "
+                f"({seen.failed / seen.total:.0%} > error threshold {spec.error_threshold:.0%})")
+    if spec.error_count is not None and seen.failed > spec.error_count:
+        return f"{seen.failed} of {seen.total} targeted devices failed (> error threshold of {spec.error_count} devices)"
+    return None
+
+
 def decide(state: RolloutState, counts: dict[int, StageCounts], now: datetime) -> RolloutState:
     """The next state given per-stage counts; `state` itself when nothing changes."""
     if not state.active:
         return state
     spec, seen = state.spec, targeted(state, counts)
-    if seen.total and seen.failed / seen.total > spec.error_threshold:
-        return _step(state, now, "rolled_back", state.stage,
-                     f"halted and rolled back: {seen.failed} of {seen.total} targeted devices failed "
-                     f"({seen.failed / seen.total:.0%} > error threshold {spec.error_threshold:.0%})", seen)
-    if state.status == "paused":
+    failed = failure(spec, seen)
+    if failed is not None:
+        if spec.on_error == "rollback":
+            return _step(state, now, "rolled_back", state.stage, f"halted and rolled back: {failed}", seen)
+        if state.status != "paused":
+            return _step(state, now, "paused", state.stage,
+                         f"halted for the operator (on error: pause): {failed}; resume or abort", seen)
+        return state
+    if state.status != "running":
         return state
     share = seen.activated / seen.total if seen.total else 1.0
     soaked = (now - state.stage_started_at).total_seconds() >= spec.min_soak_s
@@ -210,6 +240,9 @@ def decide(state: RolloutState, counts: dict[int, StageCounts], now: datetime) -
     done = f"{seen.activated} of {seen.total} activated and healthy ({share:.0%} >= {spec.success_threshold:.0%})"
     if state.stage + 1 >= spec.stage_count:
         return _step(state, now, "completed", state.stage, f"completed: {done}", seen)
+    if spec.on_success == "approve":
+        return _step(state, now, "waiting", state.stage,
+                     f"stage {state.stage + 1} succeeded: {done}; waiting for approval", seen)
     return _step(state, now, "running", state.stage + 1, f"stage {state.stage + 1} started: {done}", seen)
 
 
@@ -223,6 +256,13 @@ def resume(state: RolloutState, now: datetime) -> RolloutState:
     if state.status != "paused":
         raise RolloutError(f"cannot resume a rollout that is {state.status}")
     return _step(state, now, "running", state.stage, "resumed by the operator")
+
+
+def approve(state: RolloutState, now: datetime) -> RolloutState:
+    """Start the next stage of a rollout waiting for approval."""
+    if state.status != "waiting":
+        raise RolloutError(f"cannot approve a rollout that is {state.status}: only one waiting for approval")
+    return _step(state, now, "running", state.stage + 1, f"stage {state.stage + 2} started: approved by the operator")
 
 
 def abort(state: RolloutState, now: datetime, reason: str = "aborted by the operator") -> RolloutState:
@@ -245,7 +285,7 @@ def alias_effects(before: RolloutState | None, after: RolloutState) -> list[Alia
     if before is not None and before.status == after.status:
         return []
     spec = after.spec
-    if after.status == "running" and (before is None or before.status not in ACTIVE):
+    if after.status in ACTIVE and (before is None or before.status not in ACTIVE):
         return [AliasEffect(action="set", name="canary", model=spec.model, version=spec.version)]
     if after.status == "completed":
         return [AliasEffect(action="set", name="production", model=spec.model, version=spec.version),

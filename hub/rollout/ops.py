@@ -81,10 +81,13 @@ def find(fleet: FleetStore, rollout_id: int | None) -> RolloutRecord:
 
 
 def operate(fleet: FleetStore, rollout_id: int | None, action: str, now: datetime | None = None) -> RolloutState:
-    """The operator's pause / resume / abort."""
+    """The operator's pause / resume / approve / abort."""
     record = find(fleet, rollout_id)
     before = RolloutState.model_validate(record.state)
-    after = {"pause": rollout.pause, "resume": rollout.resume, "abort": rollout.abort}[action](before, now or utcnow())
+    transitions = {"pause": rollout.pause, "resume": rollout.resume, "approve": rollout.approve, "abort": rollout.abort}
+    if action not in transitions:
+        raise RolloutError(f"unknown rollout action {action!r}: one of {', '.join(transitions)}")
+    after = transitions[action](before, now or utcnow())
     if not _save(fleet, record, before, after):
         raise RolloutError(f"rollout #{record.id} changed meanwhile; look at `edgehub rollout status {record.id}` "
                            "and try again")

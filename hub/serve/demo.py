@@ -93,7 +93,28 @@ def _settled(rows: list[dict]) -> bool:
         r["online"] and r["selected_variant"] and r["active_variant"] == r["selected_variant"] for r in rows)
 
 
-def run_demo(home: Path, console: Console, *, epochs: int = 1, timeout_s: float = 300) -> DemoResult:
+def _keep_running(hub: HubService, paths: HubPaths, console: Console, rows: list[dict]) -> None:
+    """`demo --keep`: the fleet table, the console's URL and an admin token, then run until Ctrl-C."""
+    from edgehub.hub.access.tokens import TokenStore
+    from edgehub.hub.cli.fleet_views import status_table
+
+    token, _ = TokenStore(hub.registry.engine).create("demo-admin", "admin")
+    console.print(status_table(rows))
+    console.print(f"[bold]The hub keeps running[/] (Ctrl-C stops it):\n"
+                  f"  console  {hub.api.base_url}/console   (log in with the token below)\n"
+                  f"  API      {hub.api.base_url}/api/v1/openapi.json\n"
+                  f"  token    {token}   (admin; only for this demo)\n"
+                  f"  CLI      EDGEHUB_HUB={hub.api.base_url} EDGEHUB_TOKEN=<token> edgehub fleet status",
+                  highlight=False)
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping")
+
+
+def run_demo(home: Path, console: Console, *, epochs: int = 1, timeout_s: float = 300,
+             keep: bool = False) -> DemoResult:
     from edgehub.hub.cli.fleet_cmd import status_rows
 
     started = time.perf_counter()
@@ -106,14 +127,17 @@ def run_demo(home: Path, console: Console, *, epochs: int = 1, timeout_s: float 
     hub = HubService(paths, options=options).start()
     agents: list = []
     try:
-        console.print(f"      broker {hub.service.settings.broker_url}, artifacts {hub.http.base_url}")
+        console.print(f"      broker {hub.service.settings.broker_url}, artifacts {hub.http.base_url}, "
+                      f"console {hub.api.base_url}/console")
         console.print("[bold]3/5[/] enrolling three devices and starting their agents")
         agents = _start_agents(paths, console)
 
         console.print("[bold]4/5[/] publishing the model for their profiles")
         profiles = sorted({p for _, p in DEVICES})
+        # The demo's shortcut: straight to production (`publish --deploy`); a fleet would use a rollout.
         outcome = publish_and_deploy(PublishOptions(source=str(onnx_path), name="fmnist-cnn", eval_path=eval_path,
-                                                    profiles=profiles), paths, hub.registry, hub.fleet).outcome
+                                                    profiles=profiles), paths, hub.registry, hub.fleet,
+                                     deploy_to_fleet=True).outcome
         console.print(f"      {len(outcome.variants)} variants built: " + ", ".join(v.label for v in outcome.variants))
 
         console.print("[bold]5/5[/] waiting for the agents to benchmark, and the hub to select and activate")
@@ -130,7 +154,10 @@ def run_demo(home: Path, console: Console, *, epochs: int = 1, timeout_s: float 
                     why = f"agent(s) {', '.join(dead)} exited" if dead else f"not settled after {timeout_s:.0f} s"
                     raise RuntimeError(f"demo failed: {why}; see the logs under {paths.root / 'agents'}")
                 time.sleep(0.5)
-        return DemoResult(rows=rows, seconds=time.perf_counter() - started, test_accuracy=accuracy)
+        result = DemoResult(rows=rows, seconds=time.perf_counter() - started, test_accuracy=accuracy)
+        if keep:
+            _keep_running(hub, paths, console, rows)
+        return result
     finally:
         _stop_agents(agents)
         hub.stop()

@@ -111,6 +111,9 @@ class HubService:
         self.key = HubKey.load_or_create(paths.keys_dir)
         self.broker: ManagedBroker | None = None
         self.http: ArtifactServer | None = None
+        self.api = None  # ApiServer (hub/api/server.py)
+        self.jobs = None  # JobRunner (hub/jobs/runner.py)
+        self.metrics = None  # HubMetrics
         self.service: FleetService | None = None
         self.workers: WorkerPool | None = None
         self.spec: WorkerSpec | None = None
@@ -173,14 +176,38 @@ class HubService:
             cohorts=CohortPolicy(sample_size=self.settings.cohort_sample) if self.settings.cohort_sample else None)
         self.service = FleetService(fleet_settings(self.spec, 0, password, secret, self.key.public_b64),
                                     self.registry, self.fleet, load_profiles())
+        if self.settings.api_port != 0:
+            self._start_api(tls)
         self.service.start()
         if count > 1:
             write_spec(self.paths, self.spec)
             self.workers = WorkerPool(self.paths, count).start()
         self._retire(retired, secret)
-        log.info("hub up: broker %s, artifacts %s, %d worker(s), home %s", broker_url, self.http.base_url, count,
-                 self.paths.root)
+        log.info("hub up: broker %s, artifacts %s, API and console %s, %d worker(s), home %s", broker_url,
+                 self.http.base_url, self.api.base_url + "/console" if self.api else "(off)", count, self.paths.root)
         return self
+
+    def _start_api(self, tls: TlsPaths) -> None:
+        """The API, console and /metrics (hub/api/), and the runner of their build jobs."""
+        from edgehub.hub.api.app import create_app
+        from edgehub.hub.api.metrics import HubMetrics
+        from edgehub.hub.api.server import ApiServer
+        from edgehub.hub.client.local import LocalHub
+        from edgehub.hub.context import HubContext
+        from edgehub.hub.jobs.runner import JobRunner
+        from edgehub.hub.jobs.store import JobStore
+
+        if self.settings.api_port is None:
+            self.settings.api_port = free_port(self.settings.api_host)
+            save_settings(self.paths.root, self.settings)
+        hub = LocalHub(HubContext(self.paths))
+        self.metrics = HubMetrics(hub, JobStore(hub.context.engine))
+        self.service.observer = self.metrics.observe
+        app = create_app(self.paths, max_upload_bytes=self.settings.max_upload_mb * 1024 * 1024, metrics=self.metrics,
+                         secure_cookies=tls.enabled())
+        self.api = ApiServer(app, self.settings.api_host, self.settings.api_port,
+                             tls if tls.enabled() else None).start()
+        self.jobs = JobRunner(self.paths, slots=self.settings.job_slots).start()
 
     def _probe_broker(self, broker_url: str, hub_password: str) -> None:
         """Refuse an external broker that lets a device subscribe to, or publish on, what it must
@@ -256,6 +283,11 @@ class HubService:
             self.service.stop()
         if self.http:
             self.http.stop()
+        if self.jobs:
+            self.jobs.stop()
+        if self.api:
+            self.api.stop()
+            self.api.app.state.hub.close()
         if self.broker and broker:
             self.broker.stop()
         self.registry.close()

@@ -30,6 +30,12 @@ class HubSettings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int | None = None  # artifact server: chosen on first use, then kept
     public_http_url: str | None = None  # what devices use to reach the artifact server, if not host:port
+    # The HTTP API, web console and /metrics (hub/api/): their own port, apart from the artifact server.
+    api_host: str = "127.0.0.1"
+    api_port: int | None = None  # chosen on first use, then kept; 0 in `hub serve --api-port 0`: none
+    # Build jobs (remote publishes) run at once, each in its own process.
+    job_slots: int = Field(1, ge=1, le=16)
+    max_upload_mb: int = Field(4096, ge=1)
     # Fleet workers sharing the events over an MQTT 5 shared subscription (hub/serve/workers.py);
     # the bound is hub/serve/workers.py's MAX_WORKERS (not imported here: this module stays light).
     workers: int = Field(1, ge=1, le=32)

@@ -19,9 +19,11 @@ from edgehub.hub.rollout.machine import (
     StageSize,
     abort,
     alias_effects,
+    approve,
     assign_stages,
     decide,
     late_member_stage,
+    parse_error_threshold,
     parse_fraction,
     parse_stage_size,
     pause,
@@ -179,6 +181,41 @@ def test_pause_resume_abort():
     assert [t.status for t in aborted.history] == ["running", "paused", "running", "aborted"]
 
 
+def test_stage_waits_for_approval_then_goes_on():
+    s = start(spec(on_success="approve", stages=[StageSize(count=2), StageSize(count=5)]), T0)
+    waiting = decide(s, counts((2, 2, 0), (3, 0, 0), (5, 0, 0)), T0 + timedelta(seconds=1))
+    assert waiting.status == "waiting" and waiting.stage == 0 and waiting.active and "waiting for approval" in waiting.reason
+    assert not waiting.targets(1)  # the next stage starts only when approved
+    assert decide(waiting, counts((2, 2, 0), (3, 0, 0), (5, 0, 0)), T0) is waiting
+    assert alias_effects(s, waiting) == []  # the canary alias stays while it waits
+    with pytest.raises(RolloutError, match="cannot approve"):
+        approve(s, T0)
+    approved = approve(waiting, T0 + timedelta(seconds=2))
+    assert approved.status == "running" and approved.stage == 1 and approved.targets(1)
+    assert approved.stage_started_at == T0 + timedelta(seconds=2) and "approved by the operator" in approved.reason
+    # The last stage completes without an approval; a failure while waiting still rolls back.
+    later = T0 + timedelta(seconds=3)
+    last = decide(approve(decide(approved, counts((2, 2, 0), (3, 3, 0)), later), later),
+                  counts((2, 2, 0), (3, 3, 0), (5, 5, 0)), later)
+    assert last.status == "completed"
+    assert decide(waiting, counts((2, 0, 2), (3, 0, 0)), T0).status == "rolled_back"
+
+
+def test_error_threshold_as_a_device_count_and_pause_on_error():
+    assert parse_error_threshold("3") == (1.0, 3) and parse_error_threshold("20%") == (0.2, None)
+    with pytest.raises(RolloutError, match="error threshold"):
+        parse_error_threshold("lots")
+    s = start(spec(error_threshold=1.0, error_count=2), T0)
+    assert decide(s, counts((100, 10, 2)), T0) is s  # 2 is not past 2
+    assert decide(s, counts((100, 10, 3)), T0).status == "rolled_back"
+    held = start(spec(error_threshold=0.1, on_error="pause"), T0)
+    paused = decide(held, counts((10, 0, 5)), T0)
+    assert paused.status == "paused" and "on error: pause" in paused.reason and "5 of 10" in paused.reason
+    assert decide(paused, counts((10, 0, 9)), T0) is paused  # stays paused: the operator decides
+    assert alias_effects(held, paused) == []  # nothing rolled back yet
+    assert abort(paused, T0).status == "aborted"
+
+
 def test_alias_effects():
     s = start(spec(), T0)
     (set_canary,) = alias_effects(None, s)
@@ -198,11 +235,11 @@ def test_state_round_trips_as_json():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["decide", "pause", "resume", "abort"]),
+@given(st.lists(st.tuples(st.sampled_from(["decide", "pause", "resume", "approve", "abort"]),
                           st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)), max_size=25))
 def test_property_transitions_are_sane(steps):
     """Stages never go back, terminal states stay terminal, every change is in the history."""
-    s = start(spec(stages=[StageSize(count=2), StageSize(count=5)], error_threshold=0.25), T0)
+    s = start(spec(stages=[StageSize(count=2), StageSize(count=5)], error_threshold=0.25, on_success="approve"), T0)
     for n, (action, a, f, extra) in enumerate(steps):
         now = T0 + timedelta(seconds=n)
         before = s
@@ -211,7 +248,7 @@ def test_property_transitions_are_sane(steps):
                 s = decide(s, {0: StageCounts(total=2 + extra, activated=min(a, 2 + extra),
                                               failed=min(f, 2 + extra - min(a, 2 + extra)))}, now)
             else:
-                s = {"pause": pause, "resume": resume, "abort": abort}[action](s, now)
+                s = {"pause": pause, "resume": resume, "approve": approve, "abort": abort}[action](s, now)
         except RolloutError:
             assert s is before
             continue

@@ -1,0 +1,277 @@
+"""The hub called in-process: what every CLI command does on the hub machine, and what the HTTP API
+runs for a remote one. Each method returns plain JSON data (the `--json` shape); each change to
+the fleet is written to the audit log under `actor`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edgehub.hub.access.audit import AuditLog, local_actor
+from edgehub.hub.client.models import AliasRequest, RolloutRequest, StatusQuery, TagRequest
+from edgehub.hub.context import HubContext
+from edgehub.hub.fleet.records import FleetError
+from edgehub.hub.home import HubPaths
+from edgehub.hub.rollout.machine import RolloutError
+from edgehub.zoo.registry import RegistryError
+
+T = TypeVar("T")
+
+
+class LocalHub:
+    def __init__(self, context: HubContext, actor: str | None = None):
+        self.context = context
+        self.actor = actor or local_actor()
+        self.audit_log = AuditLog(context.engine)
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, actor: str | None = None) -> LocalHub:
+        return cls(HubContext(HubPaths.from_home(home)), actor)
+
+    def as_actor(self, actor: str) -> LocalHub:
+        """The same hub (and database engine), acting for someone else (one per API request)."""
+        other = copy.copy(self)
+        other.actor = actor
+        return other
+
+    @property
+    def paths(self) -> HubPaths:
+        return self.context.paths
+
+    def close(self) -> None:
+        self.context.close()
+
+    def __enter__(self) -> LocalHub:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _audited(self, action: str, target: str, do: Callable[[], T], detail: dict | None = None) -> T:
+        """Run `do` and log it, whether it worked or not (a refused action is worth knowing too)."""
+        try:
+            result = do()
+        except Exception as exc:
+            self.audit_log.record(self.actor, action, target, ok=False,
+                                  detail={**(detail or {}), "error": str(exc).splitlines()[0] if str(exc) else repr(exc)})
+            raise
+        self.audit_log.record(self.actor, action, target, ok=True, detail=detail)
+        return result
+
+    # -- fleet ------------------------------------------------------------------------------------
+
+    def fleet_status(self, query: StatusQuery | None = None, *, limit: int | None = None, offset: int = 0) -> dict:
+        """Summary counts over every matching device, and up to `limit` of their rows from `offset`."""
+        from edgehub.hub.fleet.views import StatusFilter
+
+        where = StatusFilter(**(query or StatusQuery()).model_dump())
+        fleet = self.context.fleet
+        return {"summary": fleet.status_summary(where), "devices": fleet.status_rows(where, limit=limit, offset=offset)}
+
+    def _device_or_fail(self, device_id: str):
+        record = self.context.fleet.get_device(device_id)
+        if record is None:
+            raise FleetError(f"no device {device_id!r}; see `edgehub fleet status`")
+        return record
+
+    def explain(self, device_id: str) -> dict:
+        """Why the device runs its variant: the verdict on every candidate."""
+        self._device_or_fail(device_id)
+        selection = self.context.fleet.selection(device_id)
+        if selection is None:
+            raise FleetError(f"no selection for {device_id} yet: it has not reported every candidate")
+        return selection.model_dump(mode="json")
+
+    def device(self, device_id: str) -> dict:
+        """One device: its record and reported state (hardware, runtimes), every benchmark it ran,
+        the selection with its verdicts, and its newest activation results."""
+        fleet = self.context.fleet
+        record = self._device_or_fail(device_id)
+        selection = fleet.selection(device_id)
+        return {"device": record.model_dump(mode="json", exclude={"state"}),
+                "state": record.state.model_dump(mode="json") if record.state else None,
+                "benchmarks": fleet.device_benchmarks(device_id),
+                "selection": selection.model_dump(mode="json") if selection else None,
+                "activations": fleet.device_activations(device_id)}
+
+    def tag(self, request: TagRequest) -> dict:
+        from edgehub.hub.fleet.groups import validate_tag
+
+        if not request.add and not request.remove:
+            raise FleetError("nothing to do: give --add TAG and/or --remove TAG")
+        for t in (*request.add, *request.remove):
+            validate_tag(t)
+        ids = list(dict.fromkeys(request.devices))
+        records = self._audited("fleet.tag", f"devices:{len(ids)}", lambda: self.context.fleet.set_tags(
+            ids, add=request.add, remove=request.remove), {"add": request.add, "remove": request.remove})
+        return {"devices": [{"device": r.id, "tags": r.tags} for r in records]}
+
+    # -- zoo --------------------------------------------------------------------------------------
+
+    def zoo_list(self) -> dict:
+        return {"models": [m.model_dump(mode="json") for m in self.context.registry.list_models()]}
+
+    def zoo_show(self, name: str, version: int | None = None) -> dict:
+        registry = self.context.registry
+        record = registry.get_version(name, version) if version else registry.latest_version(name)
+        if record is None:
+            what = f"{name} v{version}" if version else name
+            raise RegistryError(f"no model {what} in the zoo; see `edgehub zoo list`")
+        variants = registry.variants(name, record.version)
+        return {"model": name, "version": record.version, "source": record.model_dump(mode="json"),
+                "variants": [v.public_json() for v in variants]}
+
+    def report(self, name: str, version: int | None = None) -> dict:
+        """What `edgehub report` charts: per profile, latency vs accuracy with the Pareto front."""
+        from edgehub.hub.report.build import gather
+
+        return gather(self.context.fleet, self.context.registry, name, version).model_dump(mode="json")
+
+    # -- rollouts and aliases ---------------------------------------------------------------------
+
+    def model_version(self, text: str) -> tuple[str, int]:
+        """`MODEL` (its latest version) or `MODEL:VERSION`."""
+        name, _, version = text.partition(":")
+        if version:
+            if not version.lstrip("v").isdigit():
+                raise RolloutError(f"bad version in {text!r}: use MODEL or MODEL:VERSION (e.g. fmnist:2)")
+            if self.context.registry.get_version(name, int(version.lstrip("v"))) is None:
+                raise RolloutError(f"no model {name} v{int(version.lstrip('v'))} in the registry; see `edgehub zoo list`")
+            return name, int(version.lstrip("v"))
+        latest = self.context.registry.latest_version(name)
+        if latest is None:
+            raise RolloutError(f"no model {name!r} in the registry; see `edgehub zoo list`")
+        return name, latest.version
+
+    def rollout_start(self, request: RolloutRequest) -> dict:
+        from edgehub.hub.rollout.machine import RolloutSpec, parse_error_threshold, parse_fraction, parse_stage_size
+        from edgehub.hub.rollout.ops import start_rollout
+
+        def start() -> dict:
+            sizes = [parse_stage_size(request.canary), *(parse_stage_size(s) for s in request.stages if s.strip())]
+            share, count = parse_error_threshold(request.error_threshold)
+            name, version = self.model_version(request.model)
+            spec = RolloutSpec(model=name, version=version, selector=request.group, stages=sizes,
+                               success_threshold=parse_fraction(request.success_threshold, "success threshold"),
+                               error_threshold=share, error_count=count, min_soak_s=request.soak_s,
+                               on_success=request.on_success, on_error=request.on_error)
+            return start_rollout(self.context.fleet, self.context.registry, spec).model_dump()
+
+        return self._audited("rollout.start", f"group:{request.group}", start, request.model_dump())
+
+    def rollout_status(self, rollout_id: int | None = None) -> dict:
+        from edgehub.hub.rollout.machine import RolloutState, targeted
+        from edgehub.hub.rollout.ops import counts_of, find
+
+        fleet = self.context.fleet
+        record = find(fleet, rollout_id)
+        state = RolloutState.model_validate(record.state)
+        counts = counts_of(fleet, record.id)
+        spec = state.spec
+        return {"id": record.id, "model": record.model, "version": record.version, "group": record.selector,
+                "status": state.status, "stage": state.stage, "stages": spec.stage_count,
+                "stage_sizes": [str(x) for x in spec.stages] + ["100%"], "reason": state.reason,
+                "success_threshold": spec.success_threshold, "error_threshold": spec.error_threshold,
+                "error_count": spec.error_count, "on_success": spec.on_success, "on_error": spec.on_error,
+                "counts": {str(k): v.model_dump() for k, v in sorted(counts.items())},
+                "targeted": targeted(state, counts).model_dump(),
+                "history": [t.model_dump(mode="json") for t in state.history]}
+
+    def rollout_list(self) -> dict:
+        return {"rollouts": [{"id": r.id, "model": r.model, "version": r.version, "group": r.selector,
+                              "status": r.status, "stage": r.stage, "created_at": r.created_at.isoformat()}
+                             for r in self.context.fleet.rollouts()]}
+
+    def rollout_operate(self, action: str, rollout_id: int | None = None) -> dict:
+        from edgehub.hub.rollout.ops import find, operate
+
+        record = find(self.context.fleet, rollout_id)
+        state = self._audited(f"rollout.{action}", f"rollout:{record.id}",
+                              lambda: operate(self.context.fleet, record.id, action))
+        return {"id": record.id, "status": state.status, "stage": state.stage, "reason": state.reason}
+
+    def alias_list(self) -> dict:
+        return {"aliases": [a.model_dump(mode="json") for a in self.context.fleet.aliases()]}
+
+    @staticmethod
+    def _scope(group: str | None, profile: str | None) -> str:
+        from edgehub.hub.fleet.groups import parse_selector
+
+        if bool(group) == bool(profile):
+            raise RolloutError("give exactly one of --group TAG or --profile NAME")
+        return parse_selector(f"profile:{profile}" if profile else group).scope
+
+    def alias_set(self, name: str, request: AliasRequest) -> dict:
+        from edgehub.hub.fleet.groups import validate_tag
+
+        validate_tag(name)
+        scope = self._scope(request.group, request.profile)
+
+        def set_alias() -> dict:
+            model, version = self.model_version(request.model)
+            return self.context.fleet.set_alias(scope, name, model, version).model_dump(mode="json")
+
+        return self._audited("alias.set", f"{scope}:{name}", set_alias, {"model": request.model})
+
+    def alias_delete(self, name: str, group: str | None = None, profile: str | None = None) -> dict:
+        scope = self._scope(group, profile)
+
+        def delete() -> dict:
+            if not self.context.fleet.delete_alias(scope, name):
+                raise RolloutError(f"no alias {name!r} on {scope}")
+            return {"scope": scope, "name": name, "deleted": True}
+
+        return self._audited("alias.delete", f"{scope}:{name}", delete)
+
+    # -- publish ----------------------------------------------------------------------------------
+
+    def publish(self, options, sink=None, *, deploy: bool = False, rollout=None, on_upload=None) -> dict:
+        """Build and register `options` (a PublishOptions); with `deploy`, make it the profiles'
+        production at once; with `rollout` (a PublishRollout), start a rollout of it on its group or
+        on each profile. Returns the `publish --json` data, with the rollouts started. (`on_upload`
+        is RemoteHub's; nothing is uploaded here.)"""
+        from edgehub.hub.publish.release import publish_and_deploy
+
+        ctx = self.context
+        release = self._audited("model.publish", f"model:{options.name}", lambda: publish_and_deploy(
+            options, ctx.paths, ctx.registry, ctx.fleet, sink, deploy_to_fleet=deploy),
+            {"profiles": list(options.profiles), "deploy": deploy})
+        data = release.as_json()
+        data["rollouts"] = []
+        if rollout is not None:
+            model = f"{data['model']}:{data['version']}"
+            groups = [rollout.group] if rollout.group else [f"profile:{p}" for p in dict.fromkeys(options.profiles)]
+            for group in groups:
+                started = self.rollout_start(rollout.for_group(model, group))
+                data["rollouts"].append({"group": group, **started})
+        return data
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    @property
+    def jobs(self):
+        from edgehub.hub.jobs.store import JobStore
+
+        return JobStore(self.context.engine)
+
+    def job_list(self, *, limit: int = 50, offset: int = 0, state: str | None = None) -> dict:
+        total, found = self.jobs.list(limit=limit, offset=offset, state=state)
+        return {"total": total, "jobs": [j.as_json(with_result=False) for j in found]}
+
+    def job_show(self, job_id: int) -> dict:
+        return self.jobs.get(job_id).as_json()
+
+    def job_cancel(self, job_id: int) -> dict:
+        return self._audited("job.cancel", f"job:{job_id}", lambda: self.jobs.cancel(job_id).as_json(with_result=False))
+
+    # -- audit ------------------------------------------------------------------------------------
+
+    def audit(self, *, limit: int = 100, offset: int = 0, actor: str | None = None) -> dict:
+        total, entries = self.audit_log.entries(limit=limit, offset=offset, actor=actor)
+        return {"total": total, "entries": [e.as_json() for e in entries]}
+
+    def record(self, action: str, target: str, ok: bool = True, detail: dict[str, Any] | None = None) -> None:
+        """An audit entry for an action done elsewhere (a publish, a token change)."""
+        self.audit_log.record(self.actor, action, target, ok=ok, detail=detail)

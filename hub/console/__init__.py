@@ -1,0 +1,1 @@
+"""The web console: server-rendered pages (Jinja2, autoescaped) over the same LocalHub as the API."""
