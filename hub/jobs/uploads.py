@@ -80,7 +80,7 @@ class UploadStore:
         with self.sessions.begin() as session:
             session.add(row)
         if size == 0:
-            return self._complete(row.id, b"")
+            return self._complete(row.id)
         return _upload(row)
 
     def get(self, upload_id: str, owner: str | None = None) -> Upload:
@@ -117,21 +117,25 @@ class UploadStore:
             return self._complete(upload_id)
         return self.get(upload_id)
 
-    def _complete(self, upload_id: str, data: bytes | None = None) -> Upload:
+    def _complete(self, upload_id: str) -> Upload:
         digest = hashlib.sha256()
         with open(self.path(upload_id), "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         with self.sessions.begin() as session:
             row = session.get(UploadRow, upload_id)
-            if digest.hexdigest() != row.sha256:
-                session.delete(row)
-                self.path(upload_id).unlink(missing_ok=True)
-                raise UploadError(f"{row.filename}: the bytes received do not match the sha256 declared "
-                                  "(corrupted in transit?); the upload is discarded, send it again", 422)
-            row.complete = True
+            matches = digest.hexdigest() == row.sha256
+            if matches:
+                row.complete = True
+            else:
+                session.delete(row)  # committed before the error is raised
             session.flush()
-            return _upload(row)
+            found = _upload(row)
+        if not matches:
+            self.path(upload_id).unlink(missing_ok=True)
+            raise UploadError(f"{found.filename}: the bytes received do not match the sha256 declared "
+                              "(corrupted in transit?); the upload is discarded, send it again", 422)
+        return found
 
     def complete_path(self, upload_id: str, owner: str) -> Path:
         """The file of a complete upload of `owner` (what a job reads)."""
