@@ -1,9 +1,10 @@
-"""No secret is logged: a whole session at debug level (hub, broker, agent, CLI) leaves no password,
-key, URL signature or Authorization token in any log line or command output."""
+"""No secret is logged: a whole session at debug level (hub, broker, agent, CLI, API, console) leaves
+no password, key, URL signature, API token or Authorization header in any log line or command output."""
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from fault_models import good_mlp
 from mqtt_helpers import try_connect
 
 from edgehub.agent.config import load_config
+from edgehub.hub.access.tokens import TokenStore
 from edgehub.hub.control.url_signing import load_or_create_secret
 from edgehub.hub.fleet.store import FleetStore
+from edgehub.zoo.db import make_engine
 from edgehub.zoo.registry import Registry
 
 CLI = [sys.executable, "-m", "edgehub.hub.cli"]
@@ -22,6 +25,27 @@ CLI = [sys.executable, "-m", "edgehub.hub.cli"]
 
 def _pem_body(text: str) -> str:
     return "".join(line for line in text.splitlines() if line and not line.startswith("-----"))
+
+
+def _api_session(paths, api_port: int, outputs: list[str]) -> tuple[str, str]:
+    import httpx
+
+    store = TokenStore(make_engine(paths.db_url))
+    token, _ = store.create("ops", "operator")
+    revoked, _ = store.create("old", "viewer")
+    store.revoke("old")
+    url = f"http://127.0.0.1:{api_port}"
+    with httpx.Client(base_url=url) as client:
+        assert client.get("/api/v1/fleet/status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/api/v1/fleet/status", headers={"Authorization": f"Bearer {revoked}"}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
+        assert client.post("/console/login", data={"token": token}).status_code == 303
+        assert client.get("/console").status_code == 200
+    far = subprocess.run([*CLI, "fleet", "status", "--json"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "EDGEHUB_HUB": url, "EDGEHUB_TOKEN": token})
+    assert far.returncode == 0, far.stderr
+    outputs += [far.stdout, far.stderr]
+    return token, revoked
 
 
 def test_a_debug_session_logs_no_secret(tmp_path):
@@ -52,6 +76,8 @@ def test_a_debug_session_logs_no_secret(tmp_path):
             fleet.close()
         assert try_connect(hub.settings().broker_url or f"mqtt://127.0.0.1:{hub.settings().mqtt_port}",
                            "cam-01", "wrong-password") != 0  # a failed login is logged too
+        # The API and console: good, wrong and revoked tokens, a console login, a remote CLI command.
+        api_token, revoked_token = _api_session(paths, hub.settings().api_port, outputs)
         revoked = subprocess.run([*CLI, "fleet", "revoke", "cam-01", "--home", str(paths.root)],
                                  capture_output=True, text=True, timeout=60)
         outputs += [revoked.stdout, revoked.stderr]
@@ -68,6 +94,10 @@ def test_a_debug_session_logs_no_secret(tmp_path):
         "URL secret (hex)": url_secret.hex(),
         "URL secret (base64)": base64.b64encode(url_secret).decode(),
         "hub signing key": _pem_body((paths.keys_dir / "hub_ed25519.pem").read_text()),
+        "API token": api_token,
+        "API token secret": api_token.rsplit("_", 1)[1],
+        "revoked API token": revoked_token,
+        "console CSRF secret": (paths.keys_dir / "console_secret").read_text().strip(),
     }
     for candidate in desired.candidates:
         sig = re.search(r"sig=([0-9a-f]{64})", candidate.url).group(1)
