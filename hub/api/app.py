@@ -60,8 +60,7 @@ def _one_line(message: object) -> str:
     return text.splitlines()[0] if text else "error"
 
 
-def create_app(paths: HubPaths, *, max_upload_bytes: int = DEFAULT_MAX_BYTES, metrics: HubMetrics | None = None,
-               secure_cookies: bool = False) -> FastAPI:
+def create_app(paths: HubPaths, *, max_upload_bytes: int = DEFAULT_MAX_BYTES, secure_cookies: bool = False) -> FastAPI:
     from edgehub.hub.cli.common import known_errors
     from edgehub.hub.console.pages import router as console_router
 
@@ -73,7 +72,7 @@ def create_app(paths: HubPaths, *, max_upload_bytes: int = DEFAULT_MAX_BYTES, me
     app.state.tokens = TokenStore(hub.context.engine)
     app.state.jobs = JobStore(hub.context.engine)
     app.state.uploads = UploadStore(hub.context.engine, uploads_dir(paths), max_upload_bytes)
-    app.state.metrics = metrics or HubMetrics(hub, app.state.jobs)
+    app.state.metrics = HubMetrics(hub, app.state.jobs)
     app.state.console_secret = console_secret(paths)
     app.state.secure_cookies = secure_cookies
     app.include_router(routes_fleet.router)

@@ -99,7 +99,7 @@ class JobRunner:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
-            pass  # already gone: its exit is handled on the next tick
+            return  # already gone: its exit is handled on the next tick
 
     def stop(self, *, kill_builds: bool = True) -> None:
         """Stop claiming. Running builds are killed and left `running` in the database, so the next

@@ -140,10 +140,14 @@ def gather(fleet: FleetStore, registry: Registry, model: str, version: int | Non
 
 def write_report(fleet: FleetStore, registry: Registry, model: str, out: Path, version: int | None = None) -> Path:
     """Write <out>/index.html and its PNG charts; returns the page's path."""
+    return write_report_of(gather(fleet, registry, model, version), out)
+
+
+def write_report_of(data: ReportData, out: Path) -> Path:
+    """The page and charts of gathered data (a remote hub's report data too)."""
     from edgehub.hub.report.charts import latency_accuracy_chart, rollout_chart, sizes_chart
     from edgehub.hub.report.template import render
 
-    data = gather(fleet, registry, model, version)
     out.mkdir(parents=True, exist_ok=True)
     for section in data.profiles:
         section.chart = latency_accuracy_chart(section, out / f"latency-accuracy-{section.profile}.png").name

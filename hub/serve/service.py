@@ -190,21 +190,16 @@ class HubService:
     def _start_api(self, tls: TlsPaths) -> None:
         """The API, console and /metrics (hub/api/), and the runner of their build jobs."""
         from edgehub.hub.api.app import create_app
-        from edgehub.hub.api.metrics import HubMetrics
         from edgehub.hub.api.server import ApiServer
-        from edgehub.hub.client.local import LocalHub
-        from edgehub.hub.context import HubContext
         from edgehub.hub.jobs.runner import JobRunner
-        from edgehub.hub.jobs.store import JobStore
 
         if self.settings.api_port is None:
             self.settings.api_port = free_port(self.settings.api_host)
             save_settings(self.paths.root, self.settings)
-        hub = LocalHub(HubContext(self.paths))
-        self.metrics = HubMetrics(hub, JobStore(hub.context.engine))
-        self.service.observer = self.metrics.observe
-        app = create_app(self.paths, max_upload_bytes=self.settings.max_upload_mb * 1024 * 1024, metrics=self.metrics,
+        app = create_app(self.paths, max_upload_bytes=self.settings.max_upload_mb * 1024 * 1024,
                          secure_cookies=tls.enabled())
+        self.metrics = app.state.metrics
+        self.service.observer = self.metrics.observe  # the fleet loop's timings on /metrics
         self.api = ApiServer(app, self.settings.api_host, self.settings.api_port,
                              tls if tls.enabled() else None).start()
         self.jobs = JobRunner(self.paths, slots=self.settings.job_slots).start()

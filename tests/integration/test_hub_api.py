@@ -204,3 +204,27 @@ def test_a_rollout_started_and_approved_through_the_api(hub, tiny_mlp):
     audit_cli = subprocess.run([*CLI, "hub", "audit", "--json", "--home", str(hub.paths.root)], capture_output=True,
                                text=True, timeout=60)
     assert any(e["action"] == "rollout.approve" for e in json.loads(audit_cli.stdout)["entries"])
+
+
+def test_the_api_over_https_with_the_hubs_certificate_and_a_remote_report(tmp_path, tiny_mlp):
+    from edgehub.hub.client.remote import RemoteError, RemoteHub
+    from edgehub.hub.serve.certs import TlsPaths
+
+    home = tmp_path / "home"
+    made = CliRunner().invoke(cli, ["hub", "certs", "--home", str(home)])
+    assert made.exit_code == 0, made.output
+    ca = TlsPaths(home).ca_cert
+    with ApiHub(home) as hub:
+        assert hub.url.startswith("https://")
+        hub.publish(tiny_mlp)
+        with RemoteHub(hub.url, hub.tokens["viewer"], str(ca)) as far:
+            assert far.zoo_list()["models"][0]["name"] == "digits"
+        with RemoteHub(hub.url, hub.tokens["viewer"]) as untrusted, pytest.raises(RemoteError, match="cannot reach"):
+            untrusted.zoo_list()  # a certificate the system does not trust
+        env = {**os.environ, "EDGEHUB_HUB": hub.url, "EDGEHUB_TOKEN": hub.tokens["viewer"], "EDGEHUB_CA": str(ca)}
+        report = subprocess.run([*CLI, "report", "digits", "--out", str(tmp_path / "rep"), "--json"], env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert report.returncode == 0, report.stderr
+        assert (tmp_path / "rep" / "index.html").is_file() and "latency-accuracy-x86-cpu.png" in report.stdout
+        login = hub.http.post("/console/login", data={"token": hub.tokens["viewer"]}, follow_redirects=False)
+        assert "secure" in login.headers["set-cookie"].lower() and "httponly" in login.headers["set-cookie"].lower()

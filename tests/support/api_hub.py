@@ -14,6 +14,7 @@ import httpx
 from edgehub.hub.access.tokens import TokenStore
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.pipeline import PublishOptions, publish
+from edgehub.hub.serve.certs import TlsPaths
 from edgehub.hub.serve.service import HubOptions, HubService
 from edgehub.hub.serve.settings import HubSettings
 from edgehub.hub.sim.run import Simulation, enroll_simulated
@@ -28,7 +29,8 @@ class ApiHub:
         self.url = self.service.api.base_url
         store = TokenStore(self.service.registry.engine)
         self.tokens = {role: store.create(f"{role}-user", role)[0] for role in ROLES}
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        tls = TlsPaths(self.paths.root)
+        self.http = httpx.Client(base_url=self.url, timeout=60, verify=str(tls.ca_cert) if tls.enabled() else True)
         self.sims: list[Simulation] = []
         self.passwords: dict[str, str] = {}  # simulated device id -> its broker password
 

@@ -62,6 +62,7 @@ def test_a_restart_runs_an_interrupted_job_again_once_then_fails_it(engine):
     alive = store.enqueue("publish", "a", {})
     store.claim("hub-live")
     assert store.recover(runner_alive=lambda runner: runner == "hub-live") == []  # another live hub's job is spared
+    assert store.get(alive.id).state == "running"
 
 
 def test_uploads_resume_check_their_sha256_and_limits(engine, tmp_path):
