@@ -16,11 +16,14 @@ from edgehub.agent.outbox import Outbox
 from edgehub.agent.reconciler import Reconciler
 from edgehub.agent.runtimes import available_runtimes
 from edgehub.agent.serving import LocalServer, ModelHolder
+from edgehub.agent.telemetry import FieldRecorder, TelemetryQueue, telemetry_loop
 from edgehub.protocol.messages import DesiredState, DeviceState
+from edgehub.protocol.telemetry import TelemetrySettings
 
 log = logging.getLogger("edgehub.agent")
 
 RETRY_S = 15.0  # how soon an incomplete reconcile (e.g. a failed download) is tried again
+DEFAULT_TELEMETRY_S = 60.0  # until a desired state says otherwise
 
 
 def agent_version() -> str:
@@ -45,8 +48,12 @@ class Agent:
         self.outbox = Outbox(config.data_dir / "outbox.db")
         self.link = MqttLink(config, self.outbox, self._desired.put)
         self.reconciler = Reconciler(config, store, self.link.publish_event)
+        # Field telemetry: what real requests did, per interval (settings from the desired state).
+        self.telemetry: TelemetrySettings | None = None
+        self.recorder = FieldRecorder()
+        self.telemetry_queue = TelemetryQueue(config.data_dir / "telemetry.db")
         self.server = LocalServer(ModelHolder(lambda: self.reconciler.state.active), config.serve_host,
-                                  config.serve_port)
+                                  config.serve_port, recorder=self.recorder)
         self._runtimes = available_runtimes()
         self._hardware = hardware()
 
@@ -74,8 +81,24 @@ class Agent:
             except queue.Empty:
                 return current
 
+    def _telemetry_interval(self) -> float:
+        return self.telemetry.interval_s if self.telemetry is not None else DEFAULT_TELEMETRY_S
+
+    def _start_telemetry(self) -> threading.Thread:
+        thread = threading.Thread(target=telemetry_loop, name="edgehub-telemetry", daemon=True, kwargs=dict(
+            recorder=self.recorder, queue=self.telemetry_queue, device_id=self.config.device_id,
+            generation=lambda: self.reconciler.state.generation_seen, interval_s=self._telemetry_interval,
+            connected=self.link.connected, publish=self.link.publish_event, stopping=self.stopping))
+        thread.start()
+        return thread
+
+    def _configure_telemetry(self, desired: DesiredState) -> None:
+        self.telemetry = desired.telemetry if desired.telemetry and desired.telemetry.enabled else None
+        self.recorder.configure(self.telemetry.reference if self.telemetry else None, enabled=self.telemetry is not None)
+
     def run(self) -> None:
         self.server.start()
+        telemetry = self._start_telemetry()
         log.info("serving the active model on http://%s:%d/predict", self.config.serve_host, self.server.port)
         self.link.publish_state(self.device_state())
         self.link.start()
@@ -90,12 +113,16 @@ class Agent:
                 if newest is desired and done_generation == desired.generation:
                     continue
                 desired = newest
+                self._configure_telemetry(desired)
                 if self.reconciler.reconcile(desired):
                     done_generation = desired.generation
                 self.link.publish_state(self.device_state())
         finally:
+            self.stopping.set()
+            telemetry.join(timeout=5)
             self.link.stop(final_state=self.device_state(online=False))
             self.server.stop()
+            self.telemetry_queue.close()
             self.outbox.close()
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgehub.agent.local_state import InstalledVariant
 from edgehub.agent.runtimes import runtime_for
+from edgehub.agent.telemetry import FieldRecorder
 from edgehub.protocol.files import sha256_file
 
 log = logging.getLogger("edgehub.agent.serving")
@@ -141,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "edgehub-agent"
     timeout = 30  # a client that stops sending mid-request is dropped, not waited on forever
     holder: ModelHolder
+    recorder: FieldRecorder | None = None  # field telemetry (agent/telemetry.py)
 
     def log_message(self, format: str, *args) -> None:  # route through logging, not stderr
         log.debug("%s %s", self.address_string(), format % args)
@@ -164,6 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
         if getattr(self, "command", None) != "HEAD":
             self.wfile.write(data)
 
+    def _failed(self, kind: str) -> None:
+        if self.recorder is not None:
+            variant = self.holder._active()
+            self.recorder.error(variant.variant_id if variant else None, kind)
+
     def do_GET(self) -> None:
         if self.path != "/health":
             self._reply(404, {"error": "not found; use POST /predict or GET /health"})
@@ -183,15 +190,20 @@ class _Handler(BaseHTTPRequestHandler):
             outputs = session.run(feed)
             elapsed = (time.perf_counter() - started) * 1000
         except BadRequest as exc:
+            self._failed("bad_request")
             self._reply(exc.status, {"error": str(exc)})
             return
         except (LookupError, ModelUnavailable) as exc:
+            self._failed("unavailable")
             self._reply(503, {"error": str(exc)})
             return
         except Exception as exc:  # the runtime rejects inputs with its own exception types
+            self._failed("inference")
             self._reply(400, {"error": f"inference failed: {_first_line(exc)}"})
             return
         names = [spec.name for spec in session.outputs]
+        if self.recorder is not None:
+            self.recorder.record(variant.variant_id, feed, dict(zip(names, outputs)), elapsed)
         self._reply(200, {"variant": variant.variant_id, "ms": round(elapsed, 3),
                           "outputs": {n: _jsonable(np.asarray(o)) for n, o in zip(names, outputs)}})
 
@@ -205,8 +217,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class LocalServer:
-    def __init__(self, holder: ModelHolder, host: str = "127.0.0.1", port: int = 8765):
-        handler = type("Handler", (_Handler,), {"holder": holder})
+    def __init__(self, holder: ModelHolder, host: str = "127.0.0.1", port: int = 8765,
+                 recorder: FieldRecorder | None = None):
+        handler = type("Handler", (_Handler,), {"holder": holder, "recorder": recorder})
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="edgehub-serve", daemon=True)
 

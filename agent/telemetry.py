@@ -14,6 +14,7 @@ gap in the event stream.
 
 from __future__ import annotations
 
+import logging
 import math
 import sqlite3
 import threading
@@ -34,6 +35,7 @@ from edgehub.protocol.telemetry import (
     bucket,
 )
 
+log = logging.getLogger("edgehub.agent.telemetry")
 MAX_QUEUED = 48  # intervals held while offline (merged beyond): 48 x 60 s, or a day at 30-minute merges
 
 
@@ -57,16 +59,19 @@ class _Interval:
 
 
 class FieldRecorder:
-    def __init__(self, reference: FieldReference | None = None):
+    def __init__(self, reference: FieldReference | None = None, enabled: bool = True):
         self._lock = threading.Lock()
         self._reference = reference
+        self.enabled = enabled
         self._open: dict[str | None, _Interval] = {}  # by variant id
 
-    def configure(self, reference: FieldReference | None) -> None:
+    def configure(self, reference: FieldReference | None, enabled: bool = True) -> None:
         with self._lock:
-            self._reference = reference
+            self._reference, self.enabled = reference, enabled
 
     def record(self, variant_id: str, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ms: float) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             interval = self._open.setdefault(variant_id, _Interval())
             interval.requests += 1
@@ -108,6 +113,8 @@ class FieldRecorder:
                 stats[5][bucket(v, ref.edges)] += 1
 
     def error(self, variant_id: str | None, kind: str) -> None:
+        if not self.enabled:
+            return
         with self._lock:
             interval = self._open.setdefault(variant_id, _Interval())
             interval.errors[kind] = interval.errors.get(kind, 0) + 1
@@ -187,16 +194,26 @@ class TelemetryQueue:
 
 def telemetry_loop(recorder: FieldRecorder, queue: TelemetryQueue, *, device_id: str, generation, interval_s,
                    connected: threading.Event, publish, stopping: threading.Event, clock=time.monotonic) -> None:
-    """Every `interval_s()` seconds: close the interval into the queue; when the link is up, move the
-    queue to the outbox (`publish`, which numbers and sends)."""
-    next_at = clock() + interval_s()
-    while not stopping.wait(min(1.0, max(0.0, next_at - clock()))):
-        if clock() < next_at:
+    """Every `interval_s()` seconds (read each second: a new desired state may change it): close the
+    interval into the queue; when the link is up, move the queue to the outbox (`publish`, which
+    numbers and sends). A failure is logged and the loop goes on: telemetry never stops serving."""
+    last = clock()
+    while not stopping.wait(1.0 if interval_s() >= 2 else 0.1):
+        if clock() - last < interval_s():
             continue
-        next_at = clock() + interval_s()
-        for event in recorder.take(device_id, generation()):
-            if event.stats.requests or event.stats.error_count:
-                queue.add(event)
-        if connected.is_set():
-            for event in queue.take():
-                publish(event)
+        last = clock()
+        try:
+            for event in recorder.take(device_id, generation()):
+                if event.stats.requests or event.stats.error_count:
+                    queue.add(event)
+            if connected.is_set():
+                waiting = queue.take()
+                for n, event in enumerate(waiting):
+                    try:
+                        publish(event)
+                    except Exception:
+                        for left in waiting[n:]:
+                            queue.add(left)  # back in line for the next turn
+                        raise
+        except Exception:  # noqa: BLE001 - a bad interval must not end the loop; it is logged
+            log.exception("field telemetry: could not report an interval")

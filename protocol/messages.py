@@ -13,10 +13,11 @@ import math
 from datetime import datetime, timezone
 from typing import Annotated, Literal, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from edgehub.protocol.base import ID_PATTERN, MessageError
 from edgehub.protocol.manifest import SCHEMA_VERSION, SignedManifest
+from edgehub.protocol.telemetry import FieldStats, TelemetrySettings
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -113,6 +114,8 @@ class DesiredState(Body):
     candidates: list[Candidate] = Field(default_factory=list, max_length=64)
     activate: str | None = Field(None, max_length=200)
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    # Field telemetry of the active variant: interval and the eval set's bins (None: not reported).
+    telemetry: TelemetrySettings | None = None
     at: UtcTime = Field(default_factory=now_utc)
 
 
@@ -193,7 +196,28 @@ class AgentError(Body, Sequenced):
     at: UtcTime = Field(default_factory=now_utc)
 
 
-Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError], Field(discriminator="kind")]
+class FieldTelemetry(Body, Sequenced):
+    """What real requests to the active variant did over an interval (protocol/telemetry.py); several
+    intervals merged into one when the device was offline (`intervals`)."""
+
+    kind: Literal["telemetry"] = "telemetry"
+    event_id: str = Field(min_length=8, max_length=64)
+    device_id: DeviceId
+    generation: Generation
+    variant_id: str | None = Field(None, max_length=200)
+    start: UtcTime
+    end: UtcTime
+    intervals: int = Field(1, ge=1, le=1_000_000)
+    stats: FieldStats
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FieldTelemetry:
+        if self.end < self.start:
+            raise ValueError("end is before start")
+        return self
+
+
+Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError, FieldTelemetry], Field(discriminator="kind")]
 
 
 _EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
@@ -293,7 +317,7 @@ def parse_body(payload: bytes, model: type[B], *, device: str | None = None) -> 
     return body
 
 
-def parse_event(payload: bytes, *, device: str) -> BenchmarkReport | ActivationResult | AgentError:
+def parse_event(payload: bytes, *, device: str) -> BenchmarkReport | ActivationResult | AgentError | FieldTelemetry:
     """Validate an event body from `device`'s events topic."""
     event = _validate(_EVENT_ADAPTER, _load(payload), "event")
     _check_device(event, device)

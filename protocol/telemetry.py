@@ -192,3 +192,19 @@ def _merge_input(a: InputSummary, b: InputSummary) -> InputSummary:
 
 def _merge_output(a: OutputSummary, b: OutputSummary) -> OutputSummary:
     return OutputSummary(name=a.name, kind=b.kind, hist=_add_lists(a.hist, b.hist) if a.kind == b.kind else b.hist)
+
+
+def output_shift(before: FieldStats, after: FieldStats) -> float | None:
+    """How far the outputs moved: the largest PSI of `after`'s output histograms against `before`'s
+    proportions (same output, same bins); None with nothing to compare."""
+    old = {o.name: o for o in before.outputs}
+    values = []
+    for o in after.outputs:
+        ref = old.get(o.name)
+        total = sum(ref.hist) if ref else 0
+        if ref is None or total == 0 or len(ref.hist) != len(o.hist):
+            continue
+        value = psi([n / total for n in ref.hist], o.hist)
+        if value is not None:
+            values.append(value)
+    return max(values) if values else None

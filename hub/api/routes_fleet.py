@@ -35,6 +35,13 @@ def fleet_status(request: Request, profile: str | None = None, group: str | None
     return hub_of(request, who).fleet_status(query, limit=limit, offset=offset)
 
 
+@router.get("/fleet/telemetry", tags=["fleet"])
+def telemetry(request: Request, device: str | None = None, model: str | None = None, since: str = "1h",
+              limit: int = Query(500, ge=1, le=10_000), who: Principal = Depends(require("viewer"))) -> dict:
+    """Field telemetry of a device or a model's variants (`fleet telemetry --json`)."""
+    return hub_of(request, who).telemetry(device, model, since, limit)
+
+
 @router.get("/devices/{device_id}", tags=["fleet"])
 def device(request: Request, device_id: str, who: Principal = Depends(require("viewer"))) -> dict:
     return hub_of(request, who).device(device_id)

@@ -166,6 +166,34 @@ def _watch_status(hub, query, table_limit: int, as_json: bool, interval: float, 
             pass
 
 
+@fleet.command("telemetry")
+@click.argument("device_id", required=False)
+@click.option("--model", help="Every device running this model's variants, instead of one device.")
+@click.option("--since", default="1h", show_default=True, help="How far back: 30m, 12h, 7d.")
+@hub_options
+@json_option
+@one_line_errors
+def telemetry(device_id, model, since, home, hub_url, hub_token, hub_ca, as_json):
+    """Field telemetry from real requests: rate, errors, latency percentiles, input drift vs the eval set."""
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
+        data = hub.telemetry(device_id, model, since)
+    if as_json:
+        print_json(data)
+        return
+    what = escape(device_id or f"model {model}")
+    table = Table(title=f"{what}: field telemetry, last {escape(since)} ({data['intervals_total']} intervals)")
+    for column in ("variant", "devices", "requests", "req/min", "errors", "p50 ms", "p99 ms", "drift (PSI)"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant, f in [*data["by_variant"].items(), ("all", data["summary"])]:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(escape(variant), str(f["devices"]), str(f["requests"]), f"{f['requests_per_min']:.1f}",
+                      f"{f['error_rate']:.2%}" + (f" {f['errors']}" if f["errors"] else ""), fmt(f["p50_ms"]),
+                      fmt(f["p99_ms"]), fmt(f["drift_max"]))
+    console.print(table)
+    if (data["summary"]["drift_max"] or 0) > 0.25:
+        console.print("[bold yellow]drift:[/] the served inputs no longer look like the eval set (PSI > 0.25)")
+
+
 @fleet.command("tag")
 @click.argument("device_ids", nargs=-1, required=True)
 @click.option("--add", "add", multiple=True, help="Tag (group) to add (repeatable).")

@@ -17,6 +17,10 @@ def summary_table(summary: dict) -> Group:
     head.add_row(str(summary["devices"]), str(summary["online"]), str(summary["settled"]),
                  str(summary["simulated"]) if summary["simulated"] else "0")
     parts = [head]
+    drift = summary.get("drift") or {}
+    if drift.get("devices"):
+        parts.append(f"[bold yellow]drift: {drift['devices']} device(s) serve inputs unlike the eval set[/] (input "
+                     f"PSI > {drift['threshold']}; `edgehub fleet telemetry DEVICE`)")
     lost = summary.get("events_missing") or {}
     if lost.get("events"):
         parts.append(f"[bold red]{lost['events']} event(s) from {lost['devices']} device(s) were sent and never "
@@ -45,8 +49,10 @@ def status_table(rows: list[dict], total: int | None = None) -> Table:
     shown = f" (first {len(rows)} of {total})" if total is not None and total > len(rows) else ""
     table = Table(title=f"devices{shown}")
     lossy = any(r.get("events", {}).get("missing") for r in rows)
+    field = any(r.get("field") for r in rows)
     columns = ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "rollout", "last seen")
-    for column in columns + (("missing",) if lossy else ()):
+    field_columns = ("req/min", "field p99 ms", "errors", "drift") if field else ()
+    for column in columns + field_columns + (("missing",) if lossy else ()):
         table.add_column(column, no_wrap=column in ("device", "variant"), justify="right" if column == "missing" else "left")
     for r in rows:
         rollout = r.get("rollout")
@@ -58,5 +64,16 @@ def status_table(rows: list[dict], total: int | None = None) -> Table:
         cells = [r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
                  "[green]yes[/]" if r["online"] else "[red]no[/]", r["model"] or "-", r["variant"] or "-",
                  p50, percent(r["accuracy"]), label, (r["last_seen"] or "-")[11:19] or "-"]
-        table.add_row(*cells, *([f"[red]{missing}[/]" if missing else "0"] if lossy else []))
+        table.add_row(*cells, *(field_cells(r.get("field")) if field else []),
+                      *([f"[red]{missing}[/]" if missing else "0"] if lossy else []))
     return table
+
+
+def field_cells(f: dict | None) -> list[str]:
+    """Requests per minute, p99 of real requests, error rate and input drift of the newest interval."""
+    if not f:
+        return ["-", "-", "-", "-"]
+    drift = f["drift"]
+    return [f"{f['requests_per_min']:.1f}", f"{f['p99_ms']:.2f}" if f["p99_ms"] is not None else "-",
+            ("[red]" if f["error_rate"] > 0.01 else "") + percent(f["error_rate"]),
+            "-" if drift is None else (f"[yellow]{drift:.2f}[/]" if drift > 0.25 else f"{drift:.2f}")]

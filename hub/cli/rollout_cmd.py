@@ -30,18 +30,26 @@ def rollout() -> None:
               help="After each successful stage, wait for `edgehub rollout approve` (default: go on).")
 @click.option("--on-error", type=click.Choice(["rollback", "pause"]), default="rollback", show_default=True,
               help="When a stage fails: roll back at once, or pause for the operator (resume or abort).")
+@click.option("--max-error-rate", help="Field gate: the error rate of real requests a stage may show (e.g. 2%).")
+@click.option("--max-p99-ratio", type=click.FloatRange(min=0, min_open=True),
+              help="Field gate: real-request p99 at most this many times the previous variant's (e.g. 1.5).")
+@click.option("--max-output-shift", type=click.FloatRange(min=0),
+              help="Field gate: output histograms' PSI against the previous variant's (e.g. 0.2).")
+@click.option("--min-requests", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Field gate: real requests needed before a stage is judged on them.")
 @hub_options
 @json_option
 @one_line_errors
-def start(model, group, canary, stages, success_threshold, error_threshold, soak, on_success, on_error, home, hub_url,
-          hub_token, hub_ca, as_json):
+def start(model, group, canary, stages, success_threshold, error_threshold, soak, on_success, on_error, max_error_rate,
+          max_p99_ratio, max_output_shift, min_requests, home, hub_url, hub_token, hub_ca, as_json):
     """Roll MODEL[:VERSION] (default: latest) out to a group: the canary first, then the rest."""
     from edgehub.hub.client.models import RolloutRequest
 
     request = RolloutRequest(model=model, group=group, canary=canary,
                              stages=[s for s in (stages or "").split(",") if s.strip()],
                              success_threshold=success_threshold, error_threshold=error_threshold, soak_s=soak,
-                             on_success=on_success, on_error=on_error)
+                             on_success=on_success, on_error=on_error, max_error_rate=max_error_rate,
+                             max_p99_ratio=max_p99_ratio, max_output_shift=max_output_shift, min_requests=min_requests)
     with open_hub(home, hub_url, hub_token, hub_ca) as hub:
         started = hub.rollout_start(request)
         name, version = (hub.rollout_status(started["id"])[k] for k in ("model", "version"))

@@ -108,6 +108,38 @@ class LocalHub:
             ids, add=request.add, remove=request.remove), {"add": request.add, "remove": request.remove})
         return {"devices": [{"device": r.id, "tags": r.tags} for r in records]}
 
+    def telemetry(self, device_id: str | None = None, model: str | None = None, since: str = "1h",
+                  limit: int = 500) -> dict:
+        """Field telemetry of a device or of every device running a model's variants, since `since`
+        (30m, 12h, 7d): totals, per variant, and the newest intervals."""
+        from datetime import timedelta
+
+        from edgehub.hub.access.tokens import parse_duration
+        from edgehub.hub.fleet.field import merge_rows
+        from edgehub.zoo.records import utcnow
+
+        if bool(device_id) == bool(model):
+            raise FleetError("give a DEVICE or --model MODEL")
+        window: timedelta = parse_duration(since)
+        fleet, variant_ids = self.context.fleet, None
+        if device_id:
+            self._device_or_fail(device_id)
+        else:
+            variant_ids = [v.id for v in self.context.registry.variants(model)]
+            if not variant_ids:
+                raise RegistryError(f"no model {model!r} in the zoo; see `edgehub zoo list`")
+        rows = fleet.telemetry(device_id=device_id, variant_ids=variant_ids, since=utcnow() - window, limit=100_000)
+        by_variant: dict[str | None, list] = {}
+        for r in rows:
+            by_variant.setdefault(r.variant_id, []).append(r)
+        return {"device": device_id, "model": model, "since": since, "intervals_total": len(rows),
+                "summary": _field_figures(merge_rows(rows), rows),
+                "by_variant": {str(v): _field_figures(merge_rows(rs), rs) for v, rs in by_variant.items()},
+                "intervals": [{"device": r.device_id, "variant_id": r.variant_id, "resolution": r.resolution,
+                               "start": r.start.isoformat(), "end": r.end.isoformat(), "intervals": r.intervals,
+                               "requests": r.requests, "errors": r.errors, "p99_ms": r.p99_ms, "drift": r.drift}
+                              for r in rows[-limit:]]}
+
     # -- zoo --------------------------------------------------------------------------------------
 
     def zoo_list(self) -> dict:
@@ -146,17 +178,28 @@ class LocalHub:
         return name, latest.version
 
     def rollout_start(self, request: RolloutRequest) -> dict:
-        from edgehub.hub.rollout.machine import RolloutSpec, parse_error_threshold, parse_fraction, parse_stage_size
+        from edgehub.hub.rollout.machine import (
+            FieldGate,
+            RolloutSpec,
+            parse_error_threshold,
+            parse_fraction,
+            parse_stage_size,
+        )
         from edgehub.hub.rollout.ops import start_rollout
 
         def start() -> dict:
             sizes = [parse_stage_size(request.canary), *(parse_stage_size(s) for s in request.stages if s.strip())]
             share, count = parse_error_threshold(request.error_threshold)
+            gated = any(v is not None for v in (request.max_error_rate, request.max_p99_ratio, request.max_output_shift))
+            field = FieldGate(max_error_rate=parse_fraction(request.max_error_rate, "field error rate")
+                              if request.max_error_rate is not None else None,
+                              max_p99_ratio=request.max_p99_ratio, max_output_shift=request.max_output_shift,
+                              min_requests=request.min_requests) if gated else None
             name, version = self.model_version(request.model)
             spec = RolloutSpec(model=name, version=version, selector=request.group, stages=sizes,
                                success_threshold=parse_fraction(request.success_threshold, "success threshold"),
                                error_threshold=share, error_count=count, min_soak_s=request.soak_s,
-                               on_success=request.on_success, on_error=request.on_error)
+                               on_success=request.on_success, on_error=request.on_error, field=field)
             return start_rollout(self.context.fleet, self.context.registry, spec).model_dump()
 
         return self._audited("rollout.start", f"group:{request.group}", start, request.model_dump())
@@ -175,6 +218,7 @@ class LocalHub:
                 "stage_sizes": [str(x) for x in spec.stages] + ["100%"], "reason": state.reason,
                 "success_threshold": spec.success_threshold, "error_threshold": spec.error_threshold,
                 "error_count": spec.error_count, "on_success": spec.on_success, "on_error": spec.on_error,
+                "field": spec.field.model_dump() if spec.field else None,
                 "counts": {str(k): v.model_dump() for k, v in sorted(counts.items())},
                 "targeted": targeted(state, counts).model_dump(),
                 "history": [t.model_dump(mode="json") for t in state.history]}
@@ -275,3 +319,17 @@ class LocalHub:
     def record(self, action: str, target: str, ok: bool = True, detail: dict[str, Any] | None = None) -> None:
         """An audit entry for an action done elsewhere (a publish, a token change)."""
         self.audit_log.record(self.actor, action, target, ok=ok, detail=detail)
+
+
+def _field_figures(stats, rows) -> dict:
+    """Totals of merged telemetry: request rate, error rate by kind, latency percentiles, drift."""
+    seconds = sum((r.end - r.start).total_seconds() for r in rows)
+    devices = len({r.device_id for r in rows})
+    drifts = [r.drift for r in rows if r.drift is not None]
+    return {"devices": devices, "requests": stats.requests, "errors": dict(stats.errors),
+            "error_rate": stats.error_count / max(1, stats.requests + stats.error_count),
+            "requests_per_min": stats.requests / (seconds / 60) * devices if seconds else 0.0,
+            "p50_ms": stats.latency_ms(0.5), "p90_ms": stats.latency_ms(0.9), "p99_ms": stats.latency_ms(0.99),
+            "drift_max": max(drifts) if drifts else None,
+            "inputs": [{"name": i.name, "count": i.count, "mean": i.mean, "std": i.std, "min": i.min, "max": i.max}
+                       for i in stats.inputs]}

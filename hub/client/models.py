@@ -23,6 +23,11 @@ class RolloutRequest(_Request):
     soak_s: float = Field(0.0, ge=0)
     on_success: Literal["continue", "approve"] = "continue"
     on_error: Literal["rollback", "pause"] = "rollback"
+    # A field gate (hub/rollout/machine.FieldGate): judged on the stage's real requests.
+    max_error_rate: str | None = Field(None, description="e.g. 2%: the field error rate a stage may show")
+    max_p99_ratio: float | None = Field(None, gt=0, description="field p99 vs the previous variant's, e.g. 1.5")
+    max_output_shift: float | None = Field(None, ge=0, description="PSI of the outputs vs the previous variant")
+    min_requests: int = Field(100, ge=1, description="real requests needed before the field is judged")
 
 
 class AliasRequest(_Request):

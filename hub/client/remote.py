@@ -99,6 +99,12 @@ class RemoteHub:
     def device(self, device_id: str) -> dict:
         return self._call("GET", f"/devices/{device_id}")
 
+    def telemetry(self, device_id: str | None = None, model: str | None = None, since: str = "1h",
+                  limit: int = 500) -> dict:
+        params = {"since": since, "limit": limit, **({"device": device_id} if device_id else {}),
+                  **({"model": model} if model else {})}
+        return self._call("GET", "/fleet/telemetry", params=params)
+
     def tag(self, request: TagRequest) -> dict:
         return self._call("POST", "/fleet/tags", json=request.model_dump())
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgehub.hub.fleet.records import DesiredSummary
 from edgehub.protocol.messages import BenchmarkSettings, Candidate, DesiredState, now_utc
+from edgehub.protocol.telemetry import TelemetrySettings
 
 
 class DesiredPlan(BaseModel):
@@ -66,10 +67,12 @@ def settle(current: DesiredSummary | None, target: tuple[str, int] | None, candi
     return second.model_copy(update={"generation": first.generation})  # the device never saw `first`
 
 
-def desired_from(device_id: str, plan: DesiredPlan, candidates: list[Candidate]) -> DesiredState:
+def desired_from(device_id: str, plan: DesiredPlan, candidates: list[Candidate],
+                 telemetry: TelemetrySettings | None = None) -> DesiredState:
     """The wire body of a plan; `candidates` are in the plan's order."""
     return DesiredState(device_id=device_id, generation=plan.generation, model=plan.model, version=plan.version,
-                        candidates=candidates, activate=plan.activate, benchmark=plan.benchmark, at=now_utc())
+                        candidates=candidates, activate=plan.activate, benchmark=plan.benchmark,
+                        telemetry=telemetry, at=now_utc())
 
 
 def next_desired(device_id: str, current: DesiredState | None, deployment: tuple[str, int] | None,

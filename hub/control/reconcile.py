@@ -22,6 +22,7 @@ from edgehub.hub.fleet.sql import chunks
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.rollout.machine import RolloutState, late_member_stage, member_outcome
 from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Candidate, DesiredState
+from edgehub.protocol.telemetry import FieldReference, TelemetrySettings
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
 from edgehub.zoo.registry import Registry
@@ -62,10 +63,12 @@ class Work:
 class FleetReconciler:
     def __init__(self, registry: Registry, fleet: FleetStore, profiles: dict[str, Profile], policy: Policy,
                  benchmark: BenchmarkSettings, cohort_policy: cohorts.CohortPolicy | None,
-                 candidate: Callable[[str, VariantRecord], Candidate]):
+                 candidate: Callable[[str, VariantRecord], Candidate], telemetry_interval_s: float = 60.0):
         self.registry, self.fleet, self.profiles = registry, fleet, profiles
         self.policy, self.benchmark, self.cohort_policy = policy, benchmark, cohort_policy
         self.candidate = candidate
+        self.telemetry_interval_s = telemetry_interval_s
+        self._references: dict[str | None, FieldReference | None] = {}
         self._variants: dict[tuple[str, int, str], list[VariantRecord]] = {}
         self._version_of: dict[str, tuple[str, int] | None] = {}
         self.production: dict[str, AliasRecord] = {}
@@ -96,6 +99,21 @@ class FleetReconciler:
             v = self.registry.get_variant(variant_id)
             self._version_of[variant_id] = (v.model, v.version) if v else None
         return self._version_of[variant_id]
+
+    def field_reference(self, variant_id: str | None) -> FieldReference | None:
+        """The eval set's bins of a variant's version (publish: notes.field_reference); cached."""
+        if variant_id not in self._references:
+            v = self.registry.get_variant(variant_id) if variant_id else None
+            data = v.notes.get("field_reference") if v else None
+            self._references[variant_id] = FieldReference.model_validate(data) if data else None
+        return self._references[variant_id]
+
+    def telemetry_for(self, variants: list[VariantRecord]) -> TelemetrySettings | None:
+        """What the device reports from the field for these candidates (one model version: one reference)."""
+        if self.telemetry_interval_s <= 0:
+            return None
+        reference = self.field_reference(variants[0].id) if variants else None
+        return TelemetrySettings(interval_s=self.telemetry_interval_s, reference=reference)
 
     def policy_for(self, profile_name: str) -> Policy:
         profile = self.profiles.get(profile_name)
@@ -179,7 +197,8 @@ class FleetReconciler:
             if plan is not None:
                 by_id = {v.id: v for v in w.variants}
                 writes.desired.append(desired_from(device_id, plan, [self.candidate(device_id, by_id[v])
-                                                                     for v in plan.candidate_ids]))
+                                                                     for v in plan.candidate_ids],
+                                                   telemetry=self.telemetry_for(w.variants)))
         previous = self.fleet.selection_digests(new_selections)
         writes.selections = [r for d, r in new_selections.items() if previous.get(d) != r.digest()]
         self.fleet.save_plans(desired=writes.desired, selections=writes.selections, samples=writes.samples,

@@ -42,6 +42,8 @@ class FleetSettings:
     receive_maximum: int | None = None
     # CA file (PEM) for an mqtts:// broker whose certificate the system does not trust (a private CA).
     broker_ca: str | None = None
+    # How often agents report field telemetry (DesiredState.telemetry); 0: they do not.
+    telemetry_interval_s: float = 60.0
 
 
 def owner_of(device_id: str, worker_count: int) -> int:

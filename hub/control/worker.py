@@ -84,7 +84,8 @@ class FleetService:
         self.topics = Topics(settings.fleet)
         self.leader = settings.worker_index == 0
         self.reconciler = FleetReconciler(registry, fleet, profiles, settings.policy, settings.benchmark,
-                                          settings.cohorts, self._candidate)
+                                          settings.cohorts, self._candidate,
+                                          telemetry_interval_s=settings.telemetry_interval_s)
         self._stop = threading.Event()
         self.connected = threading.Event()
         # Set on every (re)connect: the worker re-publishes every stored desired state, so a
@@ -211,6 +212,7 @@ class FleetService:
                             next_prune = now + 60
                             self.fleet.prune_changes(utcnow() - timedelta(seconds=CHANGES_KEPT_S))
                             self._check_missing()
+                            self.fleet.downsample_telemetry()  # raw for a day, hourly for 30
                 self._reconcile(dirty)
                 dirty = set()
                 self.started.set()
@@ -269,7 +271,7 @@ class FleetService:
 
     def _step_rollouts(self) -> None:
         started = time.perf_counter()
-        self.stats["rollout_steps"] += len(step_rollouts(self.fleet))
+        self.stats["rollout_steps"] += len(step_rollouts(self.fleet, registry=self.registry))
         took = time.perf_counter() - started
         self.stats["rollout_step_s"] += took
         self.stats["rollout_step_max_s"] = max(self.stats["rollout_step_max_s"], took)
@@ -295,7 +297,8 @@ class FleetService:
         touched = {e.device_id for e in events}
         mine = {d for d in touched if self.owns(d)}
         result = self.fleet.ingest(states, events, cohort_of=cohort_key,
-                                   outcomes=self.reconciler.outcomes_for(events), notify=sorted(touched - mine))
+                                   outcomes=self.reconciler.outcomes_for(events), notify=sorted(touched - mine),
+                                   reference_of=self.reconciler.field_reference)
         for device in result.unknown:
             log.warning("state from unknown device %s ignored", device)
         # A changed state of another worker's device is named in the log after this commit.

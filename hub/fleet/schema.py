@@ -220,3 +220,40 @@ class ChangeRow(Base):
     kind: Mapped[str] = mapped_column(String)
     key: Mapped[str] = mapped_column(String)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class TelemetryRow(Base):
+    """One telemetry interval of a device's active variant (`raw`), or an hour of them merged
+    (`hour`, made by the downsampling job). Bounded: raw for a day, hourly for 30 days."""
+
+    __tablename__ = "telemetry"
+    __table_args__ = (Index("ix_telemetry_device_end", "device_id", "end"),
+                      Index("ix_telemetry_variant_end", "variant_id", "end"),
+                      Index("ix_telemetry_resolution_end", "resolution", "end"))
+
+    event_id: Mapped[str] = mapped_column(String, primary_key=True)  # the agent's: stored once
+    device_id: Mapped[str] = mapped_column(String)
+    variant_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    resolution: Mapped[str] = mapped_column(String)  # raw | hour
+    start: Mapped[datetime] = mapped_column(UTCDateTime)
+    end: Mapped[datetime] = mapped_column(UTCDateTime)
+    intervals: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    drift: Mapped[float | None] = mapped_column(Float, nullable=True)  # max input PSI vs the eval set
+    stats: Mapped[dict] = mapped_column(JSON)  # protocol.telemetry.FieldStats
+
+
+class DeviceFieldRow(Base):
+    """A device's newest field figures (what `fleet status` shows), kept at ingest: one row per device."""
+
+    __tablename__ = "device_field"
+
+    device_id: Mapped[str] = mapped_column(String, primary_key=True)
+    variant_id: Mapped[str | None] = mapped_column(String, nullable=True)
+    end: Mapped[datetime] = mapped_column(UTCDateTime)
+    requests_per_min: Mapped[float] = mapped_column(Float)
+    error_rate: Mapped[float] = mapped_column(Float)
+    p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    drift: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,7 +1,7 @@
 """Fleet state in the registry database, as one object for the hub's services and the CLI.
 
 `FleetStore` is a facade: it owns the engine and composes the repositories that own the tables
-(devices, traffic, plans, rollouts, views); each public method is the repository's own, forwarded,
+(devices, traffic, plans, rollouts, field telemetry, views); each public method is the repository's own, forwarded,
 so `help(FleetStore.ingest)` shows TrafficLog.ingest. The repositories share nothing but `FleetDb`.
 
 Event storage is idempotent: events carry ids chosen by the agent, and a re-delivered event
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from edgehub.hub.fleet.db import FleetDb
 from edgehub.hub.fleet.devices import RESERVED_PREFIX, CohortOf, DeviceTable, refuse_reserved
+from edgehub.hub.fleet.field import FieldTables
 from edgehub.hub.fleet.plans import PlanTables
 from edgehub.hub.fleet.rollouts import RolloutTables
 from edgehub.hub.fleet.traffic import TrafficLog
@@ -51,6 +52,7 @@ class FleetStore:
         self.plans = PlanTables(db)
         self.rollout_tables = RolloutTables(db)
         self.views = ViewQueries(db, self.rollout_tables)
+        self.field = FieldTables(db)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -108,6 +110,12 @@ class FleetStore:
     rollout_members = _forward("rollout_tables", RolloutTables.rollout_members)
     rollout_member_ids = _forward("rollout_tables", RolloutTables.rollout_member_ids)
     rollout_timeline = _forward("rollout_tables", RolloutTables.rollout_timeline)
+    # FieldTables
+    telemetry = _forward("field", FieldTables.telemetry)
+    field_window = _forward("field", FieldTables.field_window)
+    field_window_excluding = _forward("field", FieldTables.field_window_excluding)
+    field_summary = _forward("field", FieldTables.field_summary)
+    downsample_telemetry = _forward("field", FieldTables.downsample)
     # ViewQueries
     status_rows = _forward("views", ViewQueries.status_rows)
     status_summary = _forward("views", ViewQueries.status_summary)

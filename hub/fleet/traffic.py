@@ -11,10 +11,11 @@ from sqlalchemy import bindparam, func, select, update
 
 from edgehub.hub.fleet.db import FleetDb, note_change
 from edgehub.hub.fleet.devices import CohortOf, apply_states
+from edgehub.hub.fleet.field import ReferenceOf, store_telemetry
 from edgehub.hub.fleet.records import RolloutOutcome
 from edgehub.hub.fleet.schema import BenchmarkRow, DeviceRow, EventRow, EventStreamRow, RolloutDeviceRow
 from edgehub.hub.fleet.sql import chunks, insert_ignoring_duplicates, upsert
-from edgehub.protocol.messages import ActivationResult, BenchmarkReport, DeviceState
+from edgehub.protocol.messages import ActivationResult, BenchmarkReport, DeviceState, FieldTelemetry
 from edgehub.zoo.records import utcnow
 
 
@@ -117,26 +118,34 @@ class TrafficLog:
         return state.device_id not in self.ingest([state], [], cohort_of=cohort_of).unknown
 
     def ingest(self, states: list[DeviceState], events: Iterable, *, cohort_of=None,
-               outcomes: Iterable[RolloutOutcome] = (), notify: Iterable[str] = ()) -> Ingested:
+               outcomes: Iterable[RolloutOutcome] = (), notify: Iterable[str] = (),
+               reference_of: ReferenceOf | None = None) -> Ingested:
         """One batch from the broker, in one transaction: device states, events (once each, by
-        event id), the newest benchmark result per (device, variant), rollout outcomes, and
-        change-log entries for `notify` devices (ones another hub worker reconciles)."""
-        events = list(events)
+        event id), the newest benchmark result per (device, variant), field telemetry (its own
+        table, hub/fleet/field.py; `reference_of(variant_id)` gives the eval set's bins for drift),
+        rollout outcomes, and change-log entries for `notify` devices (ones another hub worker
+        reconciles)."""
+        arrived = list(events)
+        telemetry = [e for e in arrived if isinstance(e, FieldTelemetry)]
+        events = [e for e in arrived if not isinstance(e, FieldTelemetry)]
         result = Ingested()
         with self.db.sessions.begin() as session:
             if states:
                 result.changed, result.unknown = apply_states(session, states, cohort_of)
+            stored: set[str] = set()
+            if telemetry:
+                stored = store_telemetry(session, telemetry, reference_of)
             if events:
                 now = utcnow()
                 rows = [dict(event_id=e.event_id, device_id=e.device_id, kind=e.kind, generation=e.generation,
                              variant_id=getattr(e, "variant_id", None), body=e.model_dump(mode="json"),
                              received_at=now) for e in events]
-                stored = set(insert_ignoring_duplicates(session, EventRow.__table__, rows))
-                result.new_events = len(stored)
-                self._count_streams(session, [e for e in events if e.event_id in stored and e.seq is not None])
+                stored |= set(insert_ignoring_duplicates(session, EventRow.__table__, rows))
                 bodies = {id(e): row["body"] for e, row in zip(events, rows, strict=True)}
                 upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
                        where=lambda table, new: table.c.at <= new.at)
+            result.new_events = len(stored)
+            self._count_streams(session, [e for e in arrived if e.event_id in stored and e.seq is not None])
             record_outcomes(session, list(outcomes))
             note_change(session, "device", notify)
         return result

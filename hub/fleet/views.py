@@ -14,6 +14,7 @@ from edgehub.hub.fleet.rollouts import RolloutTables
 from edgehub.hub.fleet.schema import (
     BenchmarkRow,
     DesiredRow,
+    DeviceFieldRow,
     DeviceRow,
     DeviceTagRow,
     EventRow,
@@ -23,6 +24,7 @@ from edgehub.hub.fleet.schema import (
     SelectionRow,
 )
 from edgehub.hub.fleet.sql import chunks
+from edgehub.protocol.telemetry import DRIFT_ALERT_PSI
 from edgehub.zoo.schema import ModelRow, ModelVersionRow, VariantRow
 
 ACTIVE = ACTIVE_ROLLOUT
@@ -68,16 +70,19 @@ class ViewQueries:
                     offset: int = 0) -> list[dict[str, Any]]:
         where = where or StatusFilter()
         d, s, b, q = DeviceRow.__table__, SelectionRow.__table__, BenchmarkRow.__table__, DesiredRow.__table__
-        e = EventStreamRow.__table__
+        e, f = EventStreamRow.__table__, DeviceFieldRow.__table__
         query = where.apply(
             select(d.c.id, d.c.profile, d.c.online, d.c.last_seen, d.c.active_variant, d.c.simulated, d.c.cohort,
                    d.c.tags, d.c.state["runtimes"].label("runtimes"), s.c.winner, b.c.p50_ms, b.c.runtime,
-                   q.c.generation, q.c.model, q.c.version, e.c.received, e.c.missing)
+                   q.c.generation, q.c.model, q.c.version, e.c.received, e.c.missing,
+                   f.c.requests_per_min, f.c.error_rate, f.c.p99_ms.label("field_p99_ms"), f.c.drift,
+                   f.c.end.label("field_at"))
             .select_from(d)
             .outerjoin(s, s.c.device_id == d.c.id)
             .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
             .outerjoin(q, q.c.device_id == d.c.id)
-            .outerjoin(e, e.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
+            .outerjoin(e, e.c.device_id == d.c.id)
+            .outerjoin(f, f.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self.db.sessions() as session:
@@ -97,6 +102,9 @@ class ViewQueries:
                 "generation": r.generation, "rollout": rollouts.get(r.id),
                 # Numbered events stored, and those sent but never stored (gaps in the numbers).
                 "events": {"received": r.received or 0, "missing": r.missing or 0},
+                # The newest field telemetry interval: real requests, not benchmarks.
+                "field": {"requests_per_min": r.requests_per_min, "error_rate": r.error_rate, "p99_ms": r.field_p99_ms,
+                          "drift": r.drift, "at": r.field_at.isoformat()} if r.field_at else None,
                 "last_seen": r.last_seen.isoformat() if r.last_seen else None,
             })
         return out
@@ -150,7 +158,12 @@ class ViewQueries:
             lost = where.apply(select(func.coalesce(func.sum(e.c.missing), 0), func.count())
                                .select_from(d).join(e, e.c.device_id == d.c.id).where(e.c.missing > 0))
             missing, devices = session.execute(lost).one()
+            f = DeviceFieldRow.__table__
+            drifting = session.scalar(where.apply(select(func.count()).select_from(d).join(f, f.c.device_id == d.c.id)
+                                                  .where(f.c.drift > DRIFT_ALERT_PSI)))
         summary["events_missing"] = {"events": int(missing), "devices": int(devices)}
+        # Devices whose served inputs no longer look like the eval set (input PSI over DRIFT_ALERT_PSI).
+        summary["drift"] = {"devices": int(drifting or 0), "threshold": DRIFT_ALERT_PSI}
         summary["rollouts"] = []
         for rid, model, version, selector, status, stage in active:
             if where.rollout is not None and rid != where.rollout:

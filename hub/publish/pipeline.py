@@ -33,6 +33,7 @@ from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.publish.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
 from edgehub.hub.publish.evaluate import EvalSpec, primary_score, score_outputs
+from edgehub.hub.publish.field_reference import field_reference
 from edgehub.hub.publish.recipes import BuildPlan, PlanError, Skipped, VariantPlan, check_formats, plan_for_profiles
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.manifest import Manifest
@@ -249,7 +250,7 @@ def _build(plan: BuildPlan, root: Artifact, root_step: dict, evalset: EvalSet, c
 
 
 def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: HubPaths,
-            registry: Registry) -> list[VariantRecord]:
+            registry: Registry, notes: dict | None = None) -> list[VariantRecord]:
     store = ArtifactStore(paths.artifacts_dir)
     key = HubKey.load_or_create(paths.keys_dir)
     written: list[str] = []
@@ -280,7 +281,7 @@ def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: 
                 profiles=b.plan.profiles, recipe=b.recipe, format=b.artifact.format,
                 precision=b.artifact.precision, size_bytes=size, sha256=sha,
                 inputs=b.artifact.inputs, outputs=b.artifact.outputs, metrics=b.metrics,
-                references_sha256=ref_sha, signed_manifest=key.sign(manifest), created_at=now,
+                references_sha256=ref_sha, signed_manifest=key.sign(manifest), created_at=now, notes=notes or {},
             ))
         registry.register(version, records)
     except BaseException:
@@ -350,7 +351,10 @@ def publish(options: PublishOptions, paths: HubPaths, registry: Registry,
         _preflight(root, evalset, runner)
         built, not_built = _build(plan, root, root_step, evalset, calib, workdir, sink, runner, training)
         runner.close()
-        records = _commit(options.name, version, built, paths, registry)
+        fp32 = next((b for b in built if b.plan.parent is None), None)
+        reference = field_reference(evalset.inputs, fp32.outputs if fp32 else None, [o.name for o in root.outputs])
+        records = _commit(options.name, version, built, paths, registry,
+                          notes={"field_reference": reference.model_dump(mode="json")})
         return PublishOutcome(version, records, plan.skipped + not_built)
     except ConversionError as exc:
         raise PublishError(str(exc)) from None

@@ -97,6 +97,52 @@ def parse_fraction(text: str | float, what: str) -> float:
     return value
 
 
+class FieldGate(BaseModel):
+    """A stage's success also needs the new version to behave in the field (telemetry of real requests
+    on the stage's devices since it started): at most this error rate, field p99 at most this many
+    times the previous variant's on the same devices, outputs shifted at most this much (PSI of the
+    output histograms, new vs previous). Judged once `min_requests` real requests were seen."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_p99_ratio: float | None = Field(None, gt=0)
+    max_output_shift: float | None = Field(None, ge=0)
+    min_requests: int = Field(100, ge=1)
+
+
+class FieldCheck(BaseModel):
+    """What the stage's devices measured in the field (hub/rollout/ops.py gathers it)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    requests: int = 0
+    devices: int = 0
+    error_rate: float = 0.0
+    p99_ms: float | None = None
+    previous_p99_ms: float | None = None
+    output_shift: float | None = None
+
+    @property
+    def p99_ratio(self) -> float | None:
+        return self.p99_ms / self.previous_p99_ms if self.p99_ms and self.previous_p99_ms else None
+
+
+def field_failure(gate: FieldGate, check: FieldCheck) -> str | None:
+    """Why the field figures fail the gate (None: they pass, or there is not enough evidence yet)."""
+    if check.requests < gate.min_requests:
+        return None
+    if gate.max_error_rate is not None and check.error_rate > gate.max_error_rate:
+        return f"field error rate {check.error_rate:.1%} > {gate.max_error_rate:.1%} ({check.requests} requests)"
+    ratio = check.p99_ratio
+    if gate.max_p99_ratio is not None and ratio is not None and ratio > gate.max_p99_ratio:
+        return (f"field p99 {check.p99_ms:.2f} ms is {ratio:.2f}x the previous variant's {check.previous_p99_ms:.2f} ms "
+                f"(> {gate.max_p99_ratio:.2f}x)")
+    if gate.max_output_shift is not None and check.output_shift is not None and check.output_shift > gate.max_output_shift:
+        return f"outputs shifted from the previous variant's (PSI {check.output_shift:.3f} > {gate.max_output_shift:.3f})"
+    return None
+
+
 class RolloutSpec(BaseModel):
     """What the operator asked for."""
 
@@ -112,6 +158,7 @@ class RolloutSpec(BaseModel):
     min_soak_s: float = Field(0.0, ge=0)
     on_success: Literal["continue", "approve"] = "continue"
     on_error: Literal["rollback", "pause"] = "rollback"
+    field: FieldGate | None = None  # success also needs good field telemetry
 
     @property
     def stage_count(self) -> int:
@@ -141,6 +188,7 @@ class Transition(BaseModel):
     stage: int
     reason: str
     counts: StageCounts | None = None
+    field: FieldCheck | None = None  # the field figures the decision saw
 
 
 class RolloutState(BaseModel):
@@ -163,8 +211,9 @@ class RolloutState(BaseModel):
 
 
 def _step(state: RolloutState, now: datetime, status: Status, stage: int, reason: str,
-          counts: StageCounts | None = None) -> RolloutState:
-    history = [*state.history, Transition(at=now, status=status, stage=stage, reason=reason, counts=counts)]
+          counts: StageCounts | None = None, field: FieldCheck | None = None) -> RolloutState:
+    history = [*state.history, Transition(at=now, status=status, stage=stage, reason=reason, counts=counts,
+                                          field=field)]
     started = now if stage != state.stage else state.stage_started_at  # soak time counts per stage
     return state.model_copy(update={"status": status, "stage": stage, "reason": reason, "history": history,
                                     "stage_started_at": started})
@@ -218,18 +267,22 @@ def failure(spec: RolloutSpec, seen: StageCounts) -> str | None:
     return None
 
 
-def decide(state: RolloutState, counts: dict[int, StageCounts], now: datetime) -> RolloutState:
-    """The next state given per-stage counts; `state` itself when nothing changes."""
+def decide(state: RolloutState, counts: dict[int, StageCounts], now: datetime,
+           field: FieldCheck | None = None) -> RolloutState:
+    """The next state given per-stage counts (and, with a field gate, the stage's field figures);
+    `state` itself when nothing changes."""
     if not state.active:
         return state
     spec, seen = state.spec, targeted(state, counts)
     failed = failure(spec, seen)
+    if failed is None and spec.field is not None and field is not None:
+        failed = field_failure(spec.field, field)
     if failed is not None:
         if spec.on_error == "rollback":
-            return _step(state, now, "rolled_back", state.stage, f"halted and rolled back: {failed}", seen)
+            return _step(state, now, "rolled_back", state.stage, f"halted and rolled back: {failed}", seen, field)
         if state.status != "paused":
             return _step(state, now, "paused", state.stage,
-                         f"halted for the operator (on error: pause): {failed}; resume or abort", seen)
+                         f"halted for the operator (on error: pause): {failed}; resume or abort", seen, field)
         return state
     if state.status != "running":
         return state
@@ -238,12 +291,17 @@ def decide(state: RolloutState, counts: dict[int, StageCounts], now: datetime) -
     if share + 1e-12 < spec.success_threshold or not soaked:
         return state
     done = f"{seen.activated} of {seen.total} activated and healthy ({share:.0%} >= {spec.success_threshold:.0%})"
+    if spec.field is not None and seen.total:
+        if field is None or field.requests < spec.field.min_requests:
+            return state  # installs passed; the field has not said enough yet
+        done += f"; field: {field.requests} requests, error rate {field.error_rate:.1%}" + (
+            f", p99 {field.p99_ratio:.2f}x the previous" if field.p99_ratio is not None else "")
     if state.stage + 1 >= spec.stage_count:
-        return _step(state, now, "completed", state.stage, f"completed: {done}", seen)
+        return _step(state, now, "completed", state.stage, f"completed: {done}", seen, field)
     if spec.on_success == "approve":
         return _step(state, now, "waiting", state.stage,
-                     f"stage {state.stage + 1} succeeded: {done}; waiting for approval", seen)
-    return _step(state, now, "running", state.stage + 1, f"stage {state.stage + 1} started: {done}", seen)
+                     f"stage {state.stage + 1} succeeded: {done}; waiting for approval", seen, field)
+    return _step(state, now, "running", state.stage + 1, f"stage {state.stage + 1} started: {done}", seen, field)
 
 
 def pause(state: RolloutState, now: datetime) -> RolloutState:

@@ -3,7 +3,7 @@ pause / resume / abort, and the hub's periodic step. The decisions themselves ar
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
@@ -11,7 +11,8 @@ from edgehub.hub.fleet.groups import parse_selector
 from edgehub.hub.fleet.records import RolloutRecord
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.rollout import machine as rollout
-from edgehub.hub.rollout.machine import RolloutError, RolloutSpec, RolloutState, StageCounts
+from edgehub.hub.rollout.machine import FieldCheck, RolloutError, RolloutSpec, RolloutState, StageCounts
+from edgehub.protocol.telemetry import output_shift
 from edgehub.zoo.records import utcnow
 from edgehub.zoo.registry import Registry
 
@@ -94,14 +95,34 @@ def operate(fleet: FleetStore, rollout_id: int | None, action: str, now: datetim
     return after
 
 
-def step_rollouts(fleet: FleetStore, now: datetime | None = None) -> list[tuple[int, RolloutState]]:
-    """Advance, complete or roll back every active rollout as its counts say (the hub's leader
-    calls this every tick); returns the ones that moved."""
+BASELINE = timedelta(hours=24)  # the previous variant's field figures: from this long before the rollout
+
+
+def field_check(fleet: FleetStore, registry: Registry, record: RolloutRecord, state: RolloutState) -> FieldCheck:
+    """The field figures of a rollout's targeted devices: the new version's telemetry since the stage
+    started, against the same devices' telemetry of other variants before the rollout began."""
+    devices = fleet.rollout_member_ids(record.id, range(state.stage + 1))
+    new_ids = [v.id for v in registry.variants(state.spec.model, state.spec.version)]
+    new, reporting = fleet.field_window(devices, new_ids, since=state.stage_started_at)
+    before, _ = fleet.field_window_excluding(devices, new_ids, since=record.created_at - BASELINE,
+                                             until=record.created_at)
+    return FieldCheck(requests=new.requests, devices=reporting,
+                      error_rate=new.error_count / max(1, new.requests + new.error_count),
+                      p99_ms=new.latency_ms(0.99), previous_p99_ms=before.latency_ms(0.99),
+                      output_shift=output_shift(before, new))
+
+
+def step_rollouts(fleet: FleetStore, now: datetime | None = None,
+                  registry: Registry | None = None) -> list[tuple[int, RolloutState]]:
+    """Advance, complete or roll back every active rollout as its counts (and, for a rollout with a
+    field gate, its field telemetry) say; the hub's leader calls this every tick. Returns the ones
+    that moved."""
     now = now or utcnow()
     moved = []
     for record in fleet.rollouts(active_only=True):
         before = RolloutState.model_validate(record.state)
-        after = rollout.decide(before, counts_of(fleet, record.id), now)
+        field = field_check(fleet, registry, record, before) if before.spec.field and registry else None
+        after = rollout.decide(before, counts_of(fleet, record.id), now, field)
         if after is not before and _save(fleet, record, before, after):
             moved.append((record.id, after))
     return moved

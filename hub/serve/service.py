@@ -94,6 +94,7 @@ class HubOptions:
     policy: Policy = field(default_factory=Policy)
     benchmark: BenchmarkSettings = field(default_factory=BenchmarkSettings)
     tick_s: float = 1.0
+    telemetry_interval_s: float = 60.0  # how often agents report field telemetry (0: they do not)
     # An external broker that fails the start-up probe (hub/broker/probe.py): run anyway, warning.
     # Never kept for later runs: each start that accepts an unsafe broker says so.
     insecure_broker: bool = False
@@ -171,7 +172,7 @@ class HubService:
             artifact_base_url=self.settings.public_http_url or self.http.base_url,
             url_secret_file=str(url_secret_path(self.paths)),
             password_files={i: str(path) for i, path in password_files.items()}, share_group=share_group(self.paths),
-            tick_s=self.options.tick_s,
+            tick_s=self.options.tick_s, telemetry_interval_s=self.options.telemetry_interval_s,
             version=version("edgehub"), policy=self.options.policy, benchmark=self.options.benchmark,
             cohorts=CohortPolicy(sample_size=self.settings.cohort_sample) if self.settings.cohort_sample else None)
         self.service = FleetService(fleet_settings(self.spec, 0, password, secret, self.key.public_b64),

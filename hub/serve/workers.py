@@ -144,6 +144,7 @@ class WorkerSpec(BaseModel):
     policy: Policy
     benchmark: BenchmarkSettings
     cohorts: CohortPolicy | None = None  # None: every device benchmarks every candidate
+    telemetry_interval_s: float = 60.0  # field telemetry from the agents (0: none)
 
 
 def spec_path(paths: HubPaths) -> Path:
@@ -171,7 +172,8 @@ def fleet_settings(spec: WorkerSpec, index: int, password: str, url_secret: byte
         password=password, client_id=worker_user(index), artifact_base_url=spec.artifact_base_url,
         url_secret=url_secret,
         policy=spec.policy, benchmark=spec.benchmark, share_group=spec.share_group, tick_s=spec.tick_s, version=spec.version,
-        public_key_b64=public_key_b64, worker_index=index, worker_count=spec.count, cohorts=spec.cohorts)
+        public_key_b64=public_key_b64, worker_index=index, worker_count=spec.count, cohorts=spec.cohorts,
+        telemetry_interval_s=spec.telemetry_interval_s)
 
 
 # ---- the worker process (`edgehub hub worker`) -----------------------------------------------

@@ -19,6 +19,7 @@ import selectors
 import signal
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,7 +32,15 @@ from edgehub.agent.mqtt_link import NO_MATCHING_SUBSCRIBERS
 from edgehub.hub.sim.model import DeviceSpec, ProcessSpec, SyntheticDistribution
 from edgehub.protocol.base import MessageError
 from edgehub.protocol.manifest import SignatureError, verify_manifest
-from edgehub.protocol.messages import ActivationResult, BenchmarkReport, DesiredState, DeviceState, encode, parse_body
+from edgehub.protocol.messages import (
+    ActivationResult,
+    BenchmarkReport,
+    DesiredState,
+    DeviceState,
+    FieldTelemetry,
+    encode,
+    parse_body,
+)
 from edgehub.protocol.topics import Topics
 
 log = logging.getLogger("edgehub.hub.simulate")
@@ -72,6 +81,8 @@ class SimDevice:
         # As the agent does (agent/mqtt_link.py): an event the broker took with "no matching
         # subscribers" (after a broker restart, before the hub has subscribed again) is sent again.
         self.unrouted_backoff = Backoff(base_s=0.5, cap_s=30.0)
+        self.telemetry = None  # the desired state's TelemetrySettings
+        self.telemetry_scheduled = False
 
     def connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)
@@ -159,6 +170,10 @@ class SimDevice:
             return
         self.generation_seen = desired.generation
         d = self.proc.distribution
+        self.telemetry = desired.telemetry
+        if self.telemetry is not None and d.field_requests_per_min and not self.telemetry_scheduled:
+            self.telemetry_scheduled = True
+            self.proc.schedule(self.telemetry.interval_s, self._telemetry_tick, time.time())
         todo = [c for c in desired.candidates if self.reported.get(c.variant_id) != c.sha256]
         if todo:
             c = todo[0]
@@ -191,6 +206,24 @@ class SimDevice:
             return BenchmarkReport(ok=False, error=f"rejected: {exc}", **base)
         return self.proc.distribution.measure(self.id, c.variant_id, c.precision, c.size_bytes, base)
 
+    def _telemetry_tick(self, started: float) -> None:
+        """An interval of synthetic real requests on the active variant, as the agent reports them."""
+        settings, now = self.telemetry, time.time()
+        if settings is None or not settings.enabled or self.proc.stopping:
+            self.telemetry_scheduled = False
+            return
+        self.proc.schedule(settings.interval_s, self._telemetry_tick, now)
+        if not self.active or not self.connected:
+            return
+        precision = self.measured.get(self.active, ("fp32", 0))[0]
+        stats = self.proc.distribution.field_stats(self.id, self.active, precision, now - started, settings.reference)
+        if stats is None:
+            return
+        self.send_event(FieldTelemetry(event_id=uuid.uuid4().hex, device_id=self.id, generation=self.generation_seen,
+                                       variant_id=self.active, start=datetime.fromtimestamp(started, timezone.utc),
+                                       end=datetime.fromtimestamp(now, timezone.utc), stats=stats))
+        self.proc.stats["telemetry_sent"] += 1
+
     def flood(self, count: int) -> None:
         """Benchmark a measured variant again, `count` times (fresh event ids, the same numbers, as
         a stable device measures): load on the hub's ingest that changes no decision."""
@@ -218,7 +251,7 @@ class SimProcess:
         self.stats: dict[str, Any] = {k: 0 for k in (
             "connected", "connected_once", "refused", "connect_errors", "states_sent", "desired_received",
             "bad_desired", "reports_sent", "events_sent", "events_acked", "events_refused", "events_unrouted", "activations",
-            "activation_failures")}
+            "activation_failures", "telemetry_sent")}
         self.stats["devices"] = len(spec.devices)
         self._timers: list = []
         self._seq = itertools.count()

@@ -18,6 +18,14 @@ from statistics import NormalDist
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgehub.protocol.messages import BenchmarkReport, Hardware, Latency
+from edgehub.protocol.telemetry import (
+    LATENCY_EDGES_MS,
+    FieldReference,
+    FieldStats,
+    InputSummary,
+    OutputSummary,
+    bucket,
+)
 
 
 class HardwareKind(BaseModel):
@@ -39,6 +47,10 @@ class FailureRule(BaseModel):
     match: str
     benchmark: float = Field(0.0, ge=0, le=1)
     activation: float = Field(0.0, ge=0, le=1)
+    # In the field (telemetry of real requests): the share of requests that fail, and how many times
+    # slower the p99 is. A variant can pass its benchmark and health check and still fail here.
+    field_errors: float = Field(0.0, ge=0, le=1)
+    field_slowdown: float = Field(1.0, ge=1)
 
 
 def _unit(*parts: str) -> float:
@@ -63,6 +75,8 @@ class SyntheticDistribution(BaseModel):
     failures: list[FailureRule] = Field(default_factory=list)
     bench_delay_s: float = Field(0.0, ge=0, le=600)  # simulated time per benchmark
     agent_version: str = "sim-1"
+    # Field telemetry: real requests per minute each device serves with its active variant (0: none).
+    field_requests_per_min: float = Field(0.0, ge=0, le=1e6)
 
     def kind_of(self, device_id: str) -> HardwareKind:
         total = sum(k.weight for k in self.hardware)
@@ -85,6 +99,35 @@ class SyntheticDistribution(BaseModel):
 
     def activation_fails(self, device_id: str, variant_id: str) -> bool:
         return self._fails("activation", device_id, variant_id)
+
+    def field_stats(self, device_id: str, variant_id: str, precision: str, seconds: float,
+                    reference: FieldReference | None) -> FieldStats | None:
+        """One telemetry interval of synthetic real requests (None: no requests in it): latency from the
+        device's benchmark distribution (times the rules' slowdown), errors as the rules say, inputs and
+        outputs in the eval set's proportions (no drift)."""
+        requests = round(self.field_requests_per_min * seconds / 60)
+        if requests <= 0:
+            return None
+        rules = [r for r in self.failures if r.match in variant_id]
+        error_share = max((r.field_errors for r in rules), default=0.0)
+        slowdown = max((r.field_slowdown for r in rules), default=1.0)
+        errors = round(requests * error_share)
+        served = requests - errors
+        z = NormalDist().inv_cdf(min(max(_unit("latency", device_id, variant_id), 1e-9), 1 - 1e-9))
+        p50 = self.base_p50_ms.get(precision, 2.0) * self.kind_of(device_id).speed * math.exp(self.sigma * z)
+        latency = [0] * (len(LATENCY_EDGES_MS) + 1)
+        for share, ms in ((0.5, p50), (0.4, p50 * self.p90_ratio), (0.1, p50 * self.p99_ratio * slowdown)):
+            latency[bucket(ms, LATENCY_EDGES_MS)] += round(served * share)
+
+        def spread(proportions: list[float]) -> list[int]:
+            return [round(p * served) for p in proportions]
+
+        inputs = [InputSummary(name=n, count=served, mean=0.0, m2=0.0, hist=spread(r.proportions))
+                  for n, r in (reference.inputs.items() if reference else ())]
+        outputs = [OutputSummary(name=n, kind="classes" if r.classes else "norm", hist=spread(r.proportions))
+                   for n, r in (reference.outputs.items() if reference else ())]
+        return FieldStats(requests=served, errors={"inference": errors} if errors else {}, latency_counts=latency,
+                          inputs=inputs, outputs=outputs)
 
     def measure(self, device_id: str, variant_id: str, precision: str, size_bytes: int, base: dict) -> BenchmarkReport:
         """The synthetic report of `variant_id` on `device_id` (`base`: ids, generation, runtime)."""

@@ -23,9 +23,10 @@ ROLES = ("viewer", "publisher", "operator", "admin")
 
 
 class ApiHub:
-    def __init__(self, home: Path, settings: HubSettings | None = None):
+    def __init__(self, home: Path, settings: HubSettings | None = None, telemetry_interval_s: float = 60.0):
         self.paths = HubPaths.from_home(home)
-        self.service = HubService(self.paths, settings, HubOptions(tick_s=0.2)).start()
+        self.service = HubService(self.paths, settings, HubOptions(tick_s=0.2, telemetry_interval_s=telemetry_interval_s)
+                                  ).start()
         self.url = self.service.api.base_url
         store = TokenStore(self.service.registry.engine)
         self.tokens = {role: store.create(f"{role}-user", role)[0] for role in ROLES}
@@ -54,10 +55,11 @@ class ApiHub:
     def post(self, role: str | None, path: str, **kwargs) -> httpx.Response:
         return self.call(role, "POST", path, **kwargs)
 
-    def simulate(self, count: int, *, tags: list[str] | None = None, prefix: str = "sim") -> Simulation:
+    def simulate(self, count: int, *, tags: list[str] | None = None, prefix: str = "sim",
+                 distribution=None) -> Simulation:
         specs = enroll_simulated(self.paths, count, tags=tags, prefix=prefix)
         self.passwords.update({s.id: s.password for s in specs})
-        sim = Simulation(self.paths, specs, processes=1).start()
+        sim = Simulation(self.paths, specs, processes=1, distribution=distribution).start()
         self.sims.append(sim)
         return sim
 
@@ -70,6 +72,12 @@ class ApiHub:
             sim.stop()
         self.http.close()
         self.service.stop()
+
+    def restart(self) -> None:
+        """Stop the hub (its broker too) and start it again on the same home and ports."""
+        options, settings = self.service.options, self.service.settings
+        self.service.stop()
+        self.service = HubService(self.paths, settings, options).start()
 
     def __enter__(self) -> ApiHub:
         return self

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, MetaData, func, select
 
-
 # The audit log records refused and failed actions too (who tried what): it is meant to grow.
 APPEND_ONLY = {"audit_log"}
 
