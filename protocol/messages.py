@@ -216,6 +216,11 @@ class FieldTelemetry(Body, Sequenced):
             raise ValueError("end is before start")
         return self
 
+    @property
+    def at(self) -> datetime:
+        """When it was sent (the interval's end), as the other events' `at`."""
+        return self.end
+
 
 Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError, FieldTelemetry], Field(discriminator="kind")]
 

@@ -26,6 +26,9 @@ LATENCY_EDGES_MS: tuple[float, ...] = tuple(round(0.01 * 1.25**k, 6) for k in ra
 MAX_BINS = 64
 PSI_EPSILON = 1e-4  # an empty bin on either side counts as this share (PSI is infinite otherwise)
 DRIFT_ALERT_PSI = 0.25
+# PSI over few samples is mostly sampling noise (about (bins - 1) / n for the same distribution):
+# drift is measured from this many per-request values on.
+MIN_DRIFT_SAMPLES = 200
 
 
 def bucket(value: float, edges: tuple[float, ...] | list[float]) -> int:
@@ -207,4 +210,15 @@ def output_shift(before: FieldStats, after: FieldStats) -> float | None:
         value = psi([n / total for n in ref.hist], o.hist)
         if value is not None:
             values.append(value)
+    return max(values) if values else None
+
+
+def input_drift(stats: FieldStats, reference: FieldReference | None) -> float | None:
+    """The largest PSI of an input's field histogram against the eval set's; None with no reference
+    or fewer than MIN_DRIFT_SAMPLES values."""
+    if reference is None:
+        return None
+    values = [psi(reference.inputs[s.name].proportions, s.hist) for s in stats.inputs
+              if s.name in reference.inputs and s.hist and sum(s.hist) >= MIN_DRIFT_SAMPLES]
+    values = [v for v in values if v is not None]
     return max(values) if values else None

@@ -188,9 +188,9 @@ def telemetry(device_id, model, since, home, hub_url, hub_token, hub_ca, as_json
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         table.add_row(escape(variant), str(f["devices"]), str(f["requests"]), f"{f['requests_per_min']:.1f}",
                       f"{f['error_rate']:.2%}" + (f" {f['errors']}" if f["errors"] else ""), fmt(f["p50_ms"]),
-                      fmt(f["p99_ms"]), fmt(f["drift_max"]))
+                      fmt(f["p99_ms"]), fmt(f["drift"]))
     console.print(table)
-    if (data["summary"]["drift_max"] or 0) > 0.25:
+    if (data["summary"]["drift"] or 0) > 0.25:
         console.print("[bold yellow]drift:[/] the served inputs no longer look like the eval set (PSI > 0.25)")
 
 

@@ -132,13 +132,24 @@ class LocalHub:
         by_variant: dict[str | None, list] = {}
         for r in rows:
             by_variant.setdefault(r.variant_id, []).append(r)
+        # Drift over the whole window, per variant (its version's bins): enough values to mean something.
+        per_variant = {str(v): _field_figures(merge_rows(rs), rs, self._reference(v)) for v, rs in by_variant.items()}
+        summary = _field_figures(merge_rows(rows), rows, None)
+        drifts = [f["drift"] for f in per_variant.values() if f["drift"] is not None]
+        summary["drift"] = max(drifts) if drifts else None
         return {"device": device_id, "model": model, "since": since, "intervals_total": len(rows),
-                "summary": _field_figures(merge_rows(rows), rows),
-                "by_variant": {str(v): _field_figures(merge_rows(rs), rs) for v, rs in by_variant.items()},
+                "summary": summary, "by_variant": per_variant,
                 "intervals": [{"device": r.device_id, "variant_id": r.variant_id, "resolution": r.resolution,
                                "start": r.start.isoformat(), "end": r.end.isoformat(), "intervals": r.intervals,
                                "requests": r.requests, "errors": r.errors, "p99_ms": r.p99_ms, "drift": r.drift}
                               for r in rows[-limit:]]}
+
+    def _reference(self, variant_id: str | None):
+        from edgehub.protocol.telemetry import FieldReference
+
+        v = self.context.registry.get_variant(variant_id) if variant_id else None
+        data = v.notes.get("field_reference") if v else None
+        return FieldReference.model_validate(data) if data else None
 
     # -- zoo --------------------------------------------------------------------------------------
 
@@ -321,15 +332,17 @@ class LocalHub:
         self.audit_log.record(self.actor, action, target, ok=ok, detail=detail)
 
 
-def _field_figures(stats, rows) -> dict:
-    """Totals of merged telemetry: request rate, error rate by kind, latency percentiles, drift."""
+def _field_figures(stats, rows, reference) -> dict:
+    """Totals of merged telemetry: request rate, error rate by kind, latency percentiles, input drift
+    over the merged window (PSI against the eval set's bins; None without enough values)."""
+    from edgehub.protocol.telemetry import input_drift
+
     seconds = sum((r.end - r.start).total_seconds() for r in rows)
     devices = len({r.device_id for r in rows})
-    drifts = [r.drift for r in rows if r.drift is not None]
     return {"devices": devices, "requests": stats.requests, "errors": dict(stats.errors),
             "error_rate": stats.error_count / max(1, stats.requests + stats.error_count),
             "requests_per_min": stats.requests / (seconds / 60) * devices if seconds else 0.0,
             "p50_ms": stats.latency_ms(0.5), "p90_ms": stats.latency_ms(0.9), "p99_ms": stats.latency_ms(0.99),
-            "drift_max": max(drifts) if drifts else None,
+            "drift": input_drift(stats, reference),
             "inputs": [{"name": i.name, "count": i.count, "mean": i.mean, "std": i.std, "min": i.min, "max": i.max}
                        for i in stats.inputs]}

@@ -42,6 +42,7 @@ from edgehub.hub.control.cohorts import cohort_key
 from edgehub.hub.control.inbox import AckAfterCommitInbox
 from edgehub.hub.control.reconcile import FleetReconciler
 from edgehub.hub.control.settings import BATCH_MAX, ChangeFollower, FleetSettings, owner_of
+from edgehub.hub.control.telemetry_limit import TelemetryLimit
 from edgehub.hub.control.url_refresh import refreshed, stored_needs_refresh
 from edgehub.hub.control.url_signing import sign_artifact_url
 from edgehub.hub.fleet.store import FleetStore
@@ -98,6 +99,9 @@ class FleetService:
         self.started = threading.Event()  # the start-up reconcile of every device is done
         # observer(what, value): timings and counts for /metrics (hub/api/metrics.py); None: not watched.
         self.observer: Callable[[str, float], None] | None = None
+        self._telemetry_limit = TelemetryLimit.for_interval(settings.telemetry_interval_s or 60.0)
+        self._limited_logged: dict[str, float] = {}
+        self._limit_swept = time.monotonic()
         self._worker = threading.Thread(target=self._run, name=f"edgehub-fleet-{settings.worker_index}", daemon=True)
         # Messages are acknowledged to the broker only once stored (hub/control/inbox.py): a hub
         # killed mid-batch gets them again from its persistent session.
@@ -294,6 +298,7 @@ class FleetService:
             except MessageError as exc:
                 self.stats["rejected"] += 1
                 log.warning("rejected message on %s: %s", topic[:120], exc)
+        events = self._limit_telemetry(events)
         touched = {e.device_id for e in events}
         mine = {d for d in touched if self.owns(d)}
         result = self.fleet.ingest(states, events, cohort_of=cohort_key,
@@ -317,6 +322,25 @@ class FleetService:
             if events:
                 self.observer("lag_s", (now_utc() - min(e.at for e in events)).total_seconds())
         return mine | (result.changed - foreign)
+
+    def _limit_telemetry(self, events: list) -> list:
+        """Drop the telemetry a device sends past its rate (hub/control/telemetry_limit.py), counted
+        and logged once a minute per device, so one flooding device costs the others nothing."""
+        now, kept, dropped = time.monotonic(), [], {}
+        for e in events:
+            if e.kind == "telemetry" and not self._telemetry_limit.allow(e.device_id, now):
+                dropped[e.device_id] = dropped.get(e.device_id, 0) + 1
+                continue
+            kept.append(e)
+        for device, n in dropped.items():
+            self.stats["telemetry_limited"] = self.stats.get("telemetry_limited", 0) + n
+            if now - self._limited_logged.get(device, -60.0) >= 60.0:
+                self._limited_logged[device] = now
+                log.warning("device %s sends field telemetry faster than allowed: %d interval(s) dropped", device, n)
+        if now - self._limit_swept >= 60.0:
+            self._limit_swept = now
+            self._telemetry_limit.forget_idle(now)
+        return kept
 
     def follow_changes(self) -> set[str]:
         """Devices named by changes made since the last look (by anyone), that this worker owns."""

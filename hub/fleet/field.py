@@ -19,22 +19,12 @@ from edgehub.hub.fleet.db import FleetDb
 from edgehub.hub.fleet.schema import DeviceFieldRow, TelemetryRow
 from edgehub.hub.fleet.sql import chunks, insert_ignoring_duplicates, upsert
 from edgehub.protocol.messages import FieldTelemetry
-from edgehub.protocol.telemetry import FieldReference, FieldStats, psi
+from edgehub.protocol.telemetry import FieldReference, FieldStats, input_drift
 from edgehub.zoo.records import utcnow
 
 RAW_FOR = timedelta(days=1)
 KEEP_FOR = timedelta(days=30)
 ReferenceOf = Callable[[str | None], FieldReference | None]
-
-
-def input_drift(stats: FieldStats, reference: FieldReference | None) -> float | None:
-    """The largest PSI of an input's field histogram against the eval set's (None: nothing to compare)."""
-    if reference is None:
-        return None
-    values = [psi(reference.inputs[s.name].proportions, s.hist) for s in stats.inputs
-              if s.name in reference.inputs and s.hist]
-    values = [v for v in values if v is not None]
-    return max(values) if values else None
 
 
 def _row(e: FieldTelemetry, reference: FieldReference | None, resolution: str = "raw") -> dict:
@@ -60,9 +50,14 @@ def store_telemetry(session, events: list[FieldTelemetry], reference_of: Referen
         if row["event_id"] in stored and (row["device_id"] not in newest or row["end"] >= newest[row["device_id"]]["end"]):
             newest[row["device_id"]] = row
     minutes = lambda r: max((r["end"] - r["start"]).total_seconds() / 60, 1 / 60)  # noqa: E731
+    # An interval with too few requests to measure drift keeps the device's last measured drift.
+    unmeasured = [d for d, r in newest.items() if r["drift"] is None]
+    kept = {d: drift for chunk in chunks(unmeasured) for d, drift in session.execute(
+        select(DeviceFieldRow.device_id, DeviceFieldRow.drift).where(DeviceFieldRow.device_id.in_(chunk)))}
     upsert(session, DeviceFieldRow.__table__, [
         dict(device_id=d, variant_id=r["variant_id"], end=r["end"], requests_per_min=r["requests"] / minutes(r),
-             error_rate=r["errors"] / max(1, r["requests"] + r["errors"]), p99_ms=r["p99_ms"], drift=r["drift"])
+             error_rate=r["errors"] / max(1, r["requests"] + r["errors"]), p99_ms=r["p99_ms"],
+             drift=r["drift"] if r["drift"] is not None else kept.get(d))
         for d, r in newest.items()], ["device_id"], where=lambda table, new: table.c.end <= new.end)
     return stored
 
