@@ -202,10 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {"error": f"inference failed: {_first_line(exc)}"})
             return
         names = [spec.name for spec in session.outputs]
-        if self.recorder is not None:
-            self.recorder.record(variant.variant_id, feed, dict(zip(names, outputs)), elapsed)
         self._reply(200, {"variant": variant.variant_id, "ms": round(elapsed, 3),
                           "outputs": {n: _jsonable(np.asarray(o)) for n, o in zip(names, outputs)}})
+        if self.recorder is not None:  # after the answer: the client does not wait for it
+            self.recorder.record(variant.variant_id, feed, dict(zip(names, outputs)), elapsed)
 
 
 class _Server(ThreadingHTTPServer):

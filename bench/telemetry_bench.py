@@ -13,7 +13,7 @@
    interval, hence the storage per device per day (raw; a day later one row per hour remains).
 2. Device serving: the agent's `/predict` server (agent/serving.py) on a small ONNX CNN, p50 of
    sequential requests from this process with telemetry recording on and off, interleaved rounds
-   (target: within 3%).
+   (target: within 3%); requests alternate between the two servers, one each in turn.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -107,9 +109,31 @@ def hub_ingest(devices: int, interval_s: float, window_s: float) -> dict:
         hub.stop()
 
 
-def serving_overhead(requests: int) -> dict:
-    import http.client
+CLIENT = """
+import http.client, json, sys, time
+ports = {"off": int(sys.argv[1]), "on": int(sys.argv[2])}
+requests, body = int(sys.argv[3]), open(sys.argv[4], "rb").read()
+def once(name):
+    conn = http.client.HTTPConnection("127.0.0.1", ports[name])
+    started = time.perf_counter()
+    conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    took = (time.perf_counter() - started) * 1000
+    conn.close()
+    assert response.status == 200, response.status
+    return took
+for _ in range(200):  # warm-up: sessions loaded, sockets, caches
+    once("off"), once("on")
+results = {"off": [], "on": []}
+for n in range(requests):  # one each in turn, alternating which goes first
+    for name in (("off", "on") if n % 2 == 0 else ("on", "off")):
+        results[name].append(once(name))
+print(json.dumps(results))
+"""
 
+
+def serving_overhead(requests: int) -> dict:
     import torch
 
     from edgehub.agent.serving import LocalServer, ModelHolder
@@ -133,22 +157,12 @@ def serving_overhead(requests: int) -> dict:
                "on": LocalServer(ModelHolder(lambda: variant), port=0, recorder=FieldRecorder(reference))}
     for server in servers.values():
         server.start()
+    (out / "body.json").write_bytes(body)
     try:
-        for round_ in range(6):
-            for name in (("off", "on") if round_ % 2 == 0 else ("on", "off")):
-                conn_port = servers[name].port
-                for n in range(requests // 6 + 20):
-                    conn = http.client.HTTPConnection("127.0.0.1", conn_port)
-                    started = time.perf_counter()
-                    conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-                    response = conn.getresponse()
-                    response.read()
-                    took = (time.perf_counter() - started) * 1000
-                    conn.close()
-                    if response.status != 200:
-                        raise RuntimeError(f"/predict answered {response.status}")
-                    if n >= 20:  # warm-up per round
-                        results[name].append(took)
+        # The client is its own process, as an application on the device would be.
+        done = subprocess.run([sys.executable, "-c", CLIENT, str(servers["off"].port), str(servers["on"].port),
+                               str(requests), str(out / "body.json")], capture_output=True, text=True, check=True)
+        results.update(json.loads(done.stdout))
     finally:
         for server in servers.values():
             server.stop()
