@@ -101,15 +101,25 @@ class FieldRecorder:
                     self._record_now(*item)
                 except Exception:  # noqa: BLE001 - one odd request must not stop the recording of the rest
                     log.exception("field telemetry: could not record a request")
+                finally:
+                    self._pending.task_done()
 
     def _record_queued(self) -> None:
-        """Record what is still queued (the lock held): a take() counts every request served before it."""
+        """Record what is still queued (the lock held). A request the recorder thread has just taken
+        may land in the next interval instead: counted once either way."""
         while True:
             try:
                 item = self._pending.get_nowait()
             except queue.Empty:
                 return
-            self._record_now(*item)
+            try:
+                self._record_now(*item)
+            finally:
+                self._pending.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued request is recorded (tests, and a clean stop)."""
+        self._pending.join()
 
     def _record_now(self, variant_id: str, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
                 ms: float) -> None:

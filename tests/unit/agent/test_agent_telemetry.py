@@ -31,6 +31,7 @@ def test_the_recorder_counts_what_was_served(reference):
         logits.append(y)
         latencies.append(0.2 + n * 0.01)
     recorder.error("m-v1", "bad_request")
+    recorder.flush()
     (event,) = recorder.take("cam-01", 7)
     s = event.stats
     means = np.concatenate(xs)
@@ -58,6 +59,7 @@ def test_a_day_offline_is_bounded_by_merging_and_loses_no_request(tmp_path, refe
         for _ in range(1 + minute % 3):
             recorder.record("m-v1" if minute < 600 else "m-v2", {"x": np.full((1, 4), 0.1)}, {}, ms=1.0)
             total += 1
+        recorder.flush()
         for event in recorder.take("cam-01", 1):
             queue.add(event)
     assert len(queue) == 48
@@ -80,10 +82,12 @@ def test_the_loop_sends_only_while_connected(tmp_path, reference):
     thread.start()
     try:
         recorder.record("m-v1", {"x": np.zeros((1, 4))}, {}, 1.0)
+        recorder.flush()
         clock[0] += 1
         assert _wait(lambda: len(queue) == 1) and sent == []  # offline: held
         connected.set()
         recorder.record("m-v1", {"x": np.zeros((1, 4))}, {}, 1.0)
+        recorder.flush()
         clock[0] += 1
         assert _wait(lambda: len(sent) == 2) and len(queue) == 0
     finally:
