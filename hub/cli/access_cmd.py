@@ -7,7 +7,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from edgehub.hub.cli.common import console, home_option, json_option, one_line_errors, print_json
+from edgehub.hub.cli.common import console, home_option, hub_options, json_option, one_line_errors, open_hub, print_json
 
 
 def _engine(home):
@@ -88,16 +88,14 @@ def revoke(name_or_id, home, as_json):
 
 
 @click.command("audit")
-@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--actor", help="Only this actor (token:NAME or local:USER).")
-@home_option
+@hub_options
 @json_option
 @one_line_errors
-def audit(limit, actor, home, as_json):
-    """The audit log, newest first: who did what, when, and whether it worked."""
-    from edgehub.hub.client.local import LocalHub
-
-    with LocalHub.open(home) as hub:
+def audit(limit, actor, home, hub_url, hub_token, hub_ca, as_json):
+    """The audit log, newest first: who did what, when, and whether it worked (remote: operator or above)."""
+    with open_hub(home, hub_url, hub_token, hub_ca) as hub:
         data = hub.audit(limit=limit, actor=actor)
     if as_json:
         print_json(data)

@@ -299,7 +299,8 @@ class FleetService:
                 self.stats["rejected"] += 1
                 log.warning("rejected message on %s: %s", topic[:120], exc)
         events = self._limit_telemetry(events)
-        touched = {e.device_id for e in events}
+        # Telemetry changes no device's plan (rollouts read it in their own step): not reconciled for it.
+        touched = {e.device_id for e in events if e.kind != "telemetry"}
         mine = {d for d in touched if self.owns(d)}
         result = self.fleet.ingest(states, events, cohort_of=cohort_key,
                                    outcomes=self.reconciler.outcomes_for(events), notify=sorted(touched - mine),
