@@ -26,27 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def tiny_model(out: Path) -> tuple[Path, Path]:
-    import torch
-    from sklearn.datasets import load_digits
-
-    from edgehub.converters.torch_export import export_onnx
-
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.from_numpy(x[:1400])), torch.from_numpy(y[:1400])).backward()
-        optimizer.step()
-    export_onnx(model.eval(), {"x": x[:2]}, out / "mlp.onnx")
-    np.savez(out / "eval.npz", x=x[1400:], y=y[1400:])
-    return out / "mlp.onnx", out / "eval.npz"
+from bench_models import digits_mlp
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -83,7 +63,7 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="edgehub-api-bench-"))
     paths = HubPaths.from_home(home / "home")
-    onnx, eval_set = tiny_model(home)
+    onnx, eval_set = digits_mlp(home)
     hub = HubService(paths, options=HubOptions(tick_s=0.5)).start()
     sim = None
     try:

@@ -207,24 +207,9 @@ def publish_model(b: Bench, workdir: Path, new_version: bool = False):
 
 def make_model(workdir: Path) -> None:
     """A small MLP on scikit-learn's digits (real data), as ONNX with an eval set."""
-    import numpy as np
-    import torch
-    from sklearn.datasets import load_digits
+    from bench_models import digits_mlp
 
-    from edgehub.converters.torch_export import export_onnx
-
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(torch.from_numpy(x[:1400])), torch.from_numpy(y[:1400])).backward()
-        optimizer.step()
-    export_onnx(model.eval(), {"x": x[:2]}, workdir / "model.onnx")
-    np.savez(workdir / "eval.npz", x=x[1400:], y=y[1400:])
-
+    digits_mlp(workdir)
 
 def run_size(n: int, workers: int, cohort_k: int, db_url: str | None, workdir: Path, receive_maximum: int) -> dict:
     from edgehub.hub.fleet.views import StatusFilter

@@ -10,7 +10,6 @@ Errors: every error body is {"error": "<one line>"}: 401 no valid token, 403 a r
 from __future__ import annotations
 
 import logging
-import secrets
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,9 +21,9 @@ from edgehub.hub.access.tokens import Principal, TokenStore
 from edgehub.hub.api import routes_fleet, routes_jobs
 from edgehub.hub.api.auth import require
 from edgehub.hub.api.metrics import HubMetrics
-from edgehub.hub.broker.tools import write_private
 from edgehub.hub.client.local import LocalHub
 from edgehub.hub.context import HubContext
+from edgehub.hub.control.url_signing import load_or_create_secret
 from edgehub.hub.home import HubPaths
 from edgehub.hub.jobs.child import uploads_dir
 from edgehub.hub.jobs.store import JobStore
@@ -36,17 +35,7 @@ API_VERSION = "v1"
 
 def console_secret(paths: HubPaths) -> bytes:
     """The per-hub secret of the console's CSRF tokens, in <home>/keys/ (mode 0600)."""
-    path = paths.keys_dir / "console_secret"
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        value = ""
-    if not value:
-        paths.keys_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_hex(32)
-        write_private(path, value + "\n")
-    return bytes.fromhex(value)
-
+    return load_or_create_secret(paths.keys_dir / "console_secret")
 
 def _status_of(exc: Exception) -> int:
     status = getattr(exc, "status", None)

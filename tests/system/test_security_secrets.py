@@ -97,7 +97,7 @@ def test_a_debug_session_logs_no_secret(tmp_path):
         "API token": api_token,
         "API token secret": api_token.rsplit("_", 1)[1],
         "revoked API token": revoked_token,
-        "console CSRF secret": (paths.keys_dir / "console_secret").read_text().strip(),
+        "console CSRF secret": load_or_create_secret(paths.keys_dir / "console_secret").hex(),
     }
     for candidate in desired.candidates:
         sig = re.search(r"sig=([0-9a-f]{64})", candidate.url).group(1)

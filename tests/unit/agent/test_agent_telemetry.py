@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from mqtt_helpers import wait_for
 
 from edgehub.agent.telemetry import FieldRecorder, TelemetryQueue, telemetry_loop
 from edgehub.protocol.telemetry import FieldReference, Reference, percentile
@@ -84,23 +85,13 @@ def test_the_loop_sends_only_while_connected(tmp_path, reference):
         recorder.record("m-v1", {"x": np.zeros((1, 4))}, {}, 1.0)
         recorder.flush()
         clock[0] += 1
-        assert _wait(lambda: len(queue) == 1) and sent == []  # offline: held
+        assert wait_for(lambda: len(queue) == 1) and sent == []  # offline: held
         connected.set()
         recorder.record("m-v1", {"x": np.zeros((1, 4))}, {}, 1.0)
         recorder.flush()
         clock[0] += 1
-        assert _wait(lambda: len(sent) == 2) and len(queue) == 0
+        assert wait_for(lambda: len(sent) == 2) and len(queue) == 0
     finally:
         stopping.set()
         thread.join(5)
 
-
-def _wait(predicate, timeout=5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
