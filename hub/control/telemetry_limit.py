@@ -18,6 +18,7 @@ class TelemetryLimit:
     per_s: float
     burst: float = BURST
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # device -> (tokens, at)
+    _swept: float = 0.0
 
     @classmethod
     def for_interval(cls, interval_s: float) -> TelemetryLimit:
@@ -32,6 +33,20 @@ class TelemetryLimit:
             return False
         self._tokens[device_id] = (tokens - 1.0, now)
         return True
+
+    def admit(self, events: list, now: float) -> tuple[list, dict[str, int]]:
+        """The events to store (everything but telemetry past its device's rate), and per device how
+        many telemetry intervals were dropped. Forgets idle devices once a minute."""
+        kept, dropped = [], {}
+        for e in events:
+            if e.kind == "telemetry" and not self.allow(e.device_id, now):
+                dropped[e.device_id] = dropped.get(e.device_id, 0) + 1
+            else:
+                kept.append(e)
+        if now - self._swept >= 60.0:
+            self._swept = now
+            self.forget_idle(now)
+        return kept, dropped
 
     def forget_idle(self, now: float) -> None:
         """Drop devices whose bucket is full again (bounded memory in a large fleet)."""

@@ -101,7 +101,6 @@ class FleetService:
         self.observer: Callable[[str, float], None] | None = None
         self._telemetry_limit = TelemetryLimit.for_interval(settings.telemetry_interval_s or 60.0)
         self._limited_logged: dict[str, float] = {}
-        self._limit_swept = time.monotonic()
         self._worker = threading.Thread(target=self._run, name=f"edgehub-fleet-{settings.worker_index}", daemon=True)
         # Messages are acknowledged to the broker only once stored (hub/control/inbox.py): a hub
         # killed mid-batch gets them again from its persistent session.
@@ -327,20 +326,13 @@ class FleetService:
     def _limit_telemetry(self, events: list) -> list:
         """Drop the telemetry a device sends past its rate (hub/control/telemetry_limit.py), counted
         and logged once a minute per device, so one flooding device costs the others nothing."""
-        now, kept, dropped = time.monotonic(), [], {}
-        for e in events:
-            if e.kind == "telemetry" and not self._telemetry_limit.allow(e.device_id, now):
-                dropped[e.device_id] = dropped.get(e.device_id, 0) + 1
-                continue
-            kept.append(e)
+        now = time.monotonic()
+        kept, dropped = self._telemetry_limit.admit(events, now)
         for device, n in dropped.items():
             self.stats["telemetry_limited"] = self.stats.get("telemetry_limited", 0) + n
             if now - self._limited_logged.get(device, -60.0) >= 60.0:
                 self._limited_logged[device] = now
                 log.warning("device %s sends field telemetry faster than allowed: %d interval(s) dropped", device, n)
-        if now - self._limit_swept >= 60.0:
-            self._limit_swept = now
-            self._telemetry_limit.forget_idle(now)
         return kept
 
     def follow_changes(self) -> set[str]:

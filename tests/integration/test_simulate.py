@@ -83,7 +83,7 @@ def test_enrolment_sets_broker_credentials(tmp_path):
 def test_fleet_simulate_command(tmp_path, tiny_mlp):
     with SimHub(tmp_path / "home") as hub:
         hub.fleet.deploy("digits", hub.publish(tiny_mlp).version.version, ["x86-cpu"])
-        result = CliRunner().invoke(cli, ["fleet", "simulate", "--devices", "25", "--duration", "8", "--tag", "lab",
+        result = CliRunner().invoke(cli, ["fleet", "simulate", "--devices", "25", "--duration", "12", "--tag", "lab",
                                           "--fail", "-fp16:benchmark=1", "--home", str(hub.paths.root), "--json"])
         assert result.exit_code == 0, result.output
         stats = json.loads(result.output[result.output.index("{"):])["stats"]
