@@ -44,20 +44,21 @@ class ActivationOutcome:
 
 
 def activate(state: LocalState, store: StateFile, variant: InstalledVariant,
-             check: Callable[[InstalledVariant], str | None] = health_check) -> ActivationOutcome:
-    """Make `variant` active (one atomic state write), check it, roll back if it is unhealthy.
-
-    The previous active variant is kept as `previous` for rollback.
+             check: Callable[[InstalledVariant], str | None] = health_check, slot: str | None = None) -> ActivationOutcome:
+    """Make `variant` active in its slot (one atomic state write), check it, roll back if it is
+    unhealthy. The slot (default: the variant's model) keeps its previous variant for rollback;
+    other slots are not touched.
     """
-    before_active, before_previous = state.active, state.previous
+    record = state.slot(slot or variant.manifest.manifest.model)
+    before_active, before_previous = record.active, record.previous
     if before_active is not None and before_active.variant_id == variant.variant_id:
         return ActivationOutcome(ok=True)
-    state.active, state.previous = variant, before_active
+    record.active, record.previous = variant, before_active
     store.save(state)
     problem = check(variant)
     if problem is None:
         return ActivationOutcome(ok=True)
-    state.active, state.previous = before_active, before_previous
+    record.active, record.previous = before_active, before_previous
     store.save(state)
     return ActivationOutcome(ok=False, error=f"health check failed: {problem}",
                              rolled_back_to=before_active.variant_id if before_active else None)

@@ -2,7 +2,7 @@
 
 Before a download the agent makes room: files no variant uses (a partial download of another
 candidate, leftovers) go first, oldest first; then installed variants, least recently used
-first. The active and the previous variant (the rollback target) are never evicted. If the
+first. Every slot's active and previous variant (the rollback target) are never evicted. If the
 limit or the free-disk reserve cannot be met even then, the download does not start
 (`CacheFull`), so a device never fills its disk with a model it could not keep.
 
@@ -75,7 +75,7 @@ def _size(path: Path | None) -> int:
 def cache_entries(state: LocalState, cache_dir: Path, keep: set[Path]) -> list[CacheEntry]:
     """Installed variants and stray files in `cache_dir`; files in `keep` (the download under
     way) are left out. A reference file shared by several variants is counted once."""
-    protected = {v.variant_id for v in (state.active, state.previous) if v is not None}
+    protected = state.protected()
     entries, counted = [], set(keep)
     for variant_id, v in state.installed.items():
         files = [p for p in (Path(v.path), v.references_path and Path(v.references_path)) if p and p not in counted]

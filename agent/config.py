@@ -35,6 +35,9 @@ class AgentConfig(BaseModel):
     cache_limit_mb: int = Field(2048, gt=0)  # downloaded variants; least recently used evicted first
     min_free_mb: int = Field(256, ge=0)  # never fill the disk past this much free space
     keepalive_s: int = Field(30, ge=5, le=3600)
+    # The protocol version the agent announces: 2 (model slots) unless pinned to 1, which makes it
+    # behave as a one-model agent of the previous release (mixed-fleet tests, a cautious upgrade).
+    protocol: int = Field(2, ge=1, le=2)
 
 
 def load_config(path: Path) -> AgentConfig:

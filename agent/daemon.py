@@ -10,14 +10,15 @@ from importlib.metadata import PackageNotFoundError, version
 
 from edgehub.agent.config import AgentConfig
 from edgehub.agent.hardware import hardware
+from edgehub.agent.load import RequestRates
 from edgehub.agent.local_state import CorruptState, StateFile
 from edgehub.agent.mqtt_link import MqttLink
 from edgehub.agent.outbox import Outbox
 from edgehub.agent.reconciler import Reconciler
 from edgehub.agent.runtimes import available_runtimes
-from edgehub.agent.serving import LocalServer, ModelHolder
+from edgehub.agent.serving import LocalServer, ModelShelf
 from edgehub.agent.telemetry import FieldRecorder, TelemetryQueue, telemetry_loop
-from edgehub.protocol.messages import DesiredState, DeviceState
+from edgehub.protocol.messages import DesiredState, DeviceState, SlotState
 from edgehub.protocol.telemetry import TelemetrySettings
 
 log = logging.getLogger("edgehub.agent")
@@ -47,24 +48,32 @@ class Agent:
             log.error("%s", exc)
         self.outbox = Outbox(config.data_dir / "outbox.db")
         self.link = MqttLink(config, self.outbox, self._desired.put)
-        self.reconciler = Reconciler(config, store, self.link.publish_event)
+        self.rates = RequestRates()
+        self.reconciler = Reconciler(config, store, self.link.publish_event, load_rpm=self.rates.others_per_minute)
         # Field telemetry: what real requests did, per interval (settings from the desired state).
         self.telemetry: TelemetrySettings | None = None
         self.recorder = FieldRecorder()
         self.telemetry_queue = TelemetryQueue(config.data_dir / "telemetry.db")
-        self.server = LocalServer(ModelHolder(lambda: self.reconciler.state.active), config.serve_host,
-                                  config.serve_port, recorder=self.recorder)
+        self.server = LocalServer(ModelShelf(lambda: self.reconciler.state.active_variants()), config.serve_host,
+                                  config.serve_port, recorder=self.recorder, rates=self.rates)
         self._runtimes = available_runtimes()
         self._hardware = hardware()
 
     def device_state(self, online: bool = True) -> DeviceState:
         s = self.reconciler.state
+        names = sorted(s.slots)
+        first = s.slots[names[0]] if names else None
+        v2 = dict(schema_version=2, slots=[
+            SlotState(model=m, active_variant=r.active.variant_id if r.active else None,
+                      previous_variant=r.previous.variant_id if r.previous else None,
+                      requests_per_min=self.rates.per_minute(m)) for m, r in sorted(s.slots.items())],
+        ) if self.config.protocol >= 2 else {}
         return DeviceState(
             device_id=self.config.device_id, online=online, profile=self.config.profile,
             agent_version=agent_version(), runtimes=self._runtimes, hardware=self._hardware,
-            active_variant=s.active.variant_id if s.active else None,
-            previous_variant=s.previous.variant_id if s.previous else None,
-            cached_variants=self.reconciler.cached_variants(), generation_seen=s.generation_seen,
+            active_variant=first.active.variant_id if first and first.active else None,
+            previous_variant=first.previous.variant_id if first and first.previous else None,
+            cached_variants=self.reconciler.cached_variants(), generation_seen=s.generation_seen, **v2,
         )
 
     def _newest(self, current: DesiredState | None, timeout: float) -> DesiredState | None:
@@ -93,13 +102,23 @@ class Agent:
         return thread
 
     def _configure_telemetry(self, desired: DesiredState) -> None:
-        self.telemetry = desired.telemetry if desired.telemetry and desired.telemetry.enabled else None
-        self.recorder.configure(self.telemetry.reference if self.telemetry else None, enabled=self.telemetry is not None)
+        per_slot = {s.model: s.telemetry for s in desired.model_slots() if s.telemetry and s.telemetry.enabled}
+        self.telemetry = next(iter(per_slot.values()), None)  # one interval for the device
+        self.recorder.configure(self.telemetry.reference if self.telemetry else None, enabled=self.telemetry is not None,
+                                slots={m: t.reference for m, t in per_slot.items()})
+
+    def _understood(self, desired: DesiredState) -> bool:
+        if self.config.protocol < 2 and desired.schema_version > 1:
+            # What a one-model agent of the previous release does with a body it cannot read.
+            log.error("desired state of schema version %d ignored: this agent speaks version 1", desired.schema_version)
+            return False
+        return True
 
     def run(self) -> None:
         self.server.start()
         telemetry = self._start_telemetry()
-        log.info("serving the active model on http://%s:%d/predict", self.config.serve_host, self.server.port)
+        log.info("serving the active models on http://%s:%d/predict/<model>", self.config.serve_host,
+                 self.server.port)
         self.link.publish_state(self.device_state())
         self.link.start()
         desired: DesiredState | None = None
@@ -111,6 +130,8 @@ class Agent:
                 if newest is None or self.stopping.is_set():
                     continue
                 if newest is desired and done_generation == desired.generation:
+                    continue
+                if not self._understood(newest):
                     continue
                 desired = newest
                 self._configure_telemetry(desired)

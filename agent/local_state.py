@@ -1,4 +1,5 @@
-"""What the agent remembers across restarts: active and previous variant, what it benchmarked.
+"""What the agent remembers across restarts: per model slot the active and previous variant, what
+it has installed and benchmarked.
 
 Kept in one JSON file replaced atomically (write temp, fsync, rename), so a power cut leaves
 either the old or the new state, never a torn one.
@@ -11,7 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edgehub.protocol.manifest import SignedManifest
 
@@ -28,12 +29,43 @@ class InstalledVariant(BaseModel):
     last_used: float = 0.0  # unix time of the last download, benchmark or activation (cache LRU)
 
 
-class LocalState(BaseModel):
+class SlotRecord(BaseModel):
+    """One model slot: the variant it serves and the one it rolls back to."""
+
     active: InstalledVariant | None = None
     previous: InstalledVariant | None = None
+
+
+class LocalState(BaseModel):
+    slots: dict[str, SlotRecord] = Field(default_factory=dict)  # by model name
     installed: dict[str, InstalledVariant] = Field(default_factory=dict)  # by variant id
     benchmarked: dict[str, str] = Field(default_factory=dict)  # variant id -> sha256 reported
     generation_seen: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_slot_layout(cls, data):
+        # A state file of a one-model agent (top-level active/previous) becomes that model's slot.
+        if isinstance(data, dict) and ("active" in data or "previous" in data):
+            data = dict(data)
+            active, previous = data.pop("active", None), data.pop("previous", None)
+            either = active or previous
+            if either is not None and not data.get("slots"):
+                model = InstalledVariant.model_validate(either).manifest.manifest.model
+                data["slots"] = {model: {"active": active, "previous": previous}}
+        return data
+
+    def slot(self, model: str) -> SlotRecord:
+        """The slot of `model`, made empty if it has none yet."""
+        return self.slots.setdefault(model, SlotRecord())
+
+    def active_variants(self) -> dict[str, InstalledVariant]:
+        """Slot -> its active variant, for the slots that have one."""
+        return {m: s.active for m, s in sorted(self.slots.items()) if s.active is not None}
+
+    def protected(self) -> set[str]:
+        """Variant ids the cache must keep: every slot's active and rollback variant."""
+        return {v.variant_id for s in self.slots.values() for v in (s.active, s.previous) if v is not None}
 
 
 class StateFile:

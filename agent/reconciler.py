@@ -1,8 +1,10 @@
 """The agent's reconcile step: make the device match the newest desired state.
 
-Level-triggered: given the desired state it benchmarks every candidate it has not reported yet,
-activates the variant the hub chose, and reports what it did. Running it twice on the same
-desired state does nothing the second time.
+Level-triggered: given the desired state it benchmarks, per model slot, every candidate it has
+not reported yet, activates the variant the hub chose for the slot, and reports what it did; a
+slot the desired state no longer names stops serving. Slots are independent: a failed health
+check rolls back its own slot only. Running it twice on the same desired state does nothing the
+second time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from edgehub.agent.tls import client_context
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.formats import suffix_of
 from edgehub.protocol.manifest import SignatureError, verify_manifest
-from edgehub.protocol.messages import ActivationResult, AgentError, BenchmarkReport, Candidate, DesiredState
+from edgehub.protocol.messages import (
+    ActivationResult,
+    AgentError,
+    BenchmarkReport,
+    Candidate,
+    DesiredState,
+    ModelSlot,
+)
 
 log = logging.getLogger("edgehub.agent")
 
@@ -44,8 +53,11 @@ def verify_artifact_signature(c: Candidate, keys: list[bytes]) -> None:
 
 
 class Reconciler:
-    def __init__(self, config: AgentConfig, store: StateFile, publish_event: Callable[[object], None]):
+    def __init__(self, config: AgentConfig, store: StateFile, publish_event: Callable[[object], None],
+                 load_rpm: Callable[[str], float] | None = None):
         self.config = config
+        self.load_rpm = load_rpm  # slot -> the other slots' requests per minute now (agent/load.py)
+        self.v2 = config.protocol >= 2
         self.store = store
         self.state: LocalState = store.load()
         self.publish_event = publish_event
@@ -113,21 +125,26 @@ class Reconciler:
 
     # -- one reconcile pass -----------------------------------------------------------------------
 
-    def _failed_report(self, desired: DesiredState, c: Candidate, error: str) -> BenchmarkReport:
-        return BenchmarkReport(event_id=new_event_id(), device_id=self.config.device_id,
-                               generation=desired.generation, variant_id=c.variant_id, ok=False, error=error)
+    def _slot_fields(self, slot: ModelSlot) -> dict:
+        """What a v2 event adds: its slot (a v1 agent's events have neither field)."""
+        return dict(schema_version=2, slot=slot.model) if self.v2 else {}
 
-    def _benchmark(self, desired: DesiredState, c: Candidate) -> bool:
+    def _failed_report(self, desired: DesiredState, slot: ModelSlot, c: Candidate, error: str) -> BenchmarkReport:
+        return BenchmarkReport(event_id=new_event_id(), device_id=self.config.device_id,
+                               generation=desired.generation, variant_id=c.variant_id, ok=False, error=error,
+                               **self._slot_fields(slot))
+
+    def _benchmark(self, desired: DesiredState, slot: ModelSlot, c: Candidate) -> bool:
         """Benchmark one candidate and report it; False if it should be retried later."""
         try:
             runtime_for(c.format)
         except RuntimeUnavailable as exc:
-            self._report(desired, c, self._failed_report(desired, c, f"cannot run here: {exc}"))
+            self._report(desired, c, self._failed_report(desired, slot, c, f"cannot run here: {exc}"))
             return True
         try:
             installed = self._fetch(c)
         except (VerificationError, SignatureError) as exc:
-            self._report(desired, c, self._failed_report(desired, c, f"rejected: {exc}"))
+            self._report(desired, c, self._failed_report(desired, slot, c, f"rejected: {exc}"))
             return True
         except DownloadError as exc:
             self.publish_event(AgentError(event_id=new_event_id(), device_id=self.config.device_id,
@@ -136,8 +153,13 @@ class Reconciler:
             return False
         log.info("benchmarking %s", c.variant_id)
         touch(self.state, c.variant_id)
+        # The other slots keep serving meanwhile (the benchmark runs in a child): label the load.
+        load_before = self.load_rpm(slot.model) if self.load_rpm and self.v2 else None
         result = run_benchmark(installed.path, c.format, installed.references_path, desired.benchmark)
         report = to_report(result, new_event_id(), self.config.device_id, desired.generation, c.variant_id)
+        if self.v2:
+            load = max(load_before or 0.0, self.load_rpm(slot.model)) if self.load_rpm else None
+            report = report.model_copy(update={**self._slot_fields(slot), "load_rpm": load})
         self._report(desired, c, report)
         return True
 
@@ -146,13 +168,14 @@ class Reconciler:
         self.state.benchmarked[c.variant_id] = c.sha256
         self.store.save(self.state)
 
-    def _activate(self, desired: DesiredState) -> bool:
-        wanted = desired.activate
-        if wanted is None or (self.state.active and self.state.active.variant_id == wanted):
+    def _activate(self, desired: DesiredState, slot: ModelSlot) -> bool:
+        wanted = slot.activate
+        current = self.state.slots.get(slot.model)
+        if wanted is None or (current and current.active and current.active.variant_id == wanted):
             return True
-        candidate = next((c for c in desired.candidates if c.variant_id == wanted), None)
+        candidate = next((c for c in slot.candidates if c.variant_id == wanted), None)
         event = dict(event_id=new_event_id(), device_id=self.config.device_id, generation=desired.generation,
-                     variant_id=wanted)
+                     variant_id=wanted, **self._slot_fields(slot))
         if candidate is None:
             self.publish_event(ActivationResult(ok=False, error="variant to activate is not among the candidates",
                                                 **event))
@@ -166,20 +189,36 @@ class Reconciler:
             log.warning("download for activation failed, will retry: %s", exc)
             return False
         outcome = activate(self.state, self.store, installed,
-                           check=lambda variant: health_check(variant, desired.benchmark))
+                           check=lambda variant: health_check(variant, desired.benchmark), slot=slot.model)
         self.publish_event(ActivationResult(ok=outcome.ok, error=outcome.error,
                                             rolled_back_to=outcome.rolled_back_to, **event))
-        log.info("activation of %s: %s", wanted, "ok" if outcome.ok else outcome.error)
+        log.info("activation of %s in slot %s: %s", wanted, slot.model, "ok" if outcome.ok else outcome.error)
         return True
+
+    def _drop_slots(self, keep: set[str]) -> None:
+        """Stop serving the models the hub no longer wants here (their files stay cached)."""
+        gone = set(self.state.slots) - keep
+        for model in sorted(gone):
+            log.info("model %s is no longer wanted on this device; its slot is removed", model)
+            del self.state.slots[model]
+        if gone:
+            self.store.save(self.state)
 
     def reconcile(self, desired: DesiredState) -> bool:
         """Act on `desired`; True when nothing is left to retry."""
         complete = True
-        for c in desired.candidates:
-            if self.state.benchmarked.get(c.variant_id) == c.sha256:
-                continue
-            complete &= self._benchmark(desired, c)
-        complete &= self._activate(desired)
+        slots = desired.model_slots()
+        for slot in slots:
+            for c in slot.candidates:
+                if self.state.benchmarked.get(c.variant_id) == c.sha256:
+                    continue
+                complete &= self._benchmark(desired, slot, c)
+            complete &= self._activate(desired, slot)
+        if slots and desired.slots is not None:
+            self._drop_slots({s.model for s in slots})
+        elif slots and self.state.slots.get(slots[0].model) and self.state.slots[slots[0].model].active:
+            # A v1 body: the device runs one model. The old model serves until the new one is active.
+            self._drop_slots({slots[0].model})
         if self.state.generation_seen != desired.generation:
             self.state.generation_seen = desired.generation
             self.store.save(self.state)

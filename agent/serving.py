@@ -1,6 +1,7 @@
-"""Local inference for applications on the device: `POST /predict` on the active variant.
+"""Local inference for applications on the device: `POST /predict/<model>` on that model slot's
+active variant, `POST /predict` when the device serves one model, `GET /models` for what is active.
 
-    curl -s localhost:8765/predict -d '{"inputs": {"x": [[...]]}}'
+    curl -s localhost:8765/predict/fashion-mnist -d '{"inputs": {"x": [[...]]}}'
 
 The standard library's threading HTTP server is enough for a local endpoint and adds no
 dependency to the device install.
@@ -15,9 +16,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
+from urllib.parse import unquote
 
 import numpy as np
 
+from edgehub.agent.load import RequestRates
 from edgehub.agent.local_state import InstalledVariant
 from edgehub.agent.runtimes import runtime_for
 from edgehub.agent.telemetry import FieldRecorder
@@ -55,6 +58,56 @@ class ModelHolder:
                     raise ModelUnavailable(f"cannot load {variant.variant_id}: {_first_line(exc)}") from None
                 self._loaded = (variant.sha256, session)
             return variant, self._loaded[1]
+
+
+class ModelShelf:
+    """A ModelHolder per model slot, made on the first request to the slot.
+
+    `active` gives slot -> active variant; a slot the agent dropped is dropped here too."""
+
+    def __init__(self, active: Callable[[], dict[str, InstalledVariant]]):
+        self.active = active
+        self._lock = threading.Lock()
+        self._holders: dict[str, ModelHolder] = {}
+
+    @classmethod
+    def of(cls, holder: ModelHolder) -> ModelShelf:
+        """One holder as a shelf (a one-model device, tests): its slot is named by the variant's model."""
+        def one() -> dict[str, InstalledVariant]:
+            variant = holder._active()
+            return {variant.manifest.manifest.model: variant} if variant is not None else {}
+        shelf = cls(one)
+        shelf._single = holder
+        return shelf
+
+    _single: ModelHolder | None = None
+
+    def holder(self, slot: str | None) -> tuple[str, ModelHolder]:
+        """The slot to serve (None: the only one) and its holder; LookupError / BadRequest if none."""
+        active = self.active()
+        if slot is None:
+            if not active:
+                raise LookupError("no active model on this device yet")
+            if len(active) > 1:
+                raise BadRequest(f"this device serves {len(active)} models; use POST /predict/<model> "
+                                 f"with one of: {', '.join(sorted(active))}")
+            slot = next(iter(active))
+        elif slot not in active:
+            raise NoSuchModel(f"no active model {slot!r} on this device"
+                              + (f"; it serves {', '.join(sorted(active))}" if active else ""))
+        if self._single is not None:
+            return slot, self._single
+        with self._lock:
+            for gone in set(self._holders) - set(active):
+                del self._holders[gone]  # its session is freed with it
+            holder = self._holders.get(slot)
+            if holder is None:
+                holder = self._holders[slot] = ModelHolder(lambda: self.active().get(slot))
+            return slot, holder
+
+
+class NoSuchModel(LookupError):
+    """A request for a model slot the device does not serve (404)."""
 
 
 class ModelUnavailable(Exception):
@@ -141,8 +194,9 @@ def _jsonable(array: np.ndarray) -> list | float | int | None:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "edgehub-agent"
     timeout = 30  # a client that stops sending mid-request is dropped, not waited on forever
-    holder: ModelHolder
+    shelf: ModelShelf
     recorder: FieldRecorder | None = None  # field telemetry (agent/telemetry.py)
+    rates: RequestRates | None = None
 
     def log_message(self, format: str, *args) -> None:  # route through logging, not stderr
         log.debug("%s %s", self.address_string(), format % args)
@@ -166,46 +220,72 @@ class _Handler(BaseHTTPRequestHandler):
         if getattr(self, "command", None) != "HEAD":
             self.wfile.write(data)
 
-    def _failed(self, kind: str) -> None:
+    def _failed(self, slot: str | None, kind: str) -> None:
         if self.recorder is not None:
-            variant = self.holder._active()
-            self.recorder.error(variant.variant_id if variant else None, kind)
+            active = self.shelf.active()
+            if slot is None and len(active) == 1:
+                slot = next(iter(active))
+            variant = active.get(slot) if slot else None
+            self.recorder.error(variant.variant_id if variant else None, kind, slot=slot)
 
     def do_GET(self) -> None:
-        if self.path != "/health":
-            self._reply(404, {"error": "not found; use POST /predict or GET /health"})
-            return
-        variant = self.holder._active()
-        self._reply(200, {"active_variant": variant.variant_id if variant else None})
+        if self.path == "/health":
+            active = self.shelf.active()
+            first = next(iter(active.values()), None)
+            self._reply(200, {"active_variant": first.variant_id if first else None,
+                              "models": {m: v.variant_id for m, v in active.items()}})
+        elif self.path == "/models":
+            self._reply(200, {"models": [_model_entry(m, v) for m, v in self.shelf.active().items()]})
+        else:
+            self._reply(404, {"error": "not found; use POST /predict/<model>, GET /models or GET /health"})
+
+    def _slot_of_path(self) -> str | None:
+        if self.path == "/predict":
+            return None
+        if self.path.startswith("/predict/") and len(self.path) > len("/predict/"):
+            return unquote(self.path[len("/predict/"):])
+        raise NoSuchModel("not found; use POST /predict/<model> (or POST /predict on a one-model device)")
 
     def do_POST(self) -> None:
-        if self.path != "/predict":
-            self._reply(404, {"error": "not found; use POST /predict"})
-            return
+        slot = None
         try:
+            slot = self._slot_of_path()
             body = parse_request(self.rfile.read(content_length(self.headers)))
-            variant, session = self.holder.session()
+            slot, holder = self.shelf.holder(slot)
+            variant, session = holder.session()
             feed = _feed(body, session)
             started = time.perf_counter()
             outputs = session.run(feed)
             elapsed = (time.perf_counter() - started) * 1000
+        except NoSuchModel as exc:
+            self._reply(404, {"error": str(exc)})
+            return
         except BadRequest as exc:
-            self._failed("bad_request")
+            self._failed(slot, "bad_request")
             self._reply(exc.status, {"error": str(exc)})
             return
         except (LookupError, ModelUnavailable) as exc:
-            self._failed("unavailable")
+            self._failed(slot, "unavailable")
             self._reply(503, {"error": str(exc)})
             return
         except Exception as exc:  # the runtime rejects inputs with its own exception types
-            self._failed("inference")
+            self._failed(slot, "inference")
             self._reply(400, {"error": f"inference failed: {_first_line(exc)}"})
             return
         names = [spec.name for spec in session.outputs]
-        self._reply(200, {"variant": variant.variant_id, "ms": round(elapsed, 3),
+        self._reply(200, {"model": slot, "variant": variant.variant_id, "ms": round(elapsed, 3),
                           "outputs": {n: _jsonable(np.asarray(o)) for n, o in zip(names, outputs)}})
+        if self.rates is not None:
+            self.rates.count(slot)
         if self.recorder is not None:  # after the answer: the client does not wait for it
-            self.recorder.record(variant.variant_id, feed, dict(zip(names, outputs)), elapsed)
+            self.recorder.record(variant.variant_id, feed, dict(zip(names, outputs)), elapsed, slot=slot)
+
+
+def _model_entry(slot: str, variant: InstalledVariant) -> dict:
+    m = variant.manifest.manifest
+    return {"model": slot, "version": m.version, "variant": variant.variant_id, "format": m.format,
+            "precision": m.precision, "inputs": [t.model_dump() for t in m.inputs],
+            "outputs": [t.model_dump() for t in m.outputs], "predict": f"/predict/{slot}"}
 
 
 class _Server(ThreadingHTTPServer):
@@ -217,9 +297,10 @@ class _Server(ThreadingHTTPServer):
 
 
 class LocalServer:
-    def __init__(self, holder: ModelHolder, host: str = "127.0.0.1", port: int = 8765,
-                 recorder: FieldRecorder | None = None):
-        handler = type("Handler", (_Handler,), {"holder": holder, "recorder": recorder})
+    def __init__(self, models: ModelShelf | ModelHolder, host: str = "127.0.0.1", port: int = 8765,
+                 recorder: FieldRecorder | None = None, rates: RequestRates | None = None):
+        shelf = ModelShelf.of(models) if isinstance(models, ModelHolder) else models
+        handler = type("Handler", (_Handler,), {"shelf": shelf, "recorder": recorder, "rates": rates})
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="edgehub-serve", daemon=True)
 

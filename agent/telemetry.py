@@ -55,7 +55,8 @@ def _per_sample(array: np.ndarray, how: str) -> np.ndarray:
 
 
 class _Interval:
-    def __init__(self) -> None:
+    def __init__(self, slot: str | None = None) -> None:
+        self.slot = slot
         self.start = datetime.now(timezone.utc)
         self.requests = 0
         self.errors: dict[str, int] = {}
@@ -67,18 +68,23 @@ class _Interval:
 class FieldRecorder:
     def __init__(self, reference: FieldReference | None = None, enabled: bool = True, max_pending: int = 10_000):
         self._lock = threading.Lock()
-        self._reference = reference
+        self._reference = reference  # a one-model device's, or a slot's without its own
+        self._references: dict[str, FieldReference | None] = {}  # by slot
         self.enabled = enabled
-        self._open: dict[str | None, _Interval] = {}  # by variant id
+        self._open: dict[tuple[str | None, str | None], _Interval] = {}  # by (slot, variant id)
         self._pending: queue.Queue = queue.Queue(maxsize=max_pending)
         self._worker: threading.Thread | None = None
         self.unrecorded = 0  # requests served while the queue was full: counted here, not summarised
 
-    def configure(self, reference: FieldReference | None, enabled: bool = True) -> None:
+    def configure(self, reference: FieldReference | None, enabled: bool = True,
+                  slots: dict[str, FieldReference | None] | None = None) -> None:
+        """Set the eval set's bins: one `reference`, or one per model slot."""
         with self._lock:
             self._reference, self.enabled = reference, enabled
+            self._references = dict(slots or {})
 
-    def record(self, variant_id: str, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ms: float) -> None:
+    def record(self, variant_id: str, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray], ms: float,
+               slot: str | None = None) -> None:
         """Queue one served request for the recorder thread."""
         if not self.enabled:
             return
@@ -89,7 +95,7 @@ class FieldRecorder:
                                                     daemon=True)
                     self._worker.start()
         try:
-            self._pending.put_nowait((variant_id, feed, outputs, ms))
+            self._pending.put_nowait((variant_id, feed, outputs, ms, slot))
         except queue.Full:
             self.unrecorded += 1
 
@@ -121,12 +127,16 @@ class FieldRecorder:
         """Wait until every queued request is recorded (tests, and a clean stop)."""
         self._pending.join()
 
+    def _interval(self, slot: str | None, variant_id: str | None) -> _Interval:
+        key = (slot, variant_id)
+        return self._open.get(key) or self._open.setdefault(key, _Interval(slot))
+
     def _record_now(self, variant_id: str, feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-                ms: float) -> None:
-        interval = self._open.get(variant_id) or self._open.setdefault(variant_id, _Interval())
+                    ms: float, slot: str | None = None) -> None:
+        interval = self._interval(slot, variant_id)
         interval.requests += 1
         interval.latency[bucket(ms, LATENCY_EDGES_MS)] += 1
-        reference = self._reference
+        reference = self._references.get(slot, self._reference) if slot is not None else self._reference
         for name, array in feed.items():
             self._add_input(interval, name, _per_sample(array, "mean"),
                             reference.inputs.get(name) if reference else None)
@@ -163,11 +173,11 @@ class FieldRecorder:
             if ref is not None and stats[5]:
                 stats[5][bucket(v, ref.edges)] += 1
 
-    def error(self, variant_id: str | None, kind: str) -> None:
+    def error(self, variant_id: str | None, kind: str, slot: str | None = None) -> None:
         if not self.enabled:
             return
         with self._lock:
-            interval = self._open.get(variant_id) or self._open.setdefault(variant_id, _Interval())
+            interval = self._interval(slot, variant_id)
             interval.errors[kind] = interval.errors.get(kind, 0) + 1
 
     def take(self, device_id: str, generation: int) -> list[FieldTelemetry]:
@@ -177,7 +187,7 @@ class FieldRecorder:
             done, self._open = self._open, {}
         end = datetime.now(timezone.utc)
         events = []
-        for variant_id, i in done.items():
+        for (slot, variant_id), i in done.items():
             inputs = [InputSummary(name=n, count=s[0], mean=s[1], m2=max(0.0, s[2]),
                                    min=s[3] if s[0] else None, max=s[4] if s[0] else None, hist=s[5])
                       for n, s in i.inputs.items()]
@@ -185,7 +195,7 @@ class FieldRecorder:
             stats = FieldStats(requests=i.requests, errors=i.errors, latency_counts=i.latency, inputs=inputs,
                                outputs=outputs)
             events.append(FieldTelemetry(event_id=uuid.uuid4().hex, device_id=device_id, generation=generation,
-                                         variant_id=variant_id, start=i.start, end=end, stats=stats))
+                                         variant_id=variant_id, slot=slot, start=i.start, end=end, stats=stats))
         return events
 
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_models import digits_mlp
+from edgehub.hub.examples.digits import digits_mlp
 
 
 def percentiles(samples: list[float]) -> dict:

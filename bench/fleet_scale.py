@@ -207,7 +207,7 @@ def publish_model(b: Bench, workdir: Path, new_version: bool = False):
 
 def make_model(workdir: Path) -> None:
     """A small MLP on scikit-learn's digits (real data), as ONNX with an eval set."""
-    from bench_models import digits_mlp
+    from edgehub.hub.examples.digits import digits_mlp
 
     digits_mlp(workdir)
 

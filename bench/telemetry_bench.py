@@ -30,7 +30,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from bench_models import digits_mlp
+
+from edgehub.hub.examples.digits import digits_mlp
 
 
 def db_bytes(path: Path) -> int:

@@ -1,6 +1,12 @@
-"""MQTT bodies and topics of the wire protocol (schema version 1).
+"""MQTT bodies of the wire protocol (schema versions 1 and 2).
 
-Topic root: edgehub/v1/<fleet>/. Every body is JSON validated by these models; a body that
+Version 2 adds model slots: a desired state carries several models, each with its own candidates
+and variant to activate, and the agent's state and events name their slot. An agent announces
+the version it speaks in its DeviceState's `schema_version`; the hub sends a v1 agent (or one it
+has not heard from) a v1 desired state with one model, so an agent upgrade never breaks a device.
+A v2 agent also accepts a v1 desired state (one slot, named by its model).
+
+Topic root: edgehub/v1/<fleet>/ (the topic layout did not change). Every body is JSON validated by these models; a body that
 does not validate, is over MAX_BODY_BYTES, or names another device than its topic is rejected
 by `parse_body` with a MessageError (callers log it and go on).
 """
@@ -29,10 +35,14 @@ def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
 
+PROTOCOL_VERSION = 2  # what this code speaks; bodies of version 1 are read too
+MAX_SLOTS = 8  # models on one device
+
+
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
 
 
 DeviceId = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -66,6 +76,21 @@ class Hardware(BaseModel):
     accelerators: list[str] = Field(default_factory=list, max_length=16)
 
 
+# A slot is named by its model (and served at /predict/<model>): no slash, no control characters.
+SlotName = Annotated[str, Field(pattern=r"^[^/\x00-\x1f\x7f]{1,200}$")]
+
+
+class SlotState(BaseModel):
+    """One model slot of a v2 agent: what it serves and what it would roll back to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: SlotName
+    active_variant: str | None = Field(None, max_length=200)
+    previous_variant: str | None = Field(None, max_length=200)
+    requests_per_min: float | None = Field(None, ge=0)
+
+
 class DeviceState(Body):
     device_id: DeviceId
     online: bool
@@ -77,7 +102,16 @@ class DeviceState(Body):
     previous_variant: str | None = Field(None, max_length=200)
     cached_variants: list[str] = Field(default_factory=list, max_length=256)
     generation_seen: Generation = 0
+    # v2: every slot (active_variant above is then the first slot's, for v1 readers of the state).
+    slots: list[SlotState] | None = Field(None, max_length=MAX_SLOTS)
     at: UtcTime = Field(default_factory=now_utc)
+
+    @property
+    def active_variants(self) -> list[str]:
+        """Every variant the device serves (one per slot)."""
+        if self.slots is not None:
+            return [s.active_variant for s in self.slots if s.active_variant]
+        return [self.active_variant] if self.active_variant else []
 
 
 # ---- hub -> agent: desired (retained) ------------------------------------------------------
@@ -106,9 +140,23 @@ class BenchmarkSettings(BaseModel):
     memory_limit_mb: int | None = Field(None, gt=0)
 
 
+class ModelSlot(BaseModel):
+    """One model of a v2 desired state: its candidates to benchmark and the variant to activate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: SlotName
+    version: int
+    candidates: list[Candidate] = Field(default_factory=list, max_length=64)
+    activate: str | None = Field(None, max_length=200)
+    # Field telemetry of the slot's active variant: the eval set's bins (None: not reported).
+    telemetry: TelemetrySettings | None = None
+
+
 class DesiredState(Body):
     device_id: DeviceId
     generation: Generation
+    # v1: one model in the top-level fields. v2 (schema_version 2): `slots`, the top level unused.
     model: str | None = Field(None, max_length=64)
     version: int | None = None
     candidates: list[Candidate] = Field(default_factory=list, max_length=64)
@@ -116,7 +164,32 @@ class DesiredState(Body):
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     # Field telemetry of the active variant: interval and the eval set's bins (None: not reported).
     telemetry: TelemetrySettings | None = None
+    slots: list[ModelSlot] | None = Field(None, max_length=MAX_SLOTS)
     at: UtcTime = Field(default_factory=now_utc)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> DesiredState:
+        if self.slots is not None:
+            if self.schema_version < 2:
+                raise ValueError("slots need schema_version 2")
+            if self.model is not None or self.candidates or self.activate is not None:
+                raise ValueError("a desired state with slots has no top-level model, candidates or activate")
+            names = [s.model for s in self.slots]
+            if len(set(names)) != len(names):
+                raise ValueError("two slots for one model")
+        return self
+
+    def model_slots(self) -> list[ModelSlot]:
+        """The slots, whichever layout the body has (a v1 body: one slot, or none)."""
+        if self.slots is not None:
+            return list(self.slots)
+        if self.model is None:
+            return []
+        return [ModelSlot(model=self.model, version=self.version or 0, candidates=self.candidates,
+                          activate=self.activate, telemetry=self.telemetry)]
+
+    def all_candidates(self) -> list[Candidate]:
+        return [c for s in self.model_slots() for c in s.candidates]
 
 
 # ---- agent -> hub: events (QoS 1, not retained, de-duplicated by event_id) -----------------
@@ -171,6 +244,10 @@ class BenchmarkReport(Body, Measurement, Sequenced):
     device_id: DeviceId
     generation: Generation
     variant_id: str = Field(max_length=200)
+    slot: SlotName | None = None  # v2
+    # v2: requests per minute the device's other slots served while this ran (0: an idle device),
+    # so figures taken under load are labelled as such.
+    load_rpm: float | None = Field(None, ge=0)
     at: UtcTime = Field(default_factory=now_utc)
 
 
@@ -180,6 +257,7 @@ class ActivationResult(Body, Sequenced):
     device_id: DeviceId
     generation: Generation
     variant_id: str = Field(max_length=200)
+    slot: SlotName | None = None  # v2
     ok: bool
     rolled_back_to: str | None = Field(None, max_length=200)
     error: str | None = Field(None, max_length=2000)
@@ -205,6 +283,7 @@ class FieldTelemetry(Body, Sequenced):
     device_id: DeviceId
     generation: Generation
     variant_id: str | None = Field(None, max_length=200)
+    slot: SlotName | None = None  # v2
     start: UtcTime
     end: UtcTime
     intervals: int = Field(1, ge=1, le=1_000_000)

@@ -48,8 +48,9 @@ def device(request: Request, device_id: str, who: Principal = Depends(require("v
 
 
 @router.get("/devices/{device_id}/explain", tags=["fleet"])
-def explain(request: Request, device_id: str, who: Principal = Depends(require("viewer"))) -> dict:
-    return hub_of(request, who).explain(device_id)
+def explain(request: Request, device_id: str, model: str | None = None,
+            who: Principal = Depends(require("viewer"))) -> dict:
+    return hub_of(request, who).explain(device_id, model)
 
 
 @router.post("/fleet/tags", tags=["fleet"])
@@ -112,8 +113,8 @@ def alias_set(request: Request, name: str, body: AliasRequest, who: Principal = 
 
 @router.delete("/aliases/{name}", tags=["rollouts"])
 def alias_delete(request: Request, name: str, group: str | None = None, profile: str | None = None,
-                 who: Principal = Depends(require("operator"))) -> dict:
-    return hub_of(request, who).alias_delete(name, group, profile)
+                 model: str | None = None, who: Principal = Depends(require("operator"))) -> dict:
+    return hub_of(request, who).alias_delete(name, group, profile, model)
 
 
 @router.get("/audit", tags=["access"])

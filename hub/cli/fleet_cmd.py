@@ -290,13 +290,14 @@ def simulate(count, profile, tags, prefix, processes, duration, bench_delay, fai
 
 @fleet.command("explain")
 @click.argument("device_id")
+@click.option("--model", help="The model slot to explain, on a device that runs several (default: the first).")
 @hub_options
 @json_option
 @one_line_errors
-def explain(device_id, home, hub_url, hub_token, hub_ca, as_json):
+def explain(device_id, model, home, hub_url, hub_token, hub_ca, as_json):
     """Why DEVICE_ID runs its variant: the verdict on every candidate."""
     with open_hub(home, hub_url, hub_token, hub_ca) as hub:
-        selection = hub.explain(device_id)
+        selection = hub.explain(device_id, model)
     if as_json:
         print_json(selection)
         return
@@ -310,3 +311,9 @@ def explain(device_id, home, hub_url, hub_token, hub_ca, as_json):
                       f"{v['p99_ms']:.3f}" if v["p99_ms"] is not None else "-",
                       str(v["size_bytes"] or "-"), f"{mark}{escape(v['reason'])}")
     console.print(table)
+    memory = selection["explanation"].get("memory")
+    if memory:  # the device's models together were over its memory limit
+        console.print(escape(f"memory: {memory['reason']}"))
+    others = [m for m in selection.get("models", []) if m != selection["model"]]
+    if others:
+        console.print(escape(f"the device also runs {', '.join(others)} (see --model)"))

@@ -49,7 +49,7 @@ def status_table(rows: list[dict], total: int | None = None) -> Table:
     shown = f" (first {len(rows)} of {total})" if total is not None and total > len(rows) else ""
     table = Table(title=f"devices{shown}")
     lossy = any(r.get("events", {}).get("missing") for r in rows)
-    field = any(r.get("field") for r in rows)
+    field = any(r.get("field") or any(m.get("field") for m in r.get("models") or []) for r in rows)
     columns = ("device", "profile", "online", "model", "variant", "p50 ms", "accuracy", "rollout", "last seen")
     field_columns = ("req/min", "field p99 ms", "errors", "drift") if field else ()
     for column in columns + field_columns + (("missing",) if lossy else ()):
@@ -57,15 +57,22 @@ def status_table(rows: list[dict], total: int | None = None) -> Table:
     for r in rows:
         rollout = r.get("rollout")
         label = f"#{rollout['id']} s{rollout['stage'] + 1} {rollout['status']}" if rollout else "-"
-        p50 = f"{r['p50_ms']:.3f}" if r["p50_ms"] is not None else "-"
-        if r.get("simulated") and r["p50_ms"] is not None:
-            p50 += " (sim)"
         missing = r.get("events", {}).get("missing", 0)
-        cells = [r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
-                 "[green]yes[/]" if r["online"] else "[red]no[/]", r["model"] or "-", r["variant"] or "-",
-                 p50, percent(r["accuracy"]), label, (r["last_seen"] or "-")[11:19] or "-"]
-        table.add_row(*cells, *(field_cells(r.get("field")) if field else []),
-                      *([f"[red]{missing}[/]" if missing else "0"] if lossy else []))
+        device = [r["device"] + (" [dim](sim)[/]" if r.get("simulated") else ""), r["profile"],
+                  "[green]yes[/]" if r["online"] else "[red]no[/]"]
+        slots = r.get("models") or []
+        if len(slots) < 2:  # one model: the row as it always was
+            slots = [{"model": r["model"], "label": r["variant"], "p50_ms": r["p50_ms"], "accuracy": r["accuracy"],
+                      "field": r.get("field"), "version": None}]
+        for i, m in enumerate(slots):  # several models: one line per slot, the device named once
+            p50 = f"{m['p50_ms']:.3f}" if m["p50_ms"] is not None else "-"
+            if r.get("simulated") and m["p50_ms"] is not None:
+                p50 += " (sim)"
+            model = f"{m['model']} v{m['version']}" if m.get("version") is not None else (m["model"] or "-")
+            cells = [*(device if i == 0 else ["", "", ""]), model, m["label"] or "-", p50, percent(m["accuracy"]),
+                     label if i == 0 else "", ((r["last_seen"] or "-")[11:19] or "-") if i == 0 else ""]
+            table.add_row(*cells, *(field_cells(m.get("field")) if field else []),
+                          *([f"[red]{missing}[/]" if missing else "0"] if lossy and i == 0 else [""] if lossy else []))
     return table
 
 

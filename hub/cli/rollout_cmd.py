@@ -171,13 +171,15 @@ def alias_set(name, model, group, profile, home, hub_url, hub_token, hub_ca):
 @click.argument("name")
 @click.option("--group", help="A tag.")
 @click.option("--profile", help="A profile.")
+@click.option("--model", help="Only this model's alias (a scope has one per model); default: every model's.")
 @hub_options
 @one_line_errors
-def alias_delete(name, group, profile, home, hub_url, hub_token, hub_ca):
-    """Remove alias NAME of a group or profile."""
+def alias_delete(name, group, profile, model, home, hub_url, hub_token, hub_ca):
+    """Remove alias NAME of a group or profile. Removing `production` of a model takes that model
+    off the scope's devices (their other models keep running)."""
     with open_hub(home, hub_url, hub_token, hub_ca) as hub:
-        data = hub.alias_delete(name, group, profile)
-    console.print(escape(f"removed {data['scope']} {name}"))
+        data = hub.alias_delete(name, group, profile, model)
+    console.print(escape(f"removed {data['scope']} {name}" + (f" of {model}" if model else "")))
 
 
 @alias.command("list")

@@ -76,13 +76,17 @@ class LocalHub:
             raise FleetError(f"no device {device_id!r}; see `edgehub fleet status`")
         return record
 
-    def explain(self, device_id: str) -> dict:
-        """Why the device runs its variant: the verdict on every candidate."""
+    def explain(self, device_id: str, model: str | None = None) -> dict:
+        """Why the device runs its variant (of `model`; default: its first model slot's): the
+        verdict on every candidate, and the device's other models."""
         self._device_or_fail(device_id)
-        selection = self.context.fleet.selection(device_id)
-        if selection is None:
-            raise FleetError(f"no selection for {device_id} yet: it has not reported every candidate")
-        return selection.model_dump(mode="json")
+        found = self.context.fleet.selections_many([device_id]).get(device_id, [])
+        selection = self.context.fleet.selection(device_id, model)
+        if selection is None or (model is not None and selection.model != model):
+            raise FleetError(f"no selection for {device_id}{f' and model {model}' if model else ''} yet: it has "
+                             "not reported every candidate" + (f"; it has selections for "
+                                                               f"{', '.join(s.model for s in found)}" if found else ""))
+        return {**selection.model_dump(mode="json"), "models": [s.model for s in found]}
 
     def device(self, device_id: str) -> dict:
         """One device: its record and reported state (hardware, runtimes), every benchmark it ran,
@@ -94,6 +98,7 @@ class LocalHub:
                 "state": record.state.model_dump(mode="json") if record.state else None,
                 "benchmarks": fleet.device_benchmarks(device_id),
                 "selection": selection.model_dump(mode="json") if selection else None,
+                "selections": [s.model_dump(mode="json") for s in fleet.selections_many([device_id]).get(device_id, [])],
                 "activations": fleet.device_activations(device_id)}
 
     def tag(self, request: TagRequest) -> dict:
@@ -270,13 +275,14 @@ class LocalHub:
 
         return self._audited("alias.set", f"{scope}:{name}", set_alias, {"model": request.model})
 
-    def alias_delete(self, name: str, group: str | None = None, profile: str | None = None) -> dict:
+    def alias_delete(self, name: str, group: str | None = None, profile: str | None = None,
+                     model: str | None = None) -> dict:
         scope = self._scope(group, profile)
 
         def delete() -> dict:
-            if not self.context.fleet.delete_alias(scope, name):
-                raise RolloutError(f"no alias {name!r} on {scope}")
-            return {"scope": scope, "name": name, "deleted": True}
+            if not self.context.fleet.delete_alias(scope, name, model):
+                raise RolloutError(f"no alias {name!r}{f' of {model}' if model else ''} on {scope}")
+            return {"scope": scope, "name": name, "model": model, "deleted": True}
 
         return self._audited("alias.delete", f"{scope}:{name}", delete)
 

@@ -93,8 +93,8 @@ class RemoteHub:
             params["limit"] = limit
         return self._call("GET", "/fleet/status", params={**params, "offset": offset})
 
-    def explain(self, device_id: str) -> dict:
-        return self._call("GET", f"/devices/{device_id}/explain")
+    def explain(self, device_id: str, model: str | None = None) -> dict:
+        return self._call("GET", f"/devices/{device_id}/explain", params={"model": model} if model else None)
 
     def device(self, device_id: str) -> dict:
         return self._call("GET", f"/devices/{device_id}")
@@ -137,8 +137,9 @@ class RemoteHub:
     def alias_set(self, name: str, request: AliasRequest) -> dict:
         return self._call("PUT", f"/aliases/{name}", json=request.model_dump())
 
-    def alias_delete(self, name: str, group: str | None = None, profile: str | None = None) -> dict:
-        params = {k: v for k, v in (("group", group), ("profile", profile)) if v}
+    def alias_delete(self, name: str, group: str | None = None, profile: str | None = None,
+                     model: str | None = None) -> dict:
+        params = {k: v for k, v in (("group", group), ("profile", profile), ("model", model)) if v}
         return self._call("DELETE", f"/aliases/{name}", params=params)
 
     def audit(self, *, limit: int = 100, offset: int = 0, actor: str | None = None) -> dict:

@@ -8,14 +8,17 @@ state as it is, so repeated reconciles publish nothing.
 of devices without parsing their desired states; `settle` takes both steps at once when the
 winner of the new target is already known (a rollback to a version the device has measured, a
 cohort winner the device has checked), so the device gets one desired state, not two.
+
+A device with several models plans each slot that way (`plan_device`): one new generation when
+any slot changed, a slot dropped when its model is no longer targeted. A v1 agent gets one slot.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from edgehub.hub.fleet.records import DesiredSummary
-from edgehub.protocol.messages import BenchmarkSettings, Candidate, DesiredState, now_utc
+from edgehub.hub.fleet.records import DesiredSummary, SlotSummary
+from edgehub.protocol.messages import BenchmarkSettings, Candidate, DesiredState, ModelSlot, now_utc
 from edgehub.protocol.telemetry import TelemetrySettings
 
 
@@ -82,3 +85,76 @@ def next_desired(device_id: str, current: DesiredState | None, deployment: tuple
     plan = plan_next(DesiredSummary.of(current) if current else None, deployment,
                      [c.variant_id for c in candidates], winner, settings)
     return desired_from(device_id, plan, candidates) if plan is not None else None
+
+
+class SlotWant(BaseModel):
+    """What reconciling decided for one model slot of a device."""
+
+    model_config = ConfigDict(frozen=True)
+
+    target: tuple[str, int]
+    candidate_ids: tuple[str, ...]
+    winner: str | None = None
+
+
+class DevicePlan(BaseModel):
+    """A device's next desired state: every slot, in order, minus the candidates' bodies."""
+
+    model_config = ConfigDict(frozen=True)
+
+    generation: int
+    slots: tuple[SlotSummary, ...]
+    benchmark: BenchmarkSettings
+    protocol: int
+
+
+def plan_device(current: DesiredSummary | None, wants: list[SlotWant], keep: set[str], settings: BenchmarkSettings,
+                protocol: int) -> DevicePlan | None:
+    """The next desired state of a device from its slots' wants, or None when nothing changes.
+
+    `keep`: models still targeted whose slots stay as they are (no variants for the profile yet);
+    a slot of any other model not in `wants` is dropped. Slots are ordered by model name. A v1
+    agent (`protocol` 1) gets the first want only: it runs one model."""
+    if protocol < 2:
+        wants, keep = wants[:1], set()
+    slots: dict[str, SlotSummary] = {}
+    for want in wants:
+        model, version = want.target
+        mine = current.for_slot(model) if current else None
+        plan = settle(mine, want.target, list(want.candidate_ids), want.winner, settings)
+        if plan is not None:
+            slots[model] = SlotSummary(model=model, version=version, candidate_ids=plan.candidate_ids,
+                                       activate=plan.activate)
+        elif mine is not None:
+            slots[model] = SlotSummary(model=model, version=mine.version or version,
+                                       candidate_ids=mine.candidate_ids, activate=mine.activate)
+    for old in (current.slot_summaries() if current else ()):
+        if old.model in keep and old.model not in slots:
+            slots[old.model] = old
+    if protocol < 2 and current is not None and not slots:
+        return None
+    ordered = tuple(slots[m] for m in sorted(slots)) if protocol >= 2 else tuple(slots.values())
+    if current is not None and ordered == current.slot_summaries() and current.benchmark == settings \
+            and min(protocol, 2) == current.protocol:
+        return None
+    if not ordered and current is None:
+        return None
+    return DevicePlan(generation=(current.generation + 1) if current else 1, slots=ordered, benchmark=settings,
+                      protocol=min(protocol, 2))
+
+
+def desired_of_plan(device_id: str, plan: DevicePlan, candidates: dict[str, list[Candidate]],
+                    telemetry: dict[str, TelemetrySettings | None]) -> DesiredState:
+    """The wire body of a device plan: v1 (one model, top-level fields) or v2 (slots).
+
+    `candidates` and `telemetry` are by model, the candidates in the slot's order."""
+    if plan.protocol < 2:
+        slot = plan.slots[0] if plan.slots else None
+        return DesiredState(device_id=device_id, generation=plan.generation, model=slot.model if slot else None,
+                            version=slot.version if slot else None, candidates=candidates.get(slot.model, []) if slot
+                            else [], activate=slot.activate if slot else None, benchmark=plan.benchmark,
+                            telemetry=telemetry.get(slot.model) if slot else None, at=now_utc())
+    return DesiredState(schema_version=2, device_id=device_id, generation=plan.generation, benchmark=plan.benchmark,
+                        slots=[ModelSlot(model=s.model, version=s.version, candidates=candidates.get(s.model, []),
+                                         activate=s.activate, telemetry=telemetry.get(s.model)) for s in plan.slots],
+                        at=now_utc())

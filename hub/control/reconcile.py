@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from edgehub.hub.control import cohorts
 from edgehub.hub.control.candidates import facts_of, reference_accuracy
 from edgehub.hub.control.cohort_plan import CohortPlanner, DevicePick
-from edgehub.hub.control.planner import desired_from, settle
+from edgehub.hub.control.memory_budget import SlotChoice, SlotOption, fit_budget
+from edgehub.hub.control.planner import SlotWant, desired_of_plan, plan_device
 from edgehub.hub.control.selection import Policy, select_variant
-from edgehub.hub.control.targets import Target, resolve_target
+from edgehub.hub.control.targets import Target, resolve_targets
 from edgehub.hub.fleet.groups import GroupSelector, parse_selector
 from edgehub.hub.fleet.records import AliasRecord, DeviceFacts, RolloutOutcome, SelectionRecord
 from edgehub.hub.fleet.sql import chunks
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.rollout.machine import RolloutState, late_member_stage, member_outcome
-from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Candidate, DesiredState
+from edgehub.protocol.messages import MAX_SLOTS, BenchmarkReport, BenchmarkSettings, Candidate, DesiredState
 from edgehub.protocol.telemetry import FieldReference, TelemetrySettings
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
@@ -71,14 +72,17 @@ class FleetReconciler:
         self._references: dict[str | None, FieldReference | None] = {}
         self._variants: dict[tuple[str, int, str], list[VariantRecord]] = {}
         self._version_of: dict[str, tuple[str, int] | None] = {}
-        self.production: dict[str, AliasRecord] = {}
+        self.production: dict[str, list[AliasRecord]] = {}  # scope -> its production aliases, one per model
         self.rollouts: dict[int, tuple[RolloutState, GroupSelector]] = {}
         self.refresh()
 
     # -- snapshots and caches (aliases and rollouts are few; variants never change) ----------------
 
     def refresh(self) -> None:
-        self.production = {a.scope: a for a in self.fleet.aliases() if a.name == "production"}
+        self.production = {}
+        for a in self.fleet.aliases():
+            if a.name == "production":
+                self.production.setdefault(a.scope, []).append(a)
         self.rollouts = {r.id: (RolloutState.model_validate(r.state), parse_selector(r.selector))
                          for r in self.fleet.rollouts(active_only=True)}
 
@@ -159,52 +163,114 @@ class FleetReconciler:
                 mine = [m for m in mine if m[0] != rollout_id]
         return mine
 
+    def _work_of(self, devices: dict[str, DeviceFacts], writes: Writes) -> tuple[dict[str, dict[str, Work]],
+                                                                                 dict[str, set[str]]]:
+        """model -> device -> Work, for every targeted model with variants for the device's profile
+        (a v1 agent: its newest target only); and device -> models targeted without variants yet."""
+        memberships = self.fleet.rollout_members(devices)
+        states = {rid: state for rid, (state, _) in self.rollouts.items()}
+        work: dict[str, dict[str, Work]] = {}
+        waiting: dict[str, set[str]] = {}
+        for d in devices.values():
+            mine = self._membership(d, memberships.get(d.id, []), writes)
+            targets = resolve_targets(d.profile, d.tags, self.production, mine, states)
+            for target in targets[:MAX_SLOTS] if d.protocol >= 2 else targets[:1]:
+                variants = self.variants(target.model, target.version, d.profile)
+                if not variants:
+                    waiting.setdefault(d.id, set()).add(target.model)
+                    continue
+                status = next((s for rid, _, s in mine if rid == target.rollout), None)
+                work.setdefault(target.model, {})[d.id] = Work(device=d, target=target, variants=variants,
+                                                               member_status=status)
+        return work, waiting
+
     def _reconcile_chunk(self, ids: list[str]) -> list[DesiredState]:
         writes = Writes()
         devices = self.fleet.device_facts(ids)
-        memberships = self.fleet.rollout_members(devices)
-        states = {rid: state for rid, (state, _) in self.rollouts.items()}
-        work: dict[str, Work] = {}
-        for d in devices.values():
-            mine = self._membership(d, memberships.get(d.id, []), writes)
-            target = resolve_target(d.profile, d.tags, self.production, mine, states)
-            variants = self.variants(target.model, target.version, d.profile) if target else []
-            if target is not None and variants:
-                status = next((s for rid, _, s in mine if rid == target.rollout), None)
-                work[d.id] = Work(device=d, target=target, variants=variants, member_status=status)
-        current = self.fleet.desired_summaries(work)
-        reported = self.fleet.reported_variants(work)
-        # Report bodies only where a decision can be made: a device with every candidate measured,
+        work, waiting = self._work_of(devices, writes)
+        slots_of: dict[str, list[Work]] = {}
+        for by_device in work.values():
+            for device_id, w in by_device.items():
+                slots_of.setdefault(device_id, []).append(w)
+        current = self.fleet.desired_summaries(slots_of)
+        reported = self.fleet.reported_variants(slots_of)
+        # Report bodies only where a decision can be made: a slot with every candidate measured,
         # or any member of a cohort (a follower measures one variant, samples decide for others).
         cohort_mode = self.cohort_policy is not None
-        wanted = [d for d, w in work.items() if (cohort_mode and w.device.cohort and reported.get(d))
-                  or set(w.variant_ids) <= reported.get(d, set())]
-        reports = self.fleet.report_facts(wanted, {v for d in wanted for v in work[d].variant_ids})
+        wanted = [d for d, ws in slots_of.items() if any(
+            (cohort_mode and w.device.cohort and reported.get(d)) or set(w.variant_ids) <= reported.get(d, set())
+            for w in ws)]
+        reports = self.fleet.report_facts(wanted, {v for d in wanted for w in slots_of[d] for v in w.variant_ids})
 
-        picks: dict[str, DevicePick] = {}
+        picks: dict[tuple[str, str], DevicePick] = {}
         if self.cohort_policy is not None:
             planner = CohortPlanner(self, self.cohort_policy)
-            picks = planner.plan({d: w for d, w in work.items() if w.device.cohort}, reports, writes)
-        new_selections: dict[str, SelectionRecord] = {}
-        for device_id, w in work.items():
-            pick = picks.get(device_id) or self._own_pick(w, reports.get(device_id, {}))
-            if pick.selection is not None:
-                new_selections[device_id] = pick.selection
-            self._rollout_outcome(w, pick, writes)
-            if pick.candidate_ids is None:
-                continue  # waiting for the cohort: the device keeps its desired state
-            plan = settle(current.get(device_id), w.target.key, pick.candidate_ids, pick.winner, self.benchmark)
+            for model, by_device in work.items():  # one model at a time: samples are per model version
+                planned = planner.plan({d: w for d, w in by_device.items() if w.device.cohort}, reports, writes)
+                picks.update({(d, model): p for d, p in planned.items()})
+        new_selections: dict[tuple[str, str], SelectionRecord] = {}
+        for device_id, ws in slots_of.items():
+            mine = {w.target.model: picks.get((device_id, w.target.model))
+                    or self._own_pick(w, reports.get(device_id, {})) for w in ws}
+            if len(ws) > 1:
+                mine = self._within_memory(ws, mine, reports.get(device_id, {}))
+            wants, keep = [], set(waiting.get(device_id, ()))
+            for w in ws:
+                pick = mine[w.target.model]
+                if pick.selection is not None:
+                    new_selections[(device_id, w.target.model)] = pick.selection
+                self._rollout_outcome(w, pick, writes)
+                if pick.candidate_ids is None:
+                    keep.add(w.target.model)  # waiting for the cohort: the slot stays as it is
+                else:
+                    wants.append(SlotWant(target=w.target.key, candidate_ids=tuple(pick.candidate_ids),
+                                          winner=pick.winner))
+            device = ws[0].device
+            plan = plan_device(current.get(device_id), wants, keep, self.benchmark, device.protocol)
             if plan is not None:
-                by_id = {v.id: v for v in w.variants}
-                writes.desired.append(desired_from(device_id, plan, [self.candidate(device_id, by_id[v])
-                                                                     for v in plan.candidate_ids],
-                                                   telemetry=self.telemetry_for(w.variants)))
-        previous = self.fleet.selection_digests(new_selections)
-        writes.selections = [r for d, r in new_selections.items() if previous.get(d) != r.digest()]
+                by_id = {v.id: v for w in ws for v in w.variants}
+                variants_of = {w.target.model: w.variants for w in ws}
+                candidates = {s.model: [self.candidate(device_id, by_id[v]) for v in s.candidate_ids if v in by_id]
+                              for s in plan.slots}
+                telemetry = {s.model: self.telemetry_for(variants_of.get(s.model) or []) for s in plan.slots}
+                writes.desired.append(desired_of_plan(device_id, plan, candidates, telemetry))
+        previous = self.fleet.selection_digests({d for d, _ in new_selections})
+        writes.selections = [r for k, r in new_selections.items() if previous.get(k) != r.digest()]
         self.fleet.save_plans(desired=writes.desired, selections=writes.selections, samples=writes.samples,
                               decisions=writes.decisions, outcomes=writes.outcomes, members=writes.members,
                               left=writes.left, changes=writes.changes)
         return writes.desired
+
+    def _within_memory(self, ws: list[Work], picks: dict[str, DevicePick],
+                       own: dict[str, BenchmarkReport]) -> dict[str, DevicePick]:
+        """The slots' winners, moved or left out where together they exceed the device's memory."""
+        device = ws[0].device
+        limit = self.policy_for(device.profile).memory_limit_mb
+        choices = []
+        for w in ws:
+            pick = picks[w.target.model]
+            if pick.winner is None:
+                continue
+            verdicts = (pick.selection.explanation.get("own") or pick.selection.explanation
+                        if pick.selection else {}).get("verdicts", [])
+            others = sorted((v for v in verdicts if v.get("eligible") and v["variant_id"] != pick.winner
+                             and v["variant_id"] in own), key=lambda v: v.get("p50_ms") or 0)
+            options = [pick.winner, *(v["variant_id"] for v in others)]
+            choices.append(SlotChoice(model=w.target.model, running=device.runs(pick.winner), options=[
+                SlotOption(variant_id=v, peak_mb=own[v].peak_rss_mb if v in own else None,
+                           p50_ms=own[v].latency.p50_ms if v in own and own[v].latency else None) for v in options]))
+        outcome = fit_budget(choices, limit)
+        changed = dict(picks)
+        for model, why in outcome.reasons.items():
+            pick = picks[model]
+            winner = outcome.winners[model]
+            selection = pick.selection.model_copy(update={
+                "winner": winner, "explanation": {**pick.selection.explanation, "winner": winner,
+                                                  "memory": {"limit_mb": limit, "reason": why}}}) \
+                if pick.selection else None
+            changed[model] = DevicePick(candidate_ids=pick.candidate_ids, winner=winner, selection=selection,
+                                        nothing_eligible=pick.nothing_eligible)
+        return changed
 
     def _own_pick(self, w: Work, own: dict[str, BenchmarkReport]) -> DevicePick:
         """Per-device selection: benchmark every candidate, activate the device's own winner."""
@@ -223,7 +289,7 @@ class FleetReconciler:
             return
         # Already running the new version's winner (e.g. a late member) counts as activated.
         outcome = member_outcome(nothing_eligible=pick.nothing_eligible, running_new_winner=(
-            w.device.active_variant is not None and w.device.active_variant == pick.winner))
+            w.device.runs(pick.winner)))
         if outcome is not None:
             status, detail = outcome
             writes.outcomes.append(RolloutOutcome(rollout_id=w.target.rollout, device_id=w.device.id, status=status,

@@ -43,9 +43,9 @@ def apply_states(session, states: list[DeviceState], cohort_of: CohortOf | None)
     ids = list(dict.fromkeys(s.device_id for s in states))
     known = {r.id: r for chunk in chunks(ids) for r in session.execute(
         select(table.c.id, table.c.profile, table.c.online, table.c.state, table.c.active_variant,
-               table.c.cohort).where(table.c.id.in_(chunk)))}
-    work = {i: dict(online=r.online, state=r.state, active_variant=r.active_variant, cohort=r.cohort)
-            for i, r in known.items()}
+               table.c.cohort, table.c.protocol, table.c.active_variants).where(table.c.id.in_(chunk)))}
+    work = {i: dict(online=r.online, state=r.state, active_variant=r.active_variant, cohort=r.cohort,
+                    protocol=r.protocol or 1, active_variants=r.active_variants) for i, r in known.items()}
     now, changed = utcnow(), set()
     for s in states:
         w = work.get(s.device_id)
@@ -54,6 +54,7 @@ def apply_states(session, states: list[DeviceState], cohort_of: CohortOf | None)
         came_online = s.online and not w["online"]
         if s.online or w["state"] is None:
             w["state"], w["active_variant"] = s.model_dump(mode="json"), s.active_variant
+            w["protocol"], w["active_variants"] = s.schema_version, s.active_variants
             cohort = cohort_of(known[s.device_id].profile, s) if cohort_of and s.hardware else None
             if cohort is not None:
                 w["cohort"] = cohort
@@ -61,12 +62,14 @@ def apply_states(session, states: list[DeviceState], cohort_of: CohortOf | None)
             w["state"] = {**w["state"], "online": False}
         w["online"] = s.online
         before = known[s.device_id]
-        if came_online or w["active_variant"] != before.active_variant or w["cohort"] != before.cohort:
+        if came_online or w["active_variant"] != before.active_variant or w["cohort"] != before.cohort \
+                or w["protocol"] != (before.protocol or 1) or w["active_variants"] != before.active_variants:
             changed.add(s.device_id)
     if work:
         session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
             online=bindparam("online"), state=bindparam("state"), active_variant=bindparam("active_variant"),
-            cohort=bindparam("cohort"), last_seen=bindparam("last_seen")),
+            cohort=bindparam("cohort"), last_seen=bindparam("last_seen"), protocol=bindparam("protocol"),
+            active_variants=bindparam("active_variants")),
             [dict(b_id=i, last_seen=now, **w) for i, w in work.items()])
     return changed, set(ids) - set(known)
 
@@ -178,10 +181,12 @@ class DeviceTable:
         t = DeviceRow.__table__
         with self.db.sessions() as session:
             return {r.id: DeviceFacts(id=r.id, profile=r.profile, tags=r.tags or [], online=bool(r.online),
-                                      active_variant=r.active_variant, cohort=r.cohort)
+                                      active_variant=r.active_variant, cohort=r.cohort, protocol=r.protocol or 1,
+                                      active_variants=r.active_variants or [])
                     for chunk in chunks(list(dict.fromkeys(device_ids)))
                     for r in session.execute(select(t.c.id, t.c.profile, t.c.tags, t.c.online, t.c.active_variant,
-                                                    t.c.cohort).where(t.c.id.in_(chunk)))}
+                                                    t.c.cohort, t.c.protocol, t.c.active_variants)
+                                             .where(t.c.id.in_(chunk)))}
 
     def device_ids(self, *, profile: str | None = None, tag: str | None = None,
                    cohort: str | None = None) -> list[str]:

@@ -63,20 +63,26 @@ def store_telemetry(session, events: list[FieldTelemetry], reference_of: Referen
             refs[e.variant_id] = reference_of(e.variant_id) if reference_of else None
         rows.append(_row(e, refs[e.variant_id]))
     stored = set(insert_ignoring_duplicates(session, TelemetryRow.__table__, rows))
-    newest: dict[str, dict] = {}
+    # The newest figures per device and model slot ("" for a one-model agent, which names none).
+    slot_of = {e.event_id: e.slot or "" for e in events}
+    p50_of = {e.event_id: e.stats.latency_ms(0.5) for e in events}
+    newest: dict[tuple[str, str], dict] = {}
     for row in rows:
-        if row["event_id"] in stored and (row["device_id"] not in newest or row["end"] >= newest[row["device_id"]]["end"]):
-            newest[row["device_id"]] = row
+        key = (row["device_id"], slot_of[row["event_id"]])
+        if row["event_id"] in stored and (key not in newest or row["end"] >= newest[key]["end"]):
+            newest[key] = row
     minutes = lambda r: max((r["end"] - r["start"]).total_seconds() / 60, 1 / 60)  # noqa: E731
-    # An interval with too few requests to measure drift keeps the device's last measured drift.
-    unmeasured = [d for d, r in newest.items() if r["drift"] is None]
-    kept = {d: drift for chunk in chunks(unmeasured) for d, drift in session.execute(
-        select(DeviceFieldRow.device_id, DeviceFieldRow.drift).where(DeviceFieldRow.device_id.in_(chunk)))}
-    upsert(session, DeviceFieldRow.__table__, [
-        dict(device_id=d, variant_id=r["variant_id"], end=r["end"], requests_per_min=r["requests"] / minutes(r),
-             error_rate=r["errors"] / max(1, r["requests"] + r["errors"]), p99_ms=r["p99_ms"],
-             drift=r["drift"] if r["drift"] is not None else kept.get(d))
-        for d, r in newest.items()], ["device_id"], where=lambda table, new: table.c.end <= new.end)
+    # An interval with too few requests to measure drift keeps the slot's last measured drift.
+    unmeasured = sorted({d for (d, _), r in newest.items() if r["drift"] is None})
+    f = DeviceFieldRow.__table__
+    kept = {(d, slot): drift for chunk in chunks(unmeasured) for d, slot, drift in session.execute(
+        select(f.c.device_id, f.c.slot, f.c.drift).where(f.c.device_id.in_(chunk)))}
+    upsert(session, f, [
+        dict(device_id=d, slot=slot, variant_id=r["variant_id"], end=r["end"], requests_per_min=r["requests"] / minutes(r),
+             error_rate=r["errors"] / max(1, r["requests"] + r["errors"]), requests=r["requests"], errors=r["errors"],
+             p50_ms=p50_of[r["event_id"]], p99_ms=r["p99_ms"],
+             drift=r["drift"] if r["drift"] is not None else kept.get((d, slot)))
+        for (d, slot), r in newest.items()], ["device_id", "slot"], where=lambda table, new: table.c.end <= new.end)
     return stored
 
 
@@ -138,10 +144,15 @@ class FieldTables:
                     devices.add(device_id)
         return total, len(devices)
 
-    def field_summary(self, device_ids: Iterable[str]) -> dict[str, DeviceFieldRow]:
+    def field_summary(self, device_ids: Iterable[str]) -> dict[str, list[DeviceFieldRow]]:
+        """device -> its newest field figures, one row per model slot."""
+        found: dict[str, list[DeviceFieldRow]] = {}
         with self.db.sessions() as session:
-            return {r.device_id: r for chunk in chunks(list(dict.fromkeys(device_ids)))
-                    for r in session.scalars(select(DeviceFieldRow).where(DeviceFieldRow.device_id.in_(chunk)))}
+            for chunk in chunks(list(dict.fromkeys(device_ids))):
+                for r in session.scalars(select(DeviceFieldRow).where(DeviceFieldRow.device_id.in_(chunk))
+                                         .order_by(DeviceFieldRow.slot)):
+                    found.setdefault(r.device_id, []).append(r)
+        return found
 
     def downsample(self, now: datetime | None = None, raw_for: timedelta = RAW_FOR,
                    keep_for: timedelta = KEEP_FOR) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from edgehub.hub.fleet.records import (
     DesiredSummary,
     RolloutOutcome,
     SelectionRecord,
+    SlotSummary,
 )
 from edgehub.hub.fleet.schema import (
     AliasRow,
@@ -36,9 +37,11 @@ CohortKey = tuple[str, str, int]  # (cohort, model, version)
 
 
 def _desired_row(d: DesiredState, now: datetime) -> dict:
+    summary = DesiredSummary.of(d)
     return dict(device_id=d.device_id, generation=d.generation, body=d.model_dump(mode="json"), updated_at=now,
-                model=d.model, version=d.version, activate=d.activate,
-                candidate_ids=[c.variant_id for c in d.candidates], benchmark=d.benchmark.model_dump(mode="json"))
+                model=summary.model, version=summary.version, activate=summary.activate,
+                candidate_ids=list(summary.candidate_ids), benchmark=d.benchmark.model_dump(mode="json"),
+                slots=[s.model_dump(mode="json") for s in summary.slots] if d.slots is not None else None)
 
 
 def _selection_row(s: SelectionRecord) -> dict:
@@ -47,15 +50,19 @@ def _selection_row(s: SelectionRecord) -> dict:
 
 def write_alias(session, scope: str, name: str, model: str, version: int, now: datetime) -> None:
     upsert(session, AliasRow.__table__, [dict(scope=scope, name=name, model=model, version=version,
-                                              updated_at=now)], ["scope", "name"])
+                                              updated_at=now)], ["scope", "name", "model"])
     kind, key = scope.split(":", 1)
     if kind == "profile" and name == "production":  # the profile's deployment history agrees
         session.add(DeploymentRow(model=model, version=version, profile=key, created_at=now))
     note_change(session, kind, [key])
 
 
-def remove_alias(session, scope: str, name: str) -> bool:
-    gone = session.execute(delete(AliasRow).where(AliasRow.scope == scope, AliasRow.name == name)).rowcount
+def remove_alias(session, scope: str, name: str, model: str | None = None) -> bool:
+    """Remove the scope's alias `name` of `model` (None: of every model)."""
+    query = delete(AliasRow).where(AliasRow.scope == scope, AliasRow.name == name)
+    if model is not None:
+        query = query.where(AliasRow.model == model)
+    gone = session.execute(query).rowcount
     if gone:
         kind, key = scope.split(":", 1)
         note_change(session, kind, [key])
@@ -84,11 +91,14 @@ class PlanTables:
         with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for r in session.execute(select(t.c.device_id, t.c.generation, t.c.model, t.c.version, t.c.activate,
-                                                t.c.candidate_ids, t.c.benchmark).where(t.c.device_id.in_(chunk))):
+                                                t.c.candidate_ids, t.c.benchmark, t.c.slots)
+                                         .where(t.c.device_id.in_(chunk))):
                     found[r.device_id] = DesiredSummary(
                         generation=r.generation, model=r.model, version=r.version,
                         candidate_ids=tuple(r.candidate_ids or ()), activate=r.activate,
-                        benchmark=BenchmarkSettings.model_validate(r.benchmark or {}))
+                        benchmark=BenchmarkSettings.model_validate(r.benchmark or {}),
+                        slots=tuple(SlotSummary.model_validate(s) for s in r.slots or ()),
+                        protocol=2 if r.slots is not None else 1)
         return found
 
     def desired_pages(self, device_ids: Iterable[str] | None = None, page: int = 500) -> Iterable[list[dict]]:
@@ -120,14 +130,18 @@ class PlanTables:
                 session.add(DeploymentRow(model=model, version=version, profile=profile, created_at=now))
             upsert(session, AliasRow.__table__, [dict(scope=f"profile:{p}", name="production", model=model,
                                                       version=version, updated_at=now) for p in profiles],
-                   ["scope", "name"])
+                   ["scope", "name", "model"])
             note_change(session, "profile", profiles)
 
-    def deployment_for(self, profile: str) -> tuple[str, int] | None:
-        """What the profile runs in production: its `production` alias, the one source of truth
-        (what devices are targeted at, hub/control/targets.py). Deployment rows are the history."""
+    def deployment_for(self, profile: str, model: str | None = None) -> tuple[str, int] | None:
+        """What the profile runs in production: its `production` alias (of `model`; without one,
+        the newest), the one source of truth (what devices are targeted at, hub/control/targets.py).
+        Deployment rows are the history."""
+        query = select(AliasRow).where(AliasRow.scope == f"profile:{profile}", AliasRow.name == "production")
+        if model is not None:
+            query = query.where(AliasRow.model == model)
         with self.db.sessions() as session:
-            row = session.get(AliasRow, (f"profile:{profile}", "production"))
+            row = session.scalars(query.order_by(AliasRow.updated_at.desc()).limit(1)).first()
             return (row.model, row.version) if row else None
 
     def set_alias(self, scope: str, name: str, model: str, version: int) -> AliasRecord:
@@ -136,9 +150,9 @@ class PlanTables:
             write_alias(session, scope, name, model, version, now)
         return AliasRecord(scope=scope, name=name, model=model, version=version, updated_at=now)
 
-    def delete_alias(self, scope: str, name: str) -> bool:
+    def delete_alias(self, scope: str, name: str, model: str | None = None) -> bool:
         with self.db.sessions.begin() as session:
-            return remove_alias(session, scope, name)
+            return remove_alias(session, scope, name, model)
 
     def aliases(self, scope: str | None = None) -> list[AliasRecord]:
         query = select(AliasRow).order_by(AliasRow.scope, AliasRow.name)
@@ -153,25 +167,33 @@ class PlanTables:
     def save_selection(self, record: SelectionRecord) -> None:
         self.save_plans(selections=[record])
 
-    def selection(self, device_id: str) -> SelectionRecord | None:
-        return self.selections_many([device_id]).get(device_id)
+    def selection(self, device_id: str, model: str | None = None) -> SelectionRecord | None:
+        """The device's selection for `model`; without a model, its first slot's."""
+        found = self.selections_many([device_id]).get(device_id, [])
+        if model is None:
+            with self.db.sessions() as session:
+                model = session.scalar(select(DesiredRow.model).where(DesiredRow.device_id == device_id))
+        return next((s for s in found if s.model == model), found[0] if found else None)
 
-    def selections_many(self, device_ids: Iterable[str]) -> dict[str, SelectionRecord]:
-        found = {}
+    def selections_many(self, device_ids: Iterable[str]) -> dict[str, list[SelectionRecord]]:
+        """device -> its selections, one per model slot, by model name."""
+        found: dict[str, list[SelectionRecord]] = {}
         with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
-                for r in session.scalars(select(SelectionRow).where(SelectionRow.device_id.in_(chunk))):
-                    found[r.device_id] = SelectionRecord(device_id=r.device_id, model=r.model, version=r.version,
-                                                         winner=r.winner, explanation=r.explanation,
-                                                         decided_at=r.decided_at)
+                for r in session.scalars(select(SelectionRow).where(SelectionRow.device_id.in_(chunk))
+                                         .order_by(SelectionRow.model)):
+                    found.setdefault(r.device_id, []).append(SelectionRecord(
+                        device_id=r.device_id, model=r.model, version=r.version, winner=r.winner,
+                        explanation=r.explanation, decided_at=r.decided_at))
         return found
 
-    def selection_digests(self, device_ids: Iterable[str]) -> dict[str, str | None]:
-        """device -> digest of its stored selection (no explanation bodies read)."""
+    def selection_digests(self, device_ids: Iterable[str]) -> dict[tuple[str, str], str | None]:
+        """(device, model) -> digest of its stored selection (no explanation bodies read)."""
         t = SelectionRow.__table__
         with self.db.sessions() as session:
-            return {d: digest for chunk in chunks(list(dict.fromkeys(device_ids)))
-                    for d, digest in session.execute(select(t.c.device_id, t.c.digest).where(t.c.device_id.in_(chunk)))}
+            return {(d, m): digest for chunk in chunks(list(dict.fromkeys(device_ids)))
+                    for d, m, digest in session.execute(select(t.c.device_id, t.c.model, t.c.digest)
+                                                        .where(t.c.device_id.in_(chunk)))}
 
     # -- cohorts --------------------------------------------------------------------------------------
 
@@ -213,7 +235,7 @@ class PlanTables:
         now = utcnow()
         with self.db.sessions.begin() as session:
             upsert(session, DesiredRow.__table__, [_desired_row(d, now) for d in desired], ["device_id"])
-            upsert(session, SelectionRow.__table__, [_selection_row(s) for s in selections], ["device_id"])
+            upsert(session, SelectionRow.__table__, [_selection_row(s) for s in selections], ["device_id", "model"])
             insert_ignoring_duplicates(session, CohortSampleRow.__table__, [
                 dict(cohort=k[0], model=k[1], version=k[2], device_id=d, reason=why, added_at=now)
                 for k, d, why in samples])

@@ -48,6 +48,11 @@ class DeviceFacts(BaseModel):
     online: bool = False
     active_variant: str | None = None
     cohort: str | None = None
+    protocol: int = 1  # the agent's announced protocol version: 2 takes several model slots
+    active_variants: list[str] = []  # every slot's
+
+    def runs(self, variant_id: str | None) -> bool:
+        return variant_id is not None and (variant_id == self.active_variant or variant_id in self.active_variants)
 
 
 class SelectionRecord(BaseModel):
@@ -64,8 +69,22 @@ class SelectionRecord(BaseModel):
         return hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
+class SlotSummary(BaseModel):
+    """One model slot of a stored desired state."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    version: int
+    candidate_ids: tuple[str, ...] = ()
+    activate: str | None = None
+
+
 class DesiredSummary(BaseModel):
-    """A stored desired state without its candidates' bodies: what planning compares against."""
+    """A stored desired state without its candidates' bodies: what planning compares against.
+
+    The top-level model fields are the first slot's (a v1 body has only those); `slots` has every
+    slot; `protocol` is the layout the body was sent in (1: one model, 2: slots)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -75,12 +94,34 @@ class DesiredSummary(BaseModel):
     candidate_ids: tuple[str, ...] = ()
     activate: str | None = None
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    slots: tuple[SlotSummary, ...] = ()
+    protocol: int = 1
+
+    def slot_summaries(self) -> tuple[SlotSummary, ...]:
+        if self.slots:
+            return self.slots
+        if self.model is None:
+            return ()
+        return (SlotSummary(model=self.model, version=self.version or 0, candidate_ids=self.candidate_ids,
+                            activate=self.activate),)
+
+    def for_slot(self, model: str) -> DesiredSummary | None:
+        """This summary as a one-model one, for the slot of `model` (None: no such slot)."""
+        slot = next((s for s in self.slot_summaries() if s.model == model), None)
+        if slot is None:
+            return None
+        return DesiredSummary(generation=self.generation, model=slot.model, version=slot.version,
+                              candidate_ids=slot.candidate_ids, activate=slot.activate, benchmark=self.benchmark)
 
     @classmethod
     def of(cls, desired: DesiredState) -> DesiredSummary:
-        return cls(generation=desired.generation, model=desired.model, version=desired.version,
-                   candidate_ids=tuple(c.variant_id for c in desired.candidates), activate=desired.activate,
-                   benchmark=desired.benchmark)
+        slots = tuple(SlotSummary(model=s.model, version=s.version, candidate_ids=tuple(c.variant_id for c in s.candidates),
+                                  activate=s.activate) for s in desired.model_slots())
+        first = slots[0] if slots else None
+        return cls(generation=desired.generation, model=first.model if first else None,
+                   version=first.version if first else None, candidate_ids=first.candidate_ids if first else (),
+                   activate=first.activate if first else None, benchmark=desired.benchmark,
+                   slots=slots if desired.slots is not None else (), protocol=2 if desired.slots is not None else 1)
 
 
 class EnrollRequest(BaseModel):

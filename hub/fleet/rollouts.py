@@ -28,7 +28,7 @@ def _apply_alias_effects(session, scope: str, effects: Iterable[dict], now: date
         if e["action"] == "set":
             write_alias(session, scope, e["name"], e["model"], e["version"], now)
         else:
-            remove_alias(session, scope, e["name"])
+            remove_alias(session, scope, e["name"], e.get("model"))
 
 
 

@@ -34,6 +34,10 @@ class DeviceRow(Base):
     simulated: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     # Profile + hardware + runtimes (hub/control/cohorts.py): devices that share benchmark results.
     cohort: Mapped[str | None] = mapped_column(String, nullable=True, index=True)
+    # The protocol version the agent announced (1 until it says otherwise): 2 takes model slots.
+    protocol: Mapped[int] = mapped_column(Integer, default=1)
+    # Every slot's active variant (active_variant above is the first slot's).
+    active_variants: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class DeviceTagRow(Base):
@@ -52,12 +56,14 @@ class DesiredRow(Base):
     generation: Mapped[int] = mapped_column(Integer)
     body: Mapped[dict] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    # What planning needs, without parsing the body (candidates carry signed manifests).
+    # What planning needs, without parsing the body (candidates carry signed manifests): the
+    # first slot in these columns (what queries by model read), every slot in `slots`.
     model: Mapped[str | None] = mapped_column(String, nullable=True)
     version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     activate: Mapped[str | None] = mapped_column(String, nullable=True)
     candidate_ids: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     benchmark: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    slots: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class EventRow(Base):
@@ -122,12 +128,12 @@ class DeploymentRow(Base):
 
 
 class SelectionRow(Base):
-    """The hub's latest decision for a device, with the explanation for every variant."""
+    """The hub's latest decision for a device's model slot, with the explanation for every variant."""
 
     __tablename__ = "selections"
 
     device_id: Mapped[str] = mapped_column(String, primary_key=True)
-    model: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     winner: Mapped[str | None] = mapped_column(String, nullable=True)
     explanation: Mapped[dict] = mapped_column(JSON)
@@ -138,13 +144,14 @@ class SelectionRow(Base):
 
 class AliasRow(Base):
     """A named pointer to a model version for a scope ("profile:<name>" or "group:<tag>"),
-    MLflow-style: `production` is what the scope runs, `canary` what a rollout is trying."""
+    MLflow-style: `production` is what the scope runs, `canary` what a rollout is trying. One per
+    model: a scope runs each model it has a `production` alias for, side by side (model slots)."""
 
     __tablename__ = "aliases"
 
     scope: Mapped[str] = mapped_column(String, primary_key=True)
     name: Mapped[str] = mapped_column(String, primary_key=True)
-    model: Mapped[str] = mapped_column(String)
+    model: Mapped[str] = mapped_column(String, primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
@@ -246,14 +253,19 @@ class TelemetryRow(Base):
 
 
 class DeviceFieldRow(Base):
-    """A device's newest field figures (what `fleet status` shows), kept at ingest: one row per device."""
+    """A device's newest field figures (what `fleet status` shows), kept at ingest: one row per
+    device and model slot ("" for a one-model agent's)."""
 
     __tablename__ = "device_field"
 
     device_id: Mapped[str] = mapped_column(String, primary_key=True)
+    slot: Mapped[str] = mapped_column(String, primary_key=True, default="")
     variant_id: Mapped[str | None] = mapped_column(String, nullable=True)
     end: Mapped[datetime] = mapped_column(UTCDateTime)
     requests_per_min: Mapped[float] = mapped_column(Float)
     error_rate: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(Integer, default=0)  # in the newest interval
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     p99_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     drift: Mapped[float | None] = mapped_column(Float, nullable=True)

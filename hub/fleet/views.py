@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, case, exists, func, or_, select
 
 from edgehub.hub.fleet.db import FleetDb
 from edgehub.hub.fleet.records import ACTIVE_ROLLOUT
@@ -72,23 +72,28 @@ class ViewQueries:
         d, s, b, q = DeviceRow.__table__, SelectionRow.__table__, BenchmarkRow.__table__, DesiredRow.__table__
         e, f = EventStreamRow.__table__, DeviceFieldRow.__table__
         query = where.apply(
-            select(d.c.id, d.c.profile, d.c.online, d.c.last_seen, d.c.active_variant, d.c.simulated, d.c.cohort,
+            select(d.c.id, d.c.profile, d.c.online, d.c.last_seen, d.c.active_variant, d.c.active_variants,
+                   d.c.simulated, d.c.cohort,
                    d.c.tags, d.c.state["runtimes"].label("runtimes"), s.c.winner, b.c.p50_ms, b.c.runtime,
-                   q.c.generation, q.c.model, q.c.version, e.c.received, e.c.missing,
+                   q.c.generation, q.c.model, q.c.version, q.c.slots, e.c.received, e.c.missing,
                    f.c.requests_per_min, f.c.error_rate, f.c.p99_ms.label("field_p99_ms"), f.c.drift,
                    f.c.end.label("field_at"))
             .select_from(d)
-            .outerjoin(s, s.c.device_id == d.c.id)
-            .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
             .outerjoin(q, q.c.device_id == d.c.id)
+            # The first slot's selection, benchmark and field figures; every slot's in "models".
+            .outerjoin(s, and_(s.c.device_id == d.c.id, or_(s.c.model == q.c.model, q.c.model.is_(None))))
+            .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
             .outerjoin(e, e.c.device_id == d.c.id)
-            .outerjoin(f, f.c.device_id == d.c.id)).order_by(d.c.id).offset(offset)
+            .outerjoin(f, and_(f.c.device_id == d.c.id, f.c.variant_id == d.c.active_variant))
+        ).order_by(d.c.id).offset(offset)
         if limit is not None:
             query = query.limit(limit)
         with self.db.sessions() as session:
             rows = session.execute(query).all()
-            variants = self._variant_facts(session, {r.active_variant for r in rows if r.active_variant})
+            variants = self._variant_facts(session, {v for r in rows for v in (r.active_variants or [r.active_variant])
+                                                     if v})
             rollouts = self._rollout_of(session, [r.id for r in rows])
+            models = self._models_of(session, rows, variants)
         out = []
         for r in rows:
             v = variants.get(r.active_variant)
@@ -106,7 +111,50 @@ class ViewQueries:
                 "field": {"requests_per_min": r.requests_per_min, "error_rate": r.error_rate, "p99_ms": r.field_p99_ms,
                           "drift": r.drift, "at": r.field_at.isoformat()} if r.field_at else None,
                 "last_seen": r.last_seen.isoformat() if r.last_seen else None,
+                # One entry per model slot: what it runs, its benchmark and its newest field interval.
+                "models": models.get(r.id, []),
             })
+        return out
+
+    @staticmethod
+    def _models_of(session, rows: list, variants: dict[str, dict]) -> dict[str, list[dict]]:
+        """device -> its model slots (the desired ones, and any slot it still serves), each with the
+        variant it runs, the selection, the benchmark p50 and the newest field interval."""
+        ids = [r.id for r in rows]
+        s, b, f = SelectionRow.__table__, BenchmarkRow.__table__, DeviceFieldRow.__table__
+        selected, p50, field = {}, {}, {}
+        running = {v for r in rows for v in (r.active_variants or [r.active_variant]) if v}
+        for chunk in chunks(ids):
+            selected.update({(d, m): (v, w) for d, m, v, w in session.execute(
+                select(s.c.device_id, s.c.model, s.c.version, s.c.winner).where(s.c.device_id.in_(chunk)))})
+            p50.update({(d, v): ms for d, v, ms in session.execute(
+                select(b.c.device_id, b.c.variant_id, b.c.p50_ms).where(b.c.device_id.in_(chunk),
+                                                                        b.c.variant_id.in_(sorted(running))))})
+            for row in session.execute(select(f).where(f.c.device_id.in_(chunk))):
+                field[(row.device_id, row.variant_id)] = {
+                    "requests": row.requests or 0, "errors": row.errors or 0, "p50_ms": row.p50_ms,
+                    "p99_ms": row.p99_ms, "requests_per_min": row.requests_per_min, "error_rate": row.error_rate,
+                    "drift": row.drift, "at": row.end.isoformat()}
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            active = {variants[v]["model"]: v for v in (r.active_variants or [r.active_variant]) if v in variants}
+            desired = [(x["model"], x["version"]) for x in r.slots] if r.slots is not None else \
+                ([(r.model, r.version)] if r.model else [])
+            names = dict(desired)
+            for m in active:
+                names.setdefault(m, variants[active[m]]["version"])
+            entries = []
+            for model in sorted(names):
+                variant = active.get(model)
+                facts = variants.get(variant) if variant else None
+                version, winner = selected.get((r.id, model), (None, None))
+                entries.append({"model": model, "desired_version": names[model] if model in dict(desired) else None,
+                                "version": facts["version"] if facts else None, "variant": variant,
+                                "label": facts["label"] if facts else None, "selected_variant": winner,
+                                "accuracy": facts["accuracy"] if facts else None,
+                                "p50_ms": p50.get((r.id, variant)) if variant else None,
+                                "field": field.get((r.id, variant)) if variant else None})
+            out[r.id] = entries
         return out
 
     @staticmethod
@@ -139,10 +187,12 @@ class ViewQueries:
         per active rollout (stage x outcome)."""
         where = where or StatusFilter()
         d, s = DeviceRow.__table__, SelectionRow.__table__
-        settled = case((and_(d.c.active_variant.is_not(None), d.c.active_variant == s.c.winner), 1), else_=0)
+        # Settled: the device runs what the hub selected for it (a slot's selection names its winner).
+        settled = case((and_(d.c.active_variant.is_not(None), exists().where(
+            s.c.device_id == d.c.id, s.c.winner == d.c.active_variant)), 1), else_=0)
         query = where.apply(select(d.c.profile, func.count(), func.sum(case((d.c.online, 1), else_=0)),
                                    func.sum(case((d.c.simulated, 1), else_=0)), func.sum(settled))
-                            .select_from(d).outerjoin(s, s.c.device_id == d.c.id)).group_by(d.c.profile)
+                            .select_from(d)).group_by(d.c.profile)
         summary: dict[str, Any] = {"devices": 0, "online": 0, "simulated": 0, "settled": 0, "profiles": {}}
         with self.db.sessions() as session:
             for profile, n, online, simulated, done in session.execute(query):
@@ -159,8 +209,8 @@ class ViewQueries:
                                .select_from(d).join(e, e.c.device_id == d.c.id).where(e.c.missing > 0))
             missing, devices = session.execute(lost).one()
             f = DeviceFieldRow.__table__
-            drifting = session.scalar(where.apply(select(func.count()).select_from(d).join(f, f.c.device_id == d.c.id)
-                                                  .where(f.c.drift > DRIFT_ALERT_PSI)))
+            drifting = session.scalar(where.apply(select(func.count(func.distinct(d.c.id))).select_from(d)
+                                                  .join(f, f.c.device_id == d.c.id).where(f.c.drift > DRIFT_ALERT_PSI)))
         summary["events_missing"] = {"events": int(missing), "devices": int(devices)}
         # Devices whose served inputs no longer look like the eval set (input PSI over DRIFT_ALERT_PSI).
         summary["drift"] = {"devices": int(drifting or 0), "threshold": DRIFT_ALERT_PSI}

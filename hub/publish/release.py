@@ -24,7 +24,7 @@ def deploy(fleet: FleetStore, outcome: PublishOutcome, profiles: list[str]) -> l
     of the profile, now and when devices enrol later.
     """
     target = (outcome.version.name, outcome.version.version)
-    changed = [p for p in dict.fromkeys(profiles) if fleet.deployment_for(p) != target]
+    changed = [p for p in dict.fromkeys(profiles) if fleet.deployment_for(p, target[0]) != target]
     if changed:
         fleet.deploy(target[0], target[1], changed)
     return changed

@@ -347,9 +347,9 @@ def alias_effects(before: RolloutState | None, after: RolloutState) -> list[Alia
         return [AliasEffect(action="set", name="canary", model=spec.model, version=spec.version)]
     if after.status == "completed":
         return [AliasEffect(action="set", name="production", model=spec.model, version=spec.version),
-                AliasEffect(action="delete", name="canary")]
+                AliasEffect(action="delete", name="canary", model=spec.model)]
     if after.status in ("rolled_back", "aborted"):
-        return [AliasEffect(action="delete", name="canary")]
+        return [AliasEffect(action="delete", name="canary", model=spec.model)]
     return []
 
 

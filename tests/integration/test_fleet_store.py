@@ -296,6 +296,9 @@ def test_deployments_newest_per_profile_wins(store: FleetStore):
     assert store.deployment_for("x86-cpu") == ("mnist", 1)
     store.deploy("resnet", 3, ("rpi-4",))
     assert store.deployment_for("rpi-4") == ("resnet", 3)
+    # Another model is a second slot, not a replacement: both stay in production.
+    assert store.deployment_for("rpi-4", "mnist") == ("mnist", 1)
+    assert sorted(a.model for a in store.aliases("profile:rpi-4")) == ["mnist", "resnet"]
     assert store.deployment_for("coral-edgetpu") is None
 
 
@@ -435,7 +438,7 @@ def test_desired_summaries_and_pages(store: FleetStore):
 def test_selection_digest_changes_with_the_decision(store: FleetStore):
     record = SelectionRecord(device_id="dev-1", model="m", version=1, winner="a", explanation={"x": 1}, decided_at=T0)
     store.save_selection(record)
-    assert store.selection_digests(["dev-1", "dev-2"]) == {"dev-1": record.digest()}
+    assert store.selection_digests(["dev-1", "dev-2"]) == {("dev-1", record.model): record.digest()}
     later = record.model_copy(update={"decided_at": T0 + timedelta(hours=1)})
     assert later.digest() == record.digest()  # when is not what
     assert record.model_copy(update={"winner": "b"}).digest() != record.digest()

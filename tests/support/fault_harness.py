@@ -312,14 +312,14 @@ class MiniHub:
         return config, path
 
     def candidate(self, device_id: str, variant_id: str, model: Path, format: str = "onnx",
-                  references: Path | None = None, signer=None, tamper=None):
+                  references: Path | None = None, signer=None, tamper=None, model_name: str = "m"):
         from edgehub.hub.control.url_signing import sign_artifact_url
         from edgehub.protocol.manifest import Manifest, TensorSpec
         from edgehub.protocol.messages import Candidate
 
         sha, size = self.store.put_file(model)
         refs_sha = self.store.put_file(references)[0] if references else None
-        manifest = Manifest(variant_id=variant_id, model="m", version=1, format=format, precision="fp32",
+        manifest = Manifest(variant_id=variant_id, model=model_name, version=1, format=format, precision="fp32",
                             sha256=sha, size_bytes=size,
                             inputs=[TensorSpec(name="x", dtype="float32", shape=["batch", 16])],
                             outputs=[TensorSpec(name="logits", dtype="float32", shape=["batch", 8])],
@@ -342,6 +342,19 @@ class MiniHub:
                             candidates=candidates, activate=activate,
                             benchmark=benchmark or BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3,
                                                                      threads=1, timeout_s=10, memory_limit_mb=512))
+        assert publish(self.client, self.topics.desired(device_id), encode(body), retain=True) in (0, 16)
+
+    def desired_slots(self, device_id: str, generation: int, slots: dict[str, tuple[list, str | None]],
+                      benchmark=None) -> None:
+        """A protocol v2 desired state: model -> (candidates, variant to activate)."""
+        from mqtt_helpers import publish
+
+        from edgehub.protocol.messages import BenchmarkSettings, DesiredState, ModelSlot, encode
+
+        body = DesiredState(schema_version=2, device_id=device_id, generation=generation, slots=[
+            ModelSlot(model=m, version=1, candidates=c, activate=a) for m, (c, a) in slots.items()],
+            benchmark=benchmark or BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3, threads=1,
+                                                     timeout_s=10, memory_limit_mb=512))
         assert publish(self.client, self.topics.desired(device_id), encode(body), retain=True) in (0, 16)
 
     def event_bodies(self, device_id: str, kind: str | None = None) -> list[dict]:

@@ -19,8 +19,14 @@ def test_demo_runs_everything_and_stops_it(tmp_path):
     devices = json.loads(proc.stdout)["devices"]
     assert {d["profile"] for d in devices} == {"x86-cpu", "rpi5", "jetson-orin-nano"}
     for d in devices:
-        assert d["active_variant"] == d["selected_variant"] and d["active_variant"].startswith("fmnist-cnn-v1-")
-        assert d["p50_ms"] > 0 and d["accuracy"] > 0.8
+        assert d["active_variant"] == d["selected_variant"]
+        # Two models per device, one slot each, with their benchmark and the field figures of real requests.
+        assert [m["model"] for m in d["models"]] == ["digits-mlp", "fmnist-cnn"]
+        for m in d["models"]:
+            assert m["variant"] == m["selected_variant"] and m["variant"].startswith(f"{m['model']}-v1-")
+            assert m["p50_ms"] > 0 and m["accuracy"] > 0.8
+            field = m["field"]
+            assert field["requests"] == 40 and field["errors"] == 0 and 0 < field["p50_ms"] <= field["p99_ms"]
     # Nothing left running: no broker of the demo, no agent.
     leftovers = subprocess.run(["pgrep", "-af", str(tmp_path)], capture_output=True, text=True).stdout
     assert leftovers.strip() == ""

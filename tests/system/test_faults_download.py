@@ -168,7 +168,7 @@ def test_make_room_deletes_files_and_keeps_active_and_previous(tmp_path):
     state = LocalState()
     for name, used in (("v1", 1.0), ("v2", 2.0), ("v3", 3.0), ("v4", 4.0)):
         state.installed[name] = _installed(cache, name, MB, used)
-    state.active, state.previous = state.installed["v1"], state.installed["v2"]  # the two oldest
+    state.slot("m").active, state.slot("m").previous = state.installed["v1"], state.installed["v2"]  # the two oldest
     (cache / "other.onnx.part").write_bytes(b"p" * 1000)
     dest = cache / "new.onnx"
     evicted = make_room(state, cache, dest, MB, limit_mb=3, min_free_mb=0)

@@ -122,7 +122,7 @@ def test_failed_health_check_after_activation_rolls_back_and_is_reported(mini, t
         assert bench["m-good"]["ok"] and not bench["m-segv"]["ok"]
 
         state = json.loads((config.data_dir / "state.json").read_text())
-        assert state["active"]["variant_id"] == "m-good" and state["previous"] is None
+        assert state["slots"]["m"]["active"]["variant_id"] == "m-good" and state["slots"]["m"]["previous"] is None
         assert device.alive()
         status, reply = http_json(f"http://127.0.0.1:{agent_port(device)}/predict",
                                   json.dumps({"inputs": {"x": [[0.1] * 16]}}).encode())

@@ -43,14 +43,14 @@ def test_intervals_are_stored_once_with_the_newest_figures_per_device(fleet):
     fleet.ingest([], [drifting], reference_of=lambda v: REF)
     rows = fleet.telemetry(device_id="cam-01")
     assert len(rows) == 6 and [r.requests for r in rows] == [300] * 6
-    newest = fleet.field_summary(["cam-01"])["cam-01"]
+    [newest] = fleet.field_summary(["cam-01"])["cam-01"]
     assert newest.requests_per_min == pytest.approx(300) and newest.error_rate == pytest.approx(30 / 330)
     assert newest.p99_ms >= 9.0 and newest.drift > 0.25 and rows[0].drift == pytest.approx(0.0, abs=1e-9)
     fleet.ingest([], [interval(1)], reference_of=lambda v: REF)  # an old interval arriving late
-    assert fleet.field_summary(["cam-01"])["cam-01"].end == drifting.end
+    assert fleet.field_summary(["cam-01"])["cam-01"][0].end == drifting.end
     # Too few requests to measure drift: the device keeps its last measured drift.
     fleet.ingest([], [interval(6, requests=20, hist=(10, 10))], reference_of=lambda v: REF)
-    quiet = fleet.field_summary(["cam-01"])["cam-01"]
+    [quiet] = fleet.field_summary(["cam-01"])["cam-01"]
     assert quiet.requests_per_min == pytest.approx(20) and quiet.drift == newest.drift
 
 

@@ -267,7 +267,7 @@ def alias(scope: str, version: int, minutes: int) -> AliasRecord:
 
 
 def test_resolve_target_order():
-    production = {"profile:x86-cpu": alias("profile:x86-cpu", 1, 0), "group:lab": alias("group:lab", 2, 5)}
+    production = {"profile:x86-cpu": [alias("profile:x86-cpu", 1, 0)], "group:lab": [alias("group:lab", 2, 5)]}
     running = start(spec(version=3), T0)
     assert resolve_target("x86-cpu", [], production, [], {}).version == 1
     lab = resolve_target("x86-cpu", ["lab"], production, [], {})
@@ -277,7 +277,7 @@ def test_resolve_target_order():
     assert resolve_target("x86-cpu", ["lab"], production, [(7, 0, "pending")], {7: running}).rollout == 7
     assert resolve_target("x86-cpu", ["lab"], production, [(7, 1, "pending")], {7: running}).version == 2
     # A newer profile deployment wins over an older group alias.
-    production["profile:x86-cpu"] = alias("profile:x86-cpu", 4, 9)
+    production["profile:x86-cpu"] = [alias("profile:x86-cpu", 4, 9)]
     assert resolve_target("x86-cpu", ["lab"], production, [], {}).version == 4
     assert resolve_target("rpi5", [], production, [], {}) is None
     # A rollout no longer active does not target anyone.

@@ -1,5 +1,6 @@
-"""The real model the fleet benches publish: a small MLP trained on scikit-learn's digits (real data),
-as ONNX with its eval set (bench/fleet_scale.py, bench/api_bench.py, bench/telemetry_bench.py)."""
+"""A second real model: a small MLP trained on scikit-learn's bundled digits (8x8 images), as ONNX
+with its eval set. The demo runs it beside the Fashion-MNIST CNN (two model slots per device);
+the fleet benches publish it (bench/fleet_scale.py, bench/api_bench.py, bench/telemetry_bench.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def digits_mlp(out: Path) -> tuple[Path, Path]:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(torch.from_numpy(x[:1400])), torch.from_numpy(y[:1400])).backward()
         optimizer.step()
+    out.mkdir(parents=True, exist_ok=True)
     export_onnx(model.eval(), {"x": x[:2]}, out / "model.onnx")
     np.savez(out / "eval.npz", x=x[1400:], y=y[1400:])
     return out / "model.onnx", out / "eval.npz"
