@@ -28,6 +28,7 @@ class DevicePick:
     winner: str | None
     selection: SelectionRecord | None
     nothing_eligible: bool = False
+    left_out: bool = False  # the device's memory cannot hold this model beside its others
 
 
 def key_text(key: Key) -> str:

@@ -220,6 +220,8 @@ class FleetReconciler:
                 if pick.selection is not None:
                     new_selections[(device_id, w.target.model)] = pick.selection
                 self._rollout_outcome(w, pick, writes)
+                if pick.left_out:
+                    continue  # over the device's memory with its other models: the slot goes
                 if pick.candidate_ids is None:
                     keep.add(w.target.model)  # waiting for the cohort: the slot stays as it is
                 else:
@@ -269,7 +271,8 @@ class FleetReconciler:
                                                   "memory": {"limit_mb": limit, "reason": why}}}) \
                 if pick.selection else None
             changed[model] = DevicePick(candidate_ids=pick.candidate_ids, winner=winner, selection=selection,
-                                        nothing_eligible=pick.nothing_eligible)
+                                        nothing_eligible=pick.nothing_eligible or winner is None,
+                                        left_out=winner is None)
         return changed
 
     def _own_pick(self, w: Work, own: dict[str, BenchmarkReport]) -> DevicePick:
