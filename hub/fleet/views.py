@@ -86,14 +86,15 @@ class ViewQueries:
             .outerjoin(e, e.c.device_id == d.c.id)
             .outerjoin(f, and_(f.c.device_id == d.c.id, f.c.variant_id == d.c.active_variant))
         ).order_by(d.c.id).offset(offset)
+        page = where.apply(select(d.c.id).select_from(d)).order_by(d.c.id).offset(offset)
         if limit is not None:
-            query = query.limit(limit)
+            query, page = query.limit(limit), page.limit(limit)
         with self.db.sessions() as session:
             rows = session.execute(query).all()
             variants = self._variant_facts(session, {v for r in rows for v in (r.active_variants or [r.active_variant])
                                                      if v})
             rollouts = self._rollout_of(session, [r.id for r in rows])
-            models = self._models_of(session, rows, variants)
+            models = self._models_of(session, rows, variants, page.subquery())
         out = []
         for r in rows:
             v = variants.get(r.active_variant)
@@ -117,20 +118,21 @@ class ViewQueries:
         return out
 
     @staticmethod
-    def _models_of(session, rows: list, variants: dict[str, dict]) -> dict[str, list[dict]]:
+    def _models_of(session, rows: list, variants: dict[str, dict], page) -> dict[str, list[dict]]:
         """device -> its model slots (the desired ones, and any slot it still serves), each with the
-        variant it runs, the selection, the benchmark p50 and the newest field interval."""
-        ids = [r.id for r in rows]
+        variant it runs, the selection, the benchmark p50 and the newest field interval. Three
+        queries for the page, whatever its size (`page`: the page's device ids, as a subquery)."""
         s, b, f = SelectionRow.__table__, BenchmarkRow.__table__, DeviceFieldRow.__table__
         selected, p50, field = {}, {}, {}
+        in_page = select(page.c.id)
         running = {v for r in rows for v in (r.active_variants or [r.active_variant]) if v}
-        for chunk in chunks(ids):
+        if rows:
             selected.update({(d, m): (v, w) for d, m, v, w in session.execute(
-                select(s.c.device_id, s.c.model, s.c.version, s.c.winner).where(s.c.device_id.in_(chunk)))})
+                select(s.c.device_id, s.c.model, s.c.version, s.c.winner).where(s.c.device_id.in_(in_page)))})
             p50.update({(d, v): ms for d, v, ms in session.execute(
-                select(b.c.device_id, b.c.variant_id, b.c.p50_ms).where(b.c.device_id.in_(chunk),
+                select(b.c.device_id, b.c.variant_id, b.c.p50_ms).where(b.c.device_id.in_(in_page),
                                                                         b.c.variant_id.in_(sorted(running))))})
-            for row in session.execute(select(f).where(f.c.device_id.in_(chunk))):
+            for row in session.execute(select(f).where(f.c.device_id.in_(in_page))):
                 field[(row.device_id, row.variant_id)] = {
                     "requests": row.requests or 0, "errors": row.errors or 0, "p50_ms": row.p50_ms,
                     "p99_ms": row.p99_ms, "requests_per_min": row.requests_per_min, "error_rate": row.error_rate,

@@ -140,7 +140,7 @@ def test_unknown_nested_fields_rejected():
         parse_body(dumps(desired), DesiredState)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None, "v1"])
+@pytest.mark.parametrize("version", [0, 3, "1", None, "v1"])
 @pytest.mark.parametrize("body", bodies(), ids=lambda b: type(b).__name__)
 def test_wrong_schema_version_rejected(body, version):
     data = as_json(body)
