@@ -8,6 +8,7 @@ from typing import Callable
 from edgehub.agent.benchmark import run_benchmark
 from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
 from edgehub.protocol.messages import BenchmarkSettings
+from edgehub.protocol.runtime_settings import RuntimeSettings
 
 # A short run on the reference inputs, in a child process so a bad model cannot take the agent.
 HEALTH_SETTINGS = BenchmarkSettings(time_budget_s=0.2, warmup_runs=1, min_runs=3, timeout_s=60)
@@ -24,9 +25,11 @@ def health_settings(limits: BenchmarkSettings | None) -> BenchmarkSettings:
                                               "timeout_s": min(HEALTH_SETTINGS.timeout_s, limits.timeout_s)})
 
 
-def health_check(variant: InstalledVariant, limits: BenchmarkSettings | None = None) -> str | None:
-    """None if the variant loads, runs and matches its reference outputs; else the reason."""
-    result = run_benchmark(variant.path, variant.format, variant.references_path, health_settings(limits))
+def health_check(variant: InstalledVariant, limits: BenchmarkSettings | None = None,
+                 settings: RuntimeSettings | None = None) -> str | None:
+    """None if the variant loads, runs (with `settings`) and matches its reference outputs; else the reason."""
+    result = run_benchmark(variant.path, variant.format, variant.references_path, health_settings(limits),
+                           runtime_settings=settings)
     if not result.ok:
         return result.error or "failed to run"
     if result.agreement is not None and result.agreement < HEALTH_MIN_AGREEMENT:
@@ -44,21 +47,24 @@ class ActivationOutcome:
 
 
 def activate(state: LocalState, store: StateFile, variant: InstalledVariant,
-             check: Callable[[InstalledVariant], str | None] = health_check, slot: str | None = None) -> ActivationOutcome:
-    """Make `variant` active in its slot (one atomic state write), check it, roll back if it is
-    unhealthy. The slot (default: the variant's model) keeps its previous variant for rollback;
-    other slots are not touched.
+             check: Callable[[InstalledVariant], str | None] = health_check, slot: str | None = None,
+             settings: RuntimeSettings | None = None) -> ActivationOutcome:
+    """Make `variant` (run with `settings`) active in its slot (one atomic state write), check
+    it, roll back if it is unhealthy. The slot (default: the variant's model) keeps its previous
+    variant for rollback; other slots are not touched.
     """
     record = state.slot(slot or variant.manifest.manifest.model)
-    before_active, before_previous = record.active, record.previous
-    if before_active is not None and before_active.variant_id == variant.variant_id:
+    before = (record.active, record.previous, record.settings, record.previous_settings)
+    if record.active is not None and record.active.variant_id == variant.variant_id and record.settings == settings:
         return ActivationOutcome(ok=True)
-    record.active, record.previous = variant, before_active
+    record.active, record.previous = variant, record.active
+    record.settings, record.previous_settings = settings, record.settings
     store.save(state)
     problem = check(variant)
     if problem is None:
         return ActivationOutcome(ok=True)
-    record.active, record.previous = before_active, before_previous
+    before_active = before[0]
+    record.active, record.previous, record.settings, record.previous_settings = before
     store.save(state)
     return ActivationOutcome(ok=False, error=f"health check failed: {problem}",
                              rolled_back_to=before_active.variant_id if before_active else None)

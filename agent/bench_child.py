@@ -25,6 +25,7 @@ import numpy as np
 
 from edgehub.agent.benchmark import BenchJob, BenchResult
 from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
+from edgehub.agent.runtimes.base import NotApplicable
 from edgehub.agent.sandbox import claim_stdout, limit_address_space
 from edgehub.protocol.manifest import TensorSpec
 from edgehub.protocol.messages import Latency
@@ -192,13 +193,14 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
     stage.name = "finding a runtime"
     runtime = runtime_for(job.format)
     runtime.prepare()
-    known.update(runtime=runtime.name, runtime_version=runtime.version(), threads=settings.threads)
+    known.update(runtime=runtime.name, runtime_version=runtime.version(), threads=settings.threads,
+                 settings=job.runtime_settings)
     path = Path(job.model_path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")
     stage.name = f"loading {path.name}"
     t0 = time.perf_counter_ns()
-    session = runtime.load(path, threads=settings.threads)
+    session = runtime.load(path, threads=settings.threads, settings=job.runtime_settings)
     load_ms = (time.perf_counter_ns() - t0) / 1e6
     known.update(load_ms=load_ms, threads=int(session.describe().get("threads", settings.threads)))
     print(f"bench_child: {session.describe()}", file=sys.stderr)
@@ -221,10 +223,16 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
     if refs is not None:
         stage.name = "comparing with the references"
         agreement, similar, max_abs_diff = _compare(session, refs)
+    stage.name = "reading where the graph ran"
+    try:
+        coverage = runtime.coverage(path, job.runtime_settings, feed)
+    except Exception as exc:  # noqa: BLE001 - the measurement stands without it; say why on stderr
+        print(f"bench_child: no coverage: {_one_line(exc)}", file=sys.stderr)
+        coverage = None
     return BenchResult(
         ok=True, warmup_ms=warmup_ms, latency=_latency(times),
         throughput_per_s=len(times) / (wall_ns / 1e9), peak_rss_mb=peak_rss_mb,
-        agreement=agreement, cosine=similar, max_abs_diff=max_abs_diff, **known,
+        agreement=agreement, cosine=similar, max_abs_diff=max_abs_diff, coverage=coverage, **known,
     )
 
 
@@ -246,6 +254,8 @@ def main() -> int:
             # Before the runtime is imported, so every allocation of its counts (benchmark.py).
             limit_address_space(job.memory_limit_bytes)
         result = run_job(job, stage, known)
+    except NotApplicable as exc:  # a setting this device's runtime lacks: not the variant's failure
+        result = BenchResult(ok=False, not_applicable=True, error=f"not applicable: {_one_line(exc)}", **known)
     except Exception as exc:  # any failure of the model or runtime becomes the report's error
         error = f"{stage.name} failed: {_one_line(exc)}"[:_MAX_ERROR_CHARS]
         result = BenchResult(ok=False, error=error, **known)

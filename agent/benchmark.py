@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgehub.agent.sandbox import child_env, kill_group, signal_name
 from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, Measurement
+from edgehub.protocol.runtime_settings import RuntimeSettings
 
 # Tests monkeypatch this to simulate children that crash or misbehave.
 CHILD_COMMAND: list[str] = [sys.executable, "-m", "edgehub.agent.bench_child"]
@@ -50,6 +51,7 @@ class BenchJob(BaseModel):
     references_path: str | None = None
     settings: BenchmarkSettings
     memory_limit_bytes: int | None = None  # the RLIMIT_AS the child applies (after the floor)
+    runtime_settings: RuntimeSettings | None = None  # None: the runtime's defaults
 
 
 class BenchResult(Measurement):
@@ -113,14 +115,17 @@ def _interpret(returncode: int, out: bytes, err: bytes, settings: BenchmarkSetti
 
 
 def run_benchmark(
-    model_path: Path, format: str, references_path: Path | None, settings: BenchmarkSettings
+    model_path: Path, format: str, references_path: Path | None, settings: BenchmarkSettings,
+    runtime_settings: RuntimeSettings | None = None,
 ) -> BenchResult:
-    """Benchmark `model_path` in a child process within settings' time and memory limits."""
+    """Benchmark `model_path` in a child process within settings' time and memory limits, run
+    with `runtime_settings` (threads, provider, ...; None: the runtime's defaults)."""
     limit_mb = effective_memory_limit_mb(settings)
     job = BenchJob(
         model_path=str(model_path), format=format,
         references_path=None if references_path is None else str(references_path),
         settings=settings, memory_limit_bytes=None if limit_mb is None else limit_mb * 1024 * 1024,
+        runtime_settings=runtime_settings,
     )
     try:
         proc = subprocess.Popen(

@@ -11,7 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from edgehub.agent.config import AgentConfig
 from edgehub.agent.hardware import hardware
 from edgehub.agent.load import RequestRates
-from edgehub.agent.local_state import CorruptState, StateFile
+from edgehub.agent.local_state import CorruptState, SlotRecord, StateFile
 from edgehub.agent.mqtt_link import MqttLink
 from edgehub.agent.outbox import Outbox
 from edgehub.agent.reconciler import Reconciler
@@ -54,7 +54,9 @@ class Agent:
         self.telemetry: TelemetrySettings | None = None
         self.recorder = FieldRecorder()
         self.telemetry_queue = TelemetryQueue(config.data_dir / "telemetry.db")
-        self.server = LocalServer(ModelShelf(lambda: self.reconciler.state.active_variants()), config.serve_host,
+        shelf = ModelShelf(lambda: self.reconciler.state.active_variants(),
+                           lambda slot: (self.reconciler.state.slots.get(slot) or SlotRecord()).settings)
+        self.server = LocalServer(shelf, config.serve_host,
                                   config.serve_port, recorder=self.recorder, rates=self.rates)
         self._runtimes = available_runtimes()
         self._hardware = hardware()
@@ -66,7 +68,8 @@ class Agent:
         v2 = dict(schema_version=2, slots=[
             SlotState(model=m, active_variant=r.active.variant_id if r.active else None,
                       previous_variant=r.previous.variant_id if r.previous else None,
-                      requests_per_min=self.rates.per_minute(m)) for m, r in sorted(s.slots.items())],
+                      requests_per_min=self.rates.per_minute(m), settings=r.settings)
+            for m, r in sorted(s.slots.items())],
         ) if self.config.protocol >= 2 else {}
         return DeviceState(
             device_id=self.config.device_id, online=online, profile=self.config.profile,

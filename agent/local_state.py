@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from edgehub.protocol.manifest import SignedManifest
+from edgehub.protocol.runtime_settings import RuntimeSettings
 
 
 class InstalledVariant(BaseModel):
@@ -34,12 +35,15 @@ class SlotRecord(BaseModel):
 
     active: InstalledVariant | None = None
     previous: InstalledVariant | None = None
+    settings: RuntimeSettings | None = None  # what `active` runs with (None: the runtime's defaults)
+    previous_settings: RuntimeSettings | None = None
 
 
 class LocalState(BaseModel):
     slots: dict[str, SlotRecord] = Field(default_factory=dict)  # by model name
     installed: dict[str, InstalledVariant] = Field(default_factory=dict)  # by variant id
-    benchmarked: dict[str, str] = Field(default_factory=dict)  # variant id -> sha256 reported
+    benchmarked: dict[str, str] = Field(default_factory=dict)  # variant id (or pair key) -> sha256 reported
+    default_p50: dict[str, float | None] = Field(default_factory=dict)  # variant id -> p50 at defaults (None: failed)
     generation_seen: int = 0
 
     @model_validator(mode="before")

@@ -23,6 +23,7 @@ from edgehub.agent.download import DownloadError, VerificationError, download, v
 from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
 from edgehub.agent.runtimes import RuntimeUnavailable, runtime_for
 from edgehub.agent.tls import client_context
+from edgehub.agent.tuning import pair_key, pairs_to_measure
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.formats import suffix_of
 from edgehub.protocol.manifest import SignatureError, verify_manifest
@@ -134,6 +135,44 @@ class Reconciler:
                                generation=desired.generation, variant_id=c.variant_id, ok=False, error=error,
                                **self._slot_fields(slot))
 
+    def _measure(self, desired: DesiredState, slot: ModelSlot, c: Candidate, installed: InstalledVariant,
+                 settings=None) -> BenchmarkReport:
+        # The other slots keep serving meanwhile (the benchmark runs in a child): label the load.
+        load_before = self.load_rpm(slot.model) if self.load_rpm and self.v2 else None
+        result = run_benchmark(installed.path, c.format, installed.references_path, desired.benchmark,
+                               runtime_settings=settings)
+        report = to_report(result, new_event_id(), self.config.device_id, desired.generation, c.variant_id)
+        if self.v2:
+            load = max(load_before or 0.0, self.load_rpm(slot.model)) if self.load_rpm else None
+            report = report.model_copy(update={**self._slot_fields(slot), "load_rpm": load})
+        return report
+
+    def _tune(self, desired: DesiredState, slot: ModelSlot) -> bool:
+        """Measure the leading candidates under the slot's tuning plan, within its time budget."""
+        plan = slot.tuning
+        if plan is None or not self.v2:
+            return True
+        by_id = {c.variant_id: c for c in slot.candidates}
+        measured = {v: self.state.default_p50.get(v) for v in by_id if v in self.state.default_p50}
+        done = {k for k in self.state.benchmarked if "@" in k}
+        started = time.monotonic()
+        for variant_id, settings in pairs_to_measure(plan, measured, done):
+            if time.monotonic() - started > plan.budget_s:
+                log.info("tuning of %s stopped: its %.0f s budget is spent", slot.model, plan.budget_s)
+                break
+            c = by_id[variant_id]
+            try:
+                installed = self._fetch(c)
+            except (VerificationError, SignatureError, DownloadError) as exc:
+                log.warning("cannot tune %s: %s", variant_id, exc)
+                continue
+            log.info("tuning %s with %s", variant_id, settings.key())
+            report = self._measure(desired, slot, c, installed, settings)
+            self.publish_event(report)
+            self.state.benchmarked[pair_key(variant_id, settings)] = c.sha256
+            self.store.save(self.state)
+        return True
+
     def _benchmark(self, desired: DesiredState, slot: ModelSlot, c: Candidate) -> bool:
         """Benchmark one candidate and report it; False if it should be retried later."""
         try:
@@ -153,13 +192,8 @@ class Reconciler:
             return False
         log.info("benchmarking %s", c.variant_id)
         touch(self.state, c.variant_id)
-        # The other slots keep serving meanwhile (the benchmark runs in a child): label the load.
-        load_before = self.load_rpm(slot.model) if self.load_rpm and self.v2 else None
-        result = run_benchmark(installed.path, c.format, installed.references_path, desired.benchmark)
-        report = to_report(result, new_event_id(), self.config.device_id, desired.generation, c.variant_id)
-        if self.v2:
-            load = max(load_before or 0.0, self.load_rpm(slot.model)) if self.load_rpm else None
-            report = report.model_copy(update={**self._slot_fields(slot), "load_rpm": load})
+        report = self._measure(desired, slot, c, installed)
+        self.state.default_p50[c.variant_id] = report.latency.p50_ms if report.ok and report.latency else None
         self._report(desired, c, report)
         return True
 
@@ -169,9 +203,10 @@ class Reconciler:
         self.store.save(self.state)
 
     def _activate(self, desired: DesiredState, slot: ModelSlot) -> bool:
-        wanted = slot.activate
+        wanted, settings = slot.activate, slot.activate_settings
         current = self.state.slots.get(slot.model)
-        if wanted is None or (current and current.active and current.active.variant_id == wanted):
+        if wanted is None or (current and current.active and current.active.variant_id == wanted
+                              and current.settings == settings):
             return True
         candidate = next((c for c in slot.candidates if c.variant_id == wanted), None)
         event = dict(event_id=new_event_id(), device_id=self.config.device_id, generation=desired.generation,
@@ -189,7 +224,8 @@ class Reconciler:
             log.warning("download for activation failed, will retry: %s", exc)
             return False
         outcome = activate(self.state, self.store, installed,
-                           check=lambda variant: health_check(variant, desired.benchmark), slot=slot.model)
+                           check=lambda variant: health_check(variant, desired.benchmark, settings), slot=slot.model,
+                           settings=settings)
         self.publish_event(ActivationResult(ok=outcome.ok, error=outcome.error,
                                             rolled_back_to=outcome.rolled_back_to, **event))
         log.info("activation of %s in slot %s: %s", wanted, slot.model, "ok" if outcome.ok else outcome.error)
@@ -213,6 +249,7 @@ class Reconciler:
                 if self.state.benchmarked.get(c.variant_id) == c.sha256:
                     continue
                 complete &= self._benchmark(desired, slot, c)
+            complete &= self._tune(desired, slot)
             complete &= self._activate(desired, slot)
         if slots and desired.slots is not None:
             self._drop_slots({s.model for s in slots})

@@ -37,27 +37,29 @@ class ModelHolder:
     The file is checked against its sha256 before a session is made from it: a model changed
     on disk since it was verified is refused, not loaded."""
 
-    def __init__(self, active: Callable[[], InstalledVariant | None]):
+    def __init__(self, active: Callable[[], InstalledVariant | None], settings: Callable[[], object] = lambda: None):
         self._active = active
+        self._settings = settings  # the slot's RuntimeSettings (None: the runtime's defaults)
         self._lock = threading.Lock()
-        self._loaded: tuple[str, object] | None = None  # (sha256, session)
+        self._loaded: tuple[str, object, object] | None = None  # (sha256, settings, session)
 
     def session(self) -> tuple[InstalledVariant, object]:
         variant = self._active()
         if variant is None:
             raise LookupError("no active model on this device yet")
+        settings = self._settings()
         with self._lock:
-            if self._loaded is None or self._loaded[0] != variant.sha256:
+            if self._loaded is None or self._loaded[:2] != (variant.sha256, settings):
                 self._loaded = None
                 if sha256_file(variant.path) != variant.sha256:
                     raise ModelUnavailable(f"the active model file of {variant.variant_id} does not match its "
                                            "sha256; it is not loaded")
                 try:
-                    session = runtime_for(variant.format).load(variant.path)
+                    session = runtime_for(variant.format).load(variant.path, settings=settings)
                 except Exception as exc:  # the runtime's own exception types
                     raise ModelUnavailable(f"cannot load {variant.variant_id}: {_first_line(exc)}") from None
-                self._loaded = (variant.sha256, session)
-            return variant, self._loaded[1]
+                self._loaded = (variant.sha256, settings, session)
+            return variant, self._loaded[2]
 
 
 class ModelShelf:
@@ -65,8 +67,10 @@ class ModelShelf:
 
     `active` gives slot -> active variant; a slot the agent dropped is dropped here too."""
 
-    def __init__(self, active: Callable[[], dict[str, InstalledVariant]]):
+    def __init__(self, active: Callable[[], dict[str, InstalledVariant]],
+                 settings: Callable[[str], object] = lambda slot: None):
         self.active = active
+        self.settings = settings  # slot -> its RuntimeSettings
         self._lock = threading.Lock()
         self._holders: dict[str, ModelHolder] = {}
 
@@ -102,7 +106,8 @@ class ModelShelf:
                 del self._holders[gone]  # its session is freed with it
             holder = self._holders.get(slot)
             if holder is None:
-                holder = self._holders[slot] = ModelHolder(lambda: self.active().get(slot))
+                holder = self._holders[slot] = ModelHolder(lambda: self.active().get(slot),
+                                                           lambda: self.settings(slot))
             return slot, holder
 
 

@@ -23,6 +23,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, 
 
 from edgehub.protocol.base import ID_PATTERN, MessageError
 from edgehub.protocol.manifest import SCHEMA_VERSION, SignedManifest
+from edgehub.protocol.runtime_settings import Coverage, RuntimeSettings, TuningPlan
 from edgehub.protocol.telemetry import FieldStats, TelemetrySettings
 
 B = TypeVar("B", bound=BaseModel)
@@ -89,6 +90,7 @@ class SlotState(BaseModel):
     active_variant: str | None = Field(None, max_length=200)
     previous_variant: str | None = Field(None, max_length=200)
     requests_per_min: float | None = Field(None, ge=0)
+    settings: RuntimeSettings | None = None  # what the active variant runs with (None: defaults)
 
 
 class DeviceState(Body):
@@ -151,6 +153,9 @@ class ModelSlot(BaseModel):
     activate: str | None = Field(None, max_length=200)
     # Field telemetry of the slot's active variant: the eval set's bins (None: not reported).
     telemetry: TelemetrySettings | None = None
+    # Runtime settings to measure on the leading candidates, and the ones to run `activate` with.
+    tuning: TuningPlan | None = None
+    activate_settings: RuntimeSettings | None = None
 
 
 class DesiredState(Body):
@@ -236,6 +241,11 @@ class Measurement(BaseModel):
     agreement: float | None = Field(None, ge=0, le=1)
     cosine: float | None = Field(None, ge=-1.0001, le=1.0001)
     max_abs_diff: float | None = None
+    # v2: the runtime settings of this run (None: the runtime's defaults), where the graph ran,
+    # and a settings entry the device's runtime does not have (not a failure of the variant).
+    settings: RuntimeSettings | None = None
+    coverage: Coverage | None = None
+    not_applicable: bool = False
 
 
 class BenchmarkReport(Body, Measurement, Sequenced):

@@ -52,6 +52,9 @@ class Profile(BaseModel):
     # Engine builds on the device (TensorRT): workspace memory and NVDLA cores available.
     tensorrt_workspace_mb: int | None = Field(default=None, gt=0)
     dla_cores: int = Field(default=0, ge=0)
+    # A (variant, settings) pair that asks for an accelerator provider and gets less than this
+    # share of the graph onto it is flagged and not chosen (None: no floor).
+    min_accelerator_coverage: float | None = Field(default=None, ge=0, le=1)
     # Core ML: the oldest OS the packages must load on (mlprogram + palettes need macOS 13 / iOS 16).
     coreml_target: str | None = None
 

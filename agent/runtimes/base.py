@@ -7,16 +7,38 @@ and should stay small. Sessions are used only inside the benchmark child process
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
 
 from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.runtime_settings import Coverage, RuntimeSettings
 
 
 class RuntimeUnavailable(Exception):
     """No installed runtime can run the requested model format."""
+
+
+class NotApplicable(Exception):
+    """A runtime setting this device's runtime does not have (a provider it lacks, more threads
+    than cores, another runtime's option): reported as such, not as a failure of the variant."""
+
+
+def check_threads(settings: RuntimeSettings | None, cores: int) -> None:
+    if settings is not None and settings.threads > cores:
+        raise NotApplicable(f"{settings.threads} threads on a device with {cores} cores")
+
+
+def only_threads(runtime: str, settings: RuntimeSettings | None, threads: int) -> int:
+    """For runtimes whose only setting is the thread count: that count, or NotApplicable."""
+    if settings is None:
+        return threads
+    if settings.provider is not None or settings.optimization is not None or settings.delegate is not None:
+        raise NotApplicable(f"{runtime} has no provider, graph optimisation or delegate setting")
+    check_threads(settings, os.cpu_count() or 1)
+    return settings.threads or threads
 
 
 class Session(ABC):
@@ -52,5 +74,11 @@ class Runtime(ABC):
         """Import the inference library now, so that timing `load` does not time the import."""
 
     @abstractmethod
-    def load(self, path: Path, threads: int = 0) -> Session:
-        """Create a session for the model at `path`; threads=0 keeps the runtime's default."""
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None) -> Session:
+        """Create a session for the model at `path`; threads=0 keeps the runtime's default.
+        `settings` (their threads win over `threads`) raise NotApplicable where this runtime
+        lacks one."""
+
+    def coverage(self, path: Path, settings: RuntimeSettings | None, feed: dict[str, np.ndarray]) -> Coverage | None:
+        """Where one run of the model executed, as the runtime reports it (None: it cannot say)."""
+        return None

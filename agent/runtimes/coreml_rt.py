@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session, only_threads
 from edgehub.protocol.coreml_package import (
     extract_mlpackage,
 )
 from edgehub.protocol.formats import COREML
 from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.runtime_settings import RuntimeSettings
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
 
@@ -81,7 +82,8 @@ class CoreMLRuntime(Runtime):
         if self.available():
             import coremltools  # noqa: F401
 
-    def load(self, path: Path, threads: int = 0, compute_units: str = "ALL") -> Session:
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None, compute_units: str = "ALL") -> Session:
+        threads = only_threads(self.name, settings, threads)
         self.version()  # raises with the reason when Core ML cannot run here
         import coremltools as ct
 

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session, only_threads
 from edgehub.agent.runtimes.litert_rt import (
     FALLBACK_MODULE,
     LITERT_MODULE,
@@ -22,6 +22,7 @@ from edgehub.agent.runtimes.litert_rt import (
     package_version,
 )
 from edgehub.protocol.formats import EDGETPU
+from edgehub.protocol.runtime_settings import RuntimeSettings
 
 LIBRARY_ENV = "EDGEHUB_LIBEDGETPU"
 DEVICE_ENV = "EDGEHUB_EDGETPU_DEVICE"
@@ -84,7 +85,8 @@ class EdgeTpuRuntime(Runtime):
             raise RuntimeUnavailable("no LiteRT interpreter is installed")
         import_interpreter(module)
 
-    def load(self, path: Path, threads: int = 0) -> Session:
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None) -> Session:
+        threads = only_threads(self.name, settings, threads)
         library = find_libedgetpu()
         module = _interpreter_module()
         if library is None or module is None:

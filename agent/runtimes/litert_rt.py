@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.base import NotApplicable, Runtime, RuntimeUnavailable, Session, check_threads
 from edgehub.protocol.formats import TFLITE
 from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.runtime_settings import Coverage, RuntimeSettings
 
 LITERT_MODULE = "ai_edge_litert.interpreter"
 FALLBACK_MODULE = "tflite_runtime.interpreter"
@@ -133,6 +135,31 @@ def _delegates_applied(interpreter) -> bool:
         return False
 
 
+def coverage_of_interpreter(graph) -> Coverage:
+    """Which nodes a delegate took, from the interpreter's own graph: each DELEGATE node stands for
+    the partition between its input and output tensors, found by walking back from its outputs
+    through the original nodes that produce them."""
+    names = [graph.NodeName(n) for n in range(graph.NumNodes())]
+    delegates = [n for n, name in enumerate(names) if name == "DELEGATE"]
+    originals = [n for n, name in enumerate(names) if name != "DELEGATE"]
+    producer = {int(t): n for n in originals for t in graph.NodeOutputs(n)}
+    delegated: set[int] = set()
+    for d in delegates:
+        boundary = {int(t) for t in graph.NodeInputs(d)}
+        stack = [int(t) for t in graph.NodeOutputs(d)]
+        while stack:
+            tensor = stack.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in delegated:
+                continue
+            delegated.add(node)
+            stack.extend(int(t) for t in graph.NodeInputs(node))
+    nodes = len(originals)
+    by = {k: v for k, v in (("XNNPACK", len(delegated)), ("builtin", nodes - len(delegated))) if v}
+    return Coverage(nodes=nodes, by=by, accelerated=len(delegated) / nodes if nodes else 0.0,
+                    source="litert delegate partition")
+
+
 class LiteRT(Runtime):
     """ai-edge-litert's interpreter; XNNPACK is applied by default for fp32 and int8."""
 
@@ -152,11 +179,29 @@ class LiteRT(Runtime):
     def prepare(self) -> None:
         import_interpreter(self.module)
 
-    def load(self, path: Path, threads: int = 0) -> Session:
-        interpreter = import_interpreter(self.module).Interpreter(model_path=str(path), num_threads=threads or None)
+    def _interpreter(self, path: Path, threads: int, settings: RuntimeSettings | None):
+        s = settings or RuntimeSettings()
+        if s.provider is not None or s.optimization is not None:
+            raise NotApplicable("ONNX Runtime's provider and graph optimisation settings do not apply to LiteRT")
+        check_threads(s, os.cpu_count() or 1)
+        threads = s.threads or threads
+        module = import_interpreter(self.module)
+        options = {}
+        if s.delegate == "none":  # builtin kernels only: no XNNPACK
+            options["experimental_op_resolver_type"] = module.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+        return module.Interpreter(model_path=str(path), num_threads=threads or None, **options), threads
+
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None) -> Session:
+        interpreter, threads = self._interpreter(path, threads, settings)
         session = TfliteSession(interpreter, threads, [])
         session._delegates = ["XNNPACK"] if _delegates_applied(interpreter) else ["builtin CPU kernels"]
         return session
+
+    def coverage(self, path: Path, settings: RuntimeSettings | None, feed: dict[str, np.ndarray]) -> Coverage | None:
+        interpreter, _ = self._interpreter(path, 1, settings)
+        interpreter.allocate_tensors()
+        graph = getattr(interpreter, "_interpreter", None)
+        return coverage_of_interpreter(graph) if graph is not None and hasattr(graph, "NodeName") else None
 
 
 class TfliteRuntimeFallback(LiteRT):

@@ -19,9 +19,10 @@ from types import ModuleType
 
 import numpy as np
 
-from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.base import NotApplicable, Runtime, RuntimeUnavailable, Session, check_threads
 from edgehub.protocol.formats import ONNX
 from edgehub.protocol.manifest import TensorSpec
+from edgehub.protocol.runtime_settings import Coverage, RuntimeSettings
 
 # Accelerators first; CPU is always appended as the fallback for unsupported nodes.
 PREFERRED_PROVIDERS = (
@@ -61,6 +62,47 @@ def _spec(node) -> TensorSpec:
 def choose_providers(available: list[str]) -> list[str]:
     """The accelerators present, best first, then CPU."""
     return [p for p in PREFERRED_PROVIDERS if p in available] + [CPU_PROVIDER]
+
+
+_LEVELS = {"all": "ORT_ENABLE_ALL", "extended": "ORT_ENABLE_EXTENDED", "basic": "ORT_ENABLE_BASIC",
+           "disabled": "ORT_DISABLE_ALL"}
+
+
+def _options(ort, threads: int, settings: RuntimeSettings | None) -> tuple[object, list[str], int]:
+    """Session options and providers for `settings`, or NotApplicable."""
+    s = settings or RuntimeSettings()
+    if s.delegate is not None:
+        raise NotApplicable("a LiteRT delegate setting does not apply to ONNX Runtime")
+    check_threads(s, os.cpu_count() or 1)
+    threads = s.threads or threads
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    if s.optimization is not None:
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[s.optimization])
+    available = ort.get_available_providers()
+    if s.provider is None:
+        return options, choose_providers(available), threads
+    if s.provider not in available:
+        raise NotApplicable(f"this onnxruntime build has no {s.provider} (it has {', '.join(available)})")
+    return options, list(dict.fromkeys([s.provider, CPU_PROVIDER])), threads
+
+
+def coverage_of_profile(events: list[dict]) -> Coverage:
+    """Nodes per execution provider from ONNX Runtime's profile of a run (its "Node" events carry
+    the provider that ran each node of the optimised graph)."""
+    by_node: dict[str, str] = {}
+    for e in events:
+        args = e.get("args") or {}
+        if e.get("cat") == "Node" and "provider" in args:
+            by_node[str(args.get("node_index", e.get("name")))] = args["provider"]
+    by: dict[str, int] = {}
+    for provider in by_node.values():
+        by[provider] = by.get(provider, 0) + 1
+    nodes = len(by_node)
+    accelerated = sum(n for p, n in by.items() if p != CPU_PROVIDER)
+    return Coverage(nodes=nodes, by=by, accelerated=accelerated / nodes if nodes else 0.0,
+                    source="onnxruntime profile")
 
 
 class OrtSession(Session):
@@ -114,11 +156,23 @@ class OnnxRuntime(Runtime):
     def prepare(self) -> None:
         _import_ort()
 
-    def load(self, path: Path, threads: int = 0) -> Session:
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None) -> Session:
         ort = _import_ort()
-        options = ort.SessionOptions()
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        providers = choose_providers(ort.get_available_providers())
+        options, providers, threads = _options(ort, threads, settings)
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         return OrtSession(session, threads)
+
+    def coverage(self, path: Path, settings: RuntimeSettings | None, feed: dict[str, np.ndarray]) -> Coverage | None:
+        """One profiled run in a session of its own (profiling would slow the timed runs)."""
+        import json
+        import tempfile
+
+        ort = _import_ort()
+        options, providers, _ = _options(ort, 0, settings)
+        with tempfile.TemporaryDirectory(prefix="edgehub-ort-profile-") as tmp:
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(tmp) / "run")
+            session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            session.run(None, feed)
+            with open(session.end_profiling()) as handle:
+                return coverage_of_profile(json.load(handle))

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session
+from edgehub.agent.runtimes.base import Runtime, RuntimeUnavailable, Session, only_threads
 from edgehub.protocol.formats import TENSORRT
+from edgehub.protocol.runtime_settings import RuntimeSettings
 from edgehub.protocol.tensorrt_settings import METADATA_KEY, EngineSettings
 
 CACHE_ENV = "EDGEHUB_TENSORRT_CACHE"
@@ -179,7 +180,8 @@ class TensorRTRuntime(Runtime):
         self.version()
         _import_engine_module()
 
-    def load(self, path: Path, threads: int = 0) -> Session:
+    def load(self, path: Path, threads: int = 0, settings: RuntimeSettings | None = None) -> Session:
+        threads = only_threads(self.name, settings, threads)
         version = self.version()
         engine_module = _import_engine_module()
         model_bytes = Path(path).read_bytes()

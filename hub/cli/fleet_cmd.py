@@ -311,6 +311,17 @@ def explain(device_id, model, home, hub_url, hub_token, hub_ca, as_json):
                       f"{v['p99_ms']:.3f}" if v["p99_ms"] is not None else "-",
                       str(v["size_bytes"] or "-"), f"{mark}{escape(v['reason'])}")
     console.print(table)
+    pairs = selection["explanation"].get("pairs")
+    if pairs:  # the device measured runtime settings: every (variant, settings) pair and its verdict
+        tuned = Table(title="runtime settings measured on the device")
+        for column in ("variant", "settings", "p50 ms", "accelerated", "verdict"):
+            tuned.add_column(column)
+        for p in sorted(pairs, key=lambda p: (p["p50_ms"] is None, p["p50_ms"] or 0)):
+            settings = ",".join(f"{k}={v}" for k, v in p["settings"].items() if v not in (None, 0)) or "default"
+            mark = "[green]" if p["selected"] else ""
+            tuned.add_row(p["variant_id"], settings, f"{p['p50_ms']:.3f}" if p["p50_ms"] is not None else "-",
+                          f"{p['coverage']:.0%}" if p["coverage"] is not None else "-", f"{mark}{escape(p['reason'])}")
+        console.print(tuned)
     memory = selection["explanation"].get("memory")
     if memory:  # the device's models together were over its memory limit
         console.print(escape(f"memory: {memory['reason']}"))

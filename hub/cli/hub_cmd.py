@@ -68,6 +68,10 @@ def security_errors(fn):
               help="Cohort benchmarking: K devices of each cohort (same profile and hardware) benchmark "
                    "every candidate, the others only the cohort's winner; 0: every device benchmarks "
                    "every candidate (default: as before, or 0).")
+@click.option("--tune-budget", "tune_budget_s", type=click.FloatRange(0, 3600),
+              help="On-device runtime tuning: seconds per device and model for measuring the leading "
+                   "variants under other thread counts, providers and delegates; the hub then picks "
+                   "the (variant, settings) pair. 0: off (default: as before, or 0).")
 @click.option("--tls/--no-tls", "tls", default=None,
               help="Serve MQTT and HTTP over TLS with the certificates of `edgehub hub certs` (kept for "
                    "later runs). Default: as before; on once `hub certs` has run.")
@@ -79,7 +83,7 @@ def security_errors(fn):
 @one_line_errors
 @security_errors
 def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_url, api_host, api_port, workers,
-          cohort_sample, tls, insecure_broker, verbose, home):
+          cohort_sample, tune_budget_s, tls, insecure_broker, verbose, home):
     """Start the broker (unless --broker), the artifact server and the fleet loop; Ctrl-C stops."""
     from edgehub.hub.home import HubPaths
     from edgehub.hub.serve.service import HubOptions, HubService
@@ -91,6 +95,7 @@ def serve(fleet, broker_url, broker_ca, mqtt_port, http_host, http_port, public_
     settings = resolve_serve_settings(paths, broker_url=broker_url, broker_ca=broker_ca, tls=tls, fleet=fleet,
                                       mqtt_port=mqtt_port, http_host=http_host, http_port=http_port,
                                       public_http_url=public_url, workers=workers, cohort_sample=cohort_sample,
+                                      tune_budget_s=tune_budget_s,
                                       api_host=api_host, api_port=api_port)
     service = HubService(paths, settings, HubOptions(insecure_broker=insecure_broker)).start()
     stop = threading.Event()

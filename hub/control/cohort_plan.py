@@ -29,6 +29,7 @@ class DevicePick:
     selection: SelectionRecord | None
     nothing_eligible: bool = False
     left_out: bool = False  # the device's memory cannot hold this model beside its others
+    settings: object = None  # RuntimeSettings to run the winner with (None: the runtime's defaults)
 
 
 def key_text(key: Key) -> str:

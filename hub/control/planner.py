@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edgehub.hub.fleet.records import DesiredSummary, SlotSummary
 from edgehub.protocol.messages import BenchmarkSettings, Candidate, DesiredState, ModelSlot, now_utc
+from edgehub.protocol.runtime_settings import RuntimeSettings, TuningPlan
 from edgehub.protocol.telemetry import TelemetrySettings
 
 
@@ -95,6 +96,8 @@ class SlotWant(BaseModel):
     target: tuple[str, int]
     candidate_ids: tuple[str, ...]
     winner: str | None = None
+    settings: RuntimeSettings | None = None  # to run the winner with (None: the runtime's defaults)
+    tuning: TuningPlan | None = None  # the settings the device should measure (v2 agents)
 
 
 class DevicePlan(BaseModel):
@@ -118,16 +121,25 @@ def plan_device(current: DesiredSummary | None, wants: list[SlotWant], keep: set
     if protocol < 2:
         wants, keep = wants[:1], set()
     slots: dict[str, SlotSummary] = {}
+    before = {s.model: s for s in (current.slot_summaries() if current else ())}
     for want in wants:
         model, version = want.target
         mine = current.for_slot(model) if current else None
         plan = settle(mine, want.target, list(want.candidate_ids), want.winner, settings)
         if plan is not None:
-            slots[model] = SlotSummary(model=model, version=version, candidate_ids=plan.candidate_ids,
-                                       activate=plan.activate)
+            slot = SlotSummary(model=model, version=version, candidate_ids=plan.candidate_ids, activate=plan.activate)
         elif mine is not None:
-            slots[model] = SlotSummary(model=model, version=mine.version or version,
-                                       candidate_ids=mine.candidate_ids, activate=mine.activate)
+            slot = SlotSummary(model=model, version=mine.version or version, candidate_ids=mine.candidate_ids,
+                               activate=mine.activate)
+        else:
+            continue
+        # The winner's runtime settings go with it; a slot keeping its variant keeps its settings.
+        old = before.get(model)
+        chosen = want.settings if want.winner is not None and slot.activate == want.winner else \
+            (old.settings if old is not None and old.activate == slot.activate else None)
+        if protocol >= 2:
+            slot = slot.model_copy(update={"settings": chosen, "tuning": want.tuning})
+        slots[model] = slot
     for old in (current.slot_summaries() if current else ()):
         if old.model in keep and old.model not in slots:
             slots[old.model] = old
@@ -156,5 +168,6 @@ def desired_of_plan(device_id: str, plan: DevicePlan, candidates: dict[str, list
                             telemetry=telemetry.get(slot.model) if slot else None, at=now_utc())
     return DesiredState(schema_version=2, device_id=device_id, generation=plan.generation, benchmark=plan.benchmark,
                         slots=[ModelSlot(model=s.model, version=s.version, candidates=candidates.get(s.model, []),
-                                         activate=s.activate, telemetry=telemetry.get(s.model)) for s in plan.slots],
+                                         activate=s.activate, telemetry=telemetry.get(s.model), tuning=s.tuning,
+                                         activate_settings=s.settings) for s in plan.slots],
                         at=now_utc())

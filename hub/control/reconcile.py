@@ -17,12 +17,14 @@ from edgehub.hub.control.memory_budget import SlotChoice, SlotOption, fit_budget
 from edgehub.hub.control.planner import SlotWant, desired_of_plan, plan_device
 from edgehub.hub.control.selection import Policy, select_variant
 from edgehub.hub.control.targets import Target, resolve_targets
+from edgehub.hub.control.tuning import choose_pair, tuning_plan
 from edgehub.hub.fleet.groups import GroupSelector, parse_selector
 from edgehub.hub.fleet.records import AliasRecord, DeviceFacts, RolloutOutcome, SelectionRecord
 from edgehub.hub.fleet.sql import chunks
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.rollout.machine import RolloutState, late_member_stage, member_outcome
 from edgehub.protocol.messages import MAX_SLOTS, BenchmarkReport, BenchmarkSettings, Candidate, DesiredState
+from edgehub.protocol.runtime_settings import TuningPlan
 from edgehub.protocol.telemetry import FieldReference, TelemetrySettings
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
@@ -64,11 +66,13 @@ class Work:
 class FleetReconciler:
     def __init__(self, registry: Registry, fleet: FleetStore, profiles: dict[str, Profile], policy: Policy,
                  benchmark: BenchmarkSettings, cohort_policy: cohorts.CohortPolicy | None,
-                 candidate: Callable[[str, VariantRecord], Candidate], telemetry_interval_s: float = 60.0):
+                 candidate: Callable[[str, VariantRecord], Candidate], telemetry_interval_s: float = 60.0,
+                 tune_budget_s: float = 0.0):
         self.registry, self.fleet, self.profiles = registry, fleet, profiles
         self.policy, self.benchmark, self.cohort_policy = policy, benchmark, cohort_policy
         self.candidate = candidate
         self.telemetry_interval_s = telemetry_interval_s
+        self.tune_budget_s = tune_budget_s
         self._references: dict[str | None, FieldReference | None] = {}
         self._variants: dict[tuple[str, int, str], list[VariantRecord]] = {}
         self._version_of: dict[str, tuple[str, int] | None] = {}
@@ -118,6 +122,12 @@ class FleetReconciler:
             return None
         reference = self.field_reference(variants[0].id) if variants else None
         return TelemetrySettings(interval_s=self.telemetry_interval_s, reference=reference)
+
+    def tuning_for(self, d: DeviceFacts) -> TuningPlan | None:
+        """The runtime settings a v2 device measures on its leading variants (None: tuning is off)."""
+        if self.tune_budget_s <= 0 or d.protocol < 2:
+            return None
+        return tuning_plan(d.profile, d.cores, d.runtimes, self.tune_budget_s)
 
     def policy_for(self, profile_name: str) -> Policy:
         profile = self.profiles.get(profile_name)
@@ -200,7 +210,9 @@ class FleetReconciler:
         wanted = [d for d, ws in slots_of.items() if any(
             (cohort_mode and w.device.cohort and reported.get(d)) or set(w.variant_ids) <= reported.get(d, set())
             for w in ws)]
-        reports = self.fleet.report_facts(wanted, {v for d in wanted for w in slots_of[d] for v in w.variant_ids})
+        variant_ids = {v for d in wanted for w in slots_of[d] for v in w.variant_ids}
+        reports = self.fleet.report_facts(wanted, variant_ids)
+        tuned = self.fleet.tuned_reports(wanted, variant_ids) if self.tune_budget_s > 0 else {}
 
         picks: dict[tuple[str, str], DevicePick] = {}
         if self.cohort_policy is not None:
@@ -211,7 +223,7 @@ class FleetReconciler:
         new_selections: dict[tuple[str, str], SelectionRecord] = {}
         for device_id, ws in slots_of.items():
             mine = {w.target.model: picks.get((device_id, w.target.model))
-                    or self._own_pick(w, reports.get(device_id, {})) for w in ws}
+                    or self._own_pick(w, reports.get(device_id, {}), tuned.get(device_id, [])) for w in ws}
             if len(ws) > 1:
                 mine = self._within_memory(ws, mine, reports.get(device_id, {}))
             wants, keep = [], set(waiting.get(device_id, ()))
@@ -226,7 +238,8 @@ class FleetReconciler:
                     keep.add(w.target.model)  # waiting for the cohort: the slot stays as it is
                 else:
                     wants.append(SlotWant(target=w.target.key, candidate_ids=tuple(pick.candidate_ids),
-                                          winner=pick.winner))
+                                          winner=pick.winner, settings=pick.settings,
+                                          tuning=self.tuning_for(w.device)))
             device = ws[0].device
             plan = plan_device(current.get(device_id), wants, keep, self.benchmark, device.protocol)
             if plan is not None:
@@ -272,19 +285,30 @@ class FleetReconciler:
                 if pick.selection else None
             changed[model] = DevicePick(candidate_ids=pick.candidate_ids, winner=winner, selection=selection,
                                         nothing_eligible=pick.nothing_eligible or winner is None,
-                                        left_out=winner is None)
+                                        left_out=winner is None,
+                                        settings=pick.settings if winner == pick.winner else None)
         return changed
 
-    def _own_pick(self, w: Work, own: dict[str, BenchmarkReport]) -> DevicePick:
-        """Per-device selection: benchmark every candidate, activate the device's own winner."""
+    def _own_pick(self, w: Work, own: dict[str, BenchmarkReport], tuned: list[BenchmarkReport]) -> DevicePick:
+        """Per-device selection: benchmark every candidate, activate the device's own winner (with
+        the runtime settings of its best measured pair, when the device tuned them)."""
         if not all(v in own for v in w.variant_ids):
             return DevicePick(candidate_ids=w.variant_ids, winner=None, selection=None)
-        selection = select_variant(facts_of(w.variants), own, self.policy_for(w.device.profile),
-                                   reference_accuracy=reference_accuracy(w.variants))
+        policy = self.policy_for(w.device.profile)
+        selection = select_variant(facts_of(w.variants), own, policy, reference_accuracy=reference_accuracy(w.variants))
+        winner, settings, explanation = selection.winner, None, selection.explain()
+        mine = [t for t in tuned if t.variant_id in set(w.variant_ids)]
+        if mine and winner is not None:
+            profile = self.profiles.get(w.device.profile)
+            choice = choose_pair(selection, own, mine, {v.id: v.size_bytes for v in w.variants}, policy,
+                                 min_coverage=getattr(profile, "min_accelerator_coverage", None))
+            winner, settings = choice.variant_id, choice.settings
+            explanation = {**explanation, "winner": winner, "pairs": choice.explain()["pairs"],
+                           "settings": settings.model_dump(mode="json", exclude_defaults=True) if settings else None}
         record = SelectionRecord(device_id=w.device.id, model=w.target.model, version=w.target.version,
-                                 winner=selection.winner, explanation=selection.explain(), decided_at=utcnow())
-        return DevicePick(candidate_ids=w.variant_ids, winner=selection.winner, selection=record,
-                          nothing_eligible=selection.winner is None)
+                                 winner=winner, explanation=explanation, decided_at=utcnow())
+        return DevicePick(candidate_ids=w.variant_ids, winner=winner, selection=record,
+                          nothing_eligible=winner is None, settings=settings)
 
     @staticmethod
     def _rollout_outcome(w: Work, pick: DevicePick, writes: Writes) -> None:

@@ -44,6 +44,8 @@ class FleetSettings:
     broker_ca: str | None = None
     # How often agents report field telemetry (DesiredState.telemetry); 0: they do not.
     telemetry_interval_s: float = 60.0
+    # Seconds per device and model for measuring runtime settings on the leading variants; 0: off.
+    tune_budget_s: float = 0.0
 
 
 def owner_of(device_id: str, worker_count: int) -> int:

@@ -86,7 +86,8 @@ class FleetService:
         self.leader = settings.worker_index == 0
         self.reconciler = FleetReconciler(registry, fleet, profiles, settings.policy, settings.benchmark,
                                           settings.cohorts, self._candidate,
-                                          telemetry_interval_s=settings.telemetry_interval_s)
+                                          telemetry_interval_s=settings.telemetry_interval_s,
+                                          tune_budget_s=settings.tune_budget_s)
         self._stop = threading.Event()
         self.connected = threading.Event()
         # Set on every (re)connect: the worker re-publishes every stored desired state, so a

@@ -182,10 +182,13 @@ class DeviceTable:
         with self.db.sessions() as session:
             return {r.id: DeviceFacts(id=r.id, profile=r.profile, tags=r.tags or [], online=bool(r.online),
                                       active_variant=r.active_variant, cohort=r.cohort, protocol=r.protocol or 1,
-                                      active_variants=r.active_variants or [])
+                                      active_variants=r.active_variants or [], cores=r.cores,
+                                      runtimes=r.runtimes if isinstance(r.runtimes, dict) else {})
                     for chunk in chunks(list(dict.fromkeys(device_ids)))
                     for r in session.execute(select(t.c.id, t.c.profile, t.c.tags, t.c.online, t.c.active_variant,
-                                                    t.c.cohort, t.c.protocol, t.c.active_variants)
+                                                    t.c.cohort, t.c.protocol, t.c.active_variants,
+                                                    t.c.state["hardware"]["cores"].as_integer().label("cores"),
+                                                    t.c.state["runtimes"].label("runtimes"))
                                              .where(t.c.id.in_(chunk)))}
 
     def device_ids(self, *, profile: str | None = None, tag: str | None = None,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgehub.hub.fleet.schema import DeviceRow
 from edgehub.protocol.messages import BenchmarkSettings, DesiredState, DeviceState
+from edgehub.protocol.runtime_settings import RuntimeSettings, TuningPlan
 
 # The fleet's kinds and states, defined once (the change log, rollouts and their members).
 ChangeKind = Literal["device", "profile", "group", "cohort", "rollout"]  # what a change-log entry names
@@ -49,6 +50,8 @@ class DeviceFacts(BaseModel):
     active_variant: str | None = None
     cohort: str | None = None
     protocol: int = 1  # the agent's announced protocol version: 2 takes several model slots
+    cores: int | None = None
+    runtimes: dict[str, str] = {}
     active_variants: list[str] = []  # every slot's
 
     def runs(self, variant_id: str | None) -> bool:
@@ -78,6 +81,8 @@ class SlotSummary(BaseModel):
     version: int
     candidate_ids: tuple[str, ...] = ()
     activate: str | None = None
+    settings: RuntimeSettings | None = None  # what `activate` runs with (None: the runtime's defaults)
+    tuning: TuningPlan | None = None
 
 
 class DesiredSummary(BaseModel):
@@ -116,7 +121,8 @@ class DesiredSummary(BaseModel):
     @classmethod
     def of(cls, desired: DesiredState) -> DesiredSummary:
         slots = tuple(SlotSummary(model=s.model, version=s.version, candidate_ids=tuple(c.variant_id for c in s.candidates),
-                                  activate=s.activate) for s in desired.model_slots())
+                                  activate=s.activate, settings=s.activate_settings, tuning=s.tuning)
+                      for s in desired.model_slots())
         first = slots[0] if slots else None
         return cls(generation=desired.generation, model=first.model if first else None,
                    version=first.version if first else None, candidate_ids=first.candidate_ids if first else (),

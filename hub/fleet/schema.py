@@ -95,12 +95,14 @@ class EventStreamRow(Base):
 
 
 class BenchmarkRow(Base):
-    """The newest benchmark report of one variant on one device (what selection reads)."""
+    """The newest benchmark report of one variant on one device under one set of runtime settings
+    ("default", or a tuned pair's key; what selection reads)."""
 
     __tablename__ = "device_benchmarks"
 
     device_id: Mapped[str] = mapped_column(String, primary_key=True)
     variant_id: Mapped[str] = mapped_column(String, primary_key=True, index=True)
+    settings_key: Mapped[str] = mapped_column(String, primary_key=True, default="default")
     event_id: Mapped[str] = mapped_column(String)
     report: Mapped[dict] = mapped_column(JSON)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -113,6 +115,7 @@ class BenchmarkRow(Base):
     peak_rss_mb: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(String, nullable=True)
     runtime: Mapped[str | None] = mapped_column(String, nullable=True)
+    coverage: Mapped[float | None] = mapped_column(Float, nullable=True)  # share of nodes accelerated
 
 
 class DeploymentRow(Base):

@@ -80,6 +80,7 @@ class FleetStore:
     reports = _forward("traffic", TrafficLog.reports)
     reports_many = _forward("traffic", TrafficLog.reports_many)
     report_facts = _forward("traffic", TrafficLog.report_facts)
+    tuned_reports = _forward("traffic", TrafficLog.tuned_reports)
     reported_variants = _forward("traffic", TrafficLog.reported_variants)
     # PlanTables
     desired = _forward("plans", PlanTables.desired)

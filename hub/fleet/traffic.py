@@ -64,20 +64,25 @@ class Ingested:
 def _benchmark_rows(events: list, bodies: dict[int, dict]) -> list[dict]:
     """The newest report per (device, variant) in the batch (a later one wins a tie); `bodies`
     are the events' JSON bodies (by id() of the event), already made for the events table."""
-    newest: dict[tuple[str, str], BenchmarkReport] = {}
+    newest: dict[tuple[str, str, str], BenchmarkReport] = {}
     for e in events:
         report = e if isinstance(e, BenchmarkReport) else failed_activation_report(e)
         if report is None:
             continue
-        key = (report.device_id, report.variant_id)
+        key = (report.device_id, report.variant_id, settings_key(report))
         if key not in newest or report.at >= newest[key].at:
             newest[key] = report
     # A failed activation's report is made here: it has no body yet.
-    return [dict(device_id=r.device_id, variant_id=r.variant_id, event_id=r.event_id,
+    return [dict(device_id=r.device_id, variant_id=r.variant_id, settings_key=settings_key(r), event_id=r.event_id,
                  report=bodies.get(id(r)) or r.model_dump(mode="json"), at=r.at, ok=r.ok,
                  p50_ms=r.latency.p50_ms if r.latency else None, p99_ms=r.latency.p99_ms if r.latency else None,
-                 agreement=r.agreement, peak_rss_mb=r.peak_rss_mb, error=r.error, runtime=r.runtime)
+                 agreement=r.agreement, peak_rss_mb=r.peak_rss_mb, error=r.error, runtime=r.runtime,
+                 coverage=r.coverage.accelerated if r.coverage else None)
             for r in newest.values()]
+
+
+def settings_key(report: BenchmarkReport) -> str:
+    return report.settings.key() if report.settings is not None else "default"
 
 
 def _light_report(row) -> BenchmarkReport:
@@ -142,7 +147,8 @@ class TrafficLog:
                              received_at=now) for e in events]
                 stored |= set(insert_ignoring_duplicates(session, EventRow.__table__, rows))
                 bodies = {id(e): row["body"] for e, row in zip(events, rows, strict=True)}
-                upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies), ["device_id", "variant_id"],
+                upsert(session, BenchmarkRow.__table__, _benchmark_rows(events, bodies),
+                       ["device_id", "variant_id", "settings_key"],
                        where=lambda table, new: table.c.at <= new.at)
             result.new_events = len(stored)
             self._count_streams(session, [e for e in arrived if e.event_id in stored and e.seq is not None])
@@ -222,7 +228,8 @@ class TrafficLog:
             for chunk in chunks(ids):
                 for device_id, variant_id, report in session.execute(
                         select(BenchmarkRow.device_id, BenchmarkRow.variant_id, BenchmarkRow.report)
-                        .where(BenchmarkRow.device_id.in_(chunk), BenchmarkRow.variant_id.in_(variants))):
+                        .where(BenchmarkRow.device_id.in_(chunk), BenchmarkRow.variant_id.in_(variants),
+                               BenchmarkRow.settings_key == "default")):
                     found.setdefault(device_id, {})[variant_id] = BenchmarkReport.model_validate(report)
         return found
 
@@ -238,8 +245,24 @@ class TrafficLog:
             for chunk in chunks(ids):
                 for row in session.execute(select(t.c.device_id, t.c.variant_id, t.c.event_id, t.c.ok, t.c.error,
                                                   t.c.p50_ms, t.c.p99_ms, t.c.agreement, t.c.peak_rss_mb, t.c.runtime, t.c.at)
-                                           .where(t.c.device_id.in_(chunk), t.c.variant_id.in_(variants))):
+                                           .where(t.c.device_id.in_(chunk), t.c.variant_id.in_(variants),
+                                                  t.c.settings_key == "default")):
                     found.setdefault(row.device_id, {})[row.variant_id] = _light_report(row)
+        return found
+
+    def tuned_reports(self, device_ids: Iterable[str], variant_ids: Iterable[str]) -> dict[str, list[BenchmarkReport]]:
+        """device -> its reports of these variants under tuned runtime settings (full bodies: few)."""
+        ids, variants = list(dict.fromkeys(device_ids)), list(dict.fromkeys(variant_ids))
+        found: dict[str, list[BenchmarkReport]] = {}
+        if not ids or not variants:
+            return found
+        t = BenchmarkRow.__table__
+        with self.db.sessions() as session:
+            for chunk in chunks(ids):
+                for device_id, report in session.execute(
+                        select(t.c.device_id, t.c.report).where(t.c.device_id.in_(chunk), t.c.variant_id.in_(variants),
+                                                                t.c.settings_key != "default")):
+                    found.setdefault(device_id, []).append(BenchmarkReport.model_validate(report))
         return found
 
     def reported_variants(self, device_ids: Iterable[str]) -> dict[str, set[str]]:
@@ -248,6 +271,7 @@ class TrafficLog:
         with self.db.sessions() as session:
             for chunk in chunks(list(dict.fromkeys(device_ids))):
                 for device_id, variant_id in session.execute(
-                        select(BenchmarkRow.device_id, BenchmarkRow.variant_id).where(BenchmarkRow.device_id.in_(chunk))):
+                        select(BenchmarkRow.device_id, BenchmarkRow.variant_id)
+                        .where(BenchmarkRow.device_id.in_(chunk), BenchmarkRow.settings_key == "default")):
                     found.setdefault(device_id, set()).add(variant_id)
         return found

@@ -142,6 +142,7 @@ class ViewQueries:
             active = {variants[v]["model"]: v for v in (r.active_variants or [r.active_variant]) if v in variants}
             desired = [(x["model"], x["version"]) for x in r.slots] if r.slots is not None else \
                 ([(r.model, r.version)] if r.model else [])
+            run_with = {x["model"]: x.get("settings") for x in r.slots or []}
             names = dict(desired)
             for m in active:
                 names.setdefault(m, variants[active[m]]["version"])
@@ -154,6 +155,8 @@ class ViewQueries:
                                 "version": facts["version"] if facts else None, "variant": variant,
                                 "label": facts["label"] if facts else None, "selected_variant": winner,
                                 "accuracy": facts["accuracy"] if facts else None,
+                                # The runtime settings the hub chose for it (None: the runtime's defaults).
+                                "settings": run_with.get(model),
                                 "p50_ms": p50.get((r.id, variant)) if variant else None,
                                 "field": field.get((r.id, variant)) if variant else None})
             out[r.id] = entries

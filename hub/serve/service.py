@@ -173,6 +173,7 @@ class HubService:
             url_secret_file=str(url_secret_path(self.paths)),
             password_files={i: str(path) for i, path in password_files.items()}, share_group=share_group(self.paths),
             tick_s=self.options.tick_s, telemetry_interval_s=self.options.telemetry_interval_s,
+            tune_budget_s=self.settings.tune_budget_s,
             version=version("edgehub"), policy=self.options.policy, benchmark=self.options.benchmark,
             cohorts=CohortPolicy(sample_size=self.settings.cohort_sample) if self.settings.cohort_sample else None)
         self.service = FleetService(fleet_settings(self.spec, 0, password, secret, self.key.public_b64),

@@ -42,6 +42,9 @@ class HubSettings(BaseModel):
     # Cohort benchmarking (hub/control/cohorts.py): k devices per cohort benchmark every candidate and the
     # rest get the cohort's winner; 0: every device benchmarks every candidate.
     cohort_sample: int = Field(0, ge=0, le=100)
+    # On-device runtime tuning (hub/control/tuning.py): seconds per device and model for measuring
+    # the leading variants under other runtime settings (threads, providers, ...); 0: off.
+    tune_budget_s: float = Field(0.0, ge=0, le=3600)
 
 
 def load_settings(home: Path) -> HubSettings:

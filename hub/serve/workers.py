@@ -145,6 +145,7 @@ class WorkerSpec(BaseModel):
     benchmark: BenchmarkSettings
     cohorts: CohortPolicy | None = None  # None: every device benchmarks every candidate
     telemetry_interval_s: float = 60.0  # field telemetry from the agents (0: none)
+    tune_budget_s: float = 0.0  # on-device runtime tuning per device and model (0: off)
 
 
 def spec_path(paths: HubPaths) -> Path:
@@ -173,7 +174,7 @@ def fleet_settings(spec: WorkerSpec, index: int, password: str, url_secret: byte
         url_secret=url_secret,
         policy=spec.policy, benchmark=spec.benchmark, share_group=spec.share_group, tick_s=spec.tick_s, version=spec.version,
         public_key_b64=public_key_b64, worker_index=index, worker_count=spec.count, cohorts=spec.cohorts,
-        telemetry_interval_s=spec.telemetry_interval_s)
+        telemetry_interval_s=spec.telemetry_interval_s, tune_budget_s=spec.tune_budget_s)
 
 
 # ---- the worker process (`edgehub hub worker`) -----------------------------------------------

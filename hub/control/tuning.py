@@ -1,0 +1,125 @@
+"""Runtime settings per device: which settings a device should try, and which (variant, settings)
+pair it should run. Pure; no I/O.
+
+The search is cheap by construction: every candidate is measured at the runtime's defaults
+first; the agent then measures only the leaders (within `margin` of the best default p50) under
+each of the plan's settings, within a time budget (agent/tuning.py). `choose_pair` then takes,
+among the eligible variants' measured pairs, the lowest p50 (or p99); pairs within the policy's
+tie tolerance go to the smaller file, then to fewer threads.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, field_serializer
+
+from edgehub.hub.control.selection import Policy, Selection
+from edgehub.protocol.messages import BenchmarkReport
+from edgehub.protocol.runtime_settings import DEFAULT_SETTINGS, RuntimeSettings, TuningPlan
+
+# ONNX Runtime execution providers a profile's devices may offer beside the CPU one; the agent
+# reports a provider its build lacks as not applicable.
+PROFILE_PROVIDERS = {
+    "jetson-orin-nano": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    "x86-cpu": ["XnnpackExecutionProvider"],
+    "rpi5": ["XnnpackExecutionProvider"],
+    "rpi4": ["XnnpackExecutionProvider"],
+}
+
+
+def thread_counts(cores: int) -> list[int]:
+    """1, 2, 4, ... up to the core count, and the core count itself."""
+    counts, n = set(), 1
+    while n < cores:
+        counts.add(n)
+        n *= 2
+    counts.add(max(1, cores))
+    return sorted(counts)
+
+
+def tuning_plan(profile: str, cores: int | None, runtimes: dict[str, str], budget_s: float,
+                margin: float = 0.10) -> TuningPlan | None:
+    """The settings worth trying on a device, or None when there is nothing to try (or no budget)."""
+    if budget_s <= 0:
+        return None
+    settings: list[RuntimeSettings] = [RuntimeSettings(threads=t) for t in thread_counts(cores or 1)]
+    if "onnxruntime" in runtimes:
+        settings.append(RuntimeSettings(optimization="basic"))
+        settings += [RuntimeSettings(provider=p) for p in PROFILE_PROVIDERS.get(profile, [])]
+    if "litert" in runtimes or "tflite-runtime" in runtimes:
+        settings.append(RuntimeSettings(delegate="none"))
+    return TuningPlan(settings=settings, budget_s=budget_s, margin=margin)
+
+
+class PairVerdict(BaseModel):
+    variant_id: str
+    settings: RuntimeSettings
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    coverage: float | None = None  # share of nodes an accelerator or optimised provider ran
+    selected: bool = False
+    reason: str
+
+    @field_serializer("settings")
+    def _only_what_differs(self, settings: RuntimeSettings) -> dict:
+        return settings.model_dump(mode="json", exclude_defaults=True)  # {} for the runtime's defaults
+
+
+class PairChoice(BaseModel):
+    variant_id: str | None
+    settings: RuntimeSettings | None  # None: the runtime's defaults
+    pairs: list[PairVerdict]
+
+    def explain(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _pair_problem(r: BenchmarkReport, policy: Policy) -> str | None:
+    if r.not_applicable:
+        return f"not applicable here: {r.error or 'the runtime lacks this setting'}"
+    if not r.ok or r.latency is None:
+        return f"failed: {r.error or 'no latency'}"
+    if r.agreement is not None and r.agreement < policy.min_device_agreement:
+        return f"outputs disagree with the references under these settings (agreement {r.agreement:.3f})"
+    if r.agreement is None and r.cosine is not None and r.cosine < policy.min_device_cosine:
+        return f"outputs differ from the references under these settings (cosine {r.cosine:.4f})"
+    if policy.memory_limit_mb is not None and r.peak_rss_mb is not None and r.peak_rss_mb > policy.memory_limit_mb:
+        return f"peak memory {r.peak_rss_mb:.0f} MB is over the limit"
+    if policy.slo_p99_ms is not None and r.latency.p99_ms > policy.slo_p99_ms:
+        return f"p99 {r.latency.p99_ms:.3f} ms is over the SLO"
+    return None
+
+
+def choose_pair(selection: Selection, defaults: dict[str, BenchmarkReport], tuned: list[BenchmarkReport],
+                sizes: dict[str, int], policy: Policy, min_coverage: float | None = None) -> PairChoice:
+    """The (variant, settings) to run: among the eligible variants' default runs and tuned pairs."""
+    eligible = {v.variant_id for v in selection.verdicts if v.eligible}
+    pairs: list[tuple[tuple, PairVerdict]] = []
+    for r in [*(defaults[v] for v in eligible if v in defaults), *(t for t in tuned if t.variant_id in eligible)]:
+        settings = r.settings or DEFAULT_SETTINGS
+        problem = _pair_problem(r, policy)
+        coverage = r.coverage.accelerated if r.coverage is not None else None
+        if problem is None and min_coverage is not None and settings.provider and (coverage or 0) < min_coverage:
+            problem = f"the accelerator ran {coverage or 0:.0%} of the graph, under the profile's {min_coverage:.0%}"
+        verdict = PairVerdict(variant_id=r.variant_id, settings=settings, coverage=coverage, reason=problem or "",
+                              p50_ms=r.latency.p50_ms if r.latency else None,
+                              p99_ms=r.latency.p99_ms if r.latency else None)
+        score = None
+        if problem is None:
+            score = verdict.p50_ms if policy.objective == "p50" else verdict.p99_ms
+        pairs.append(((score, sizes.get(r.variant_id, 0), settings.threads or 10**6), verdict))
+    scored = [(k, v) for k, v in pairs if k[0] is not None]
+    if not scored:
+        return PairChoice(variant_id=selection.winner, settings=None, pairs=[v for _, v in pairs])
+    best = min(k[0] for k, _ in scored)
+    tied = [(k, v) for k, v in scored if k[0] <= best * (1 + policy.tie_tolerance)]
+    (_, _, _), chosen = min(tied, key=lambda kv: (kv[0][1], kv[0][2], kv[0][0]))
+    chosen.selected = True
+    for (score, _, _), v in scored:
+        if v is chosen:
+            v.reason = f"selected: lowest {policy.objective} {score:.3f} ms" + (
+                f" (smallest, then fewest threads, of {len(tied)} within {policy.tie_tolerance:.0%})"
+                if len(tied) > 1 else "")
+        else:
+            v.reason = f"{policy.objective} {score:.3f} ms is {score / best:.2f}x the best"
+    settings = None if chosen.settings.is_default() else chosen.settings
+    return PairChoice(variant_id=chosen.variant_id, settings=settings, pairs=[v for _, v in pairs])
