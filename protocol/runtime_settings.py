@@ -46,7 +46,7 @@ class TuningPlan(BaseModel):
 
     settings: list[RuntimeSettings] = Field(default_factory=list, max_length=32)
     budget_s: float = Field(60.0, gt=0, le=3600)  # measuring time for the whole slot's tuning
-    margin: float = Field(0.10, ge=0, le=10)  # tune variants within this of the best default p50
+    margin: float = Field(0.5, ge=0, le=10)  # tune variants within this of the best default p50
 
 
 class Coverage(BaseModel):

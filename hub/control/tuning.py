@@ -2,8 +2,9 @@
 pair it should run. Pure; no I/O.
 
 The search is cheap by construction: every candidate is measured at the runtime's defaults
-first; the agent then measures only the leaders (within `margin` of the best default p50) under
-each of the plan's settings, within a time budget (agent/tuning.py). `choose_pair` then takes,
+first; the agent then measures only the leaders (within `margin` of the best default p50: 50%,
+as a thread count alone moved a small CNN's fp32 from 1.2x its int8 to the fastest pair,
+bench/RESULTS.md) under each of the plan's settings, within a time budget (agent/tuning.py). `choose_pair` then takes,
 among the eligible variants' measured pairs, the lowest p50 (or p99); pairs within the policy's
 tie tolerance go to the smaller file, then to fewer threads.
 """
@@ -37,7 +38,7 @@ def thread_counts(cores: int) -> list[int]:
 
 
 def tuning_plan(profile: str, cores: int | None, runtimes: dict[str, str], budget_s: float,
-                margin: float = 0.10) -> TuningPlan | None:
+                margin: float = 0.5) -> TuningPlan | None:
     """The settings worth trying on a device, or None when there is nothing to try (or no budget)."""
     if budget_s <= 0:
         return None

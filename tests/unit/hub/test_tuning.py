@@ -27,7 +27,7 @@ def test_the_plan_fits_the_device():
     keys = [s.key() for s in plan.settings]
     assert keys[:3] == ["threads=1", "threads=2", "threads=4"]
     assert "optimization=basic" in keys and "provider=XnnpackExecutionProvider" in keys and "delegate=none" in keys
-    assert plan.budget_s == 30 and plan.margin == 0.10
+    assert plan.budget_s == 30 and plan.margin == 0.5
     assert "delegate=none" not in [s.key() for s in tuning_plan("x86-cpu", 2, {"onnxruntime": "1"}, 30).settings]
     assert tuning_plan("x86-cpu", 2, {"onnxruntime": "1"}, budget_s=0) is None
     assert RuntimeSettings().key() == "default" and RuntimeSettings().is_default()
