@@ -224,6 +224,10 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
         stage.name = "comparing with the references"
         agreement, similar, max_abs_diff = _compare(session, refs)
     stage.name = "reading where the graph ran"
+    # Coverage loads a second (profiling) session: free the timed one first, so both never sit
+    # under the child's memory limit at once.
+    feed = {name: np.array(value, copy=True) for name, value in feed.items()}
+    session = refs = None
     try:
         coverage = runtime.coverage(path, job.runtime_settings, feed)
     except Exception as exc:  # noqa: BLE001 - the measurement stands without it; say why on stderr

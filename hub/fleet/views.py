@@ -82,7 +82,8 @@ class ViewQueries:
             .outerjoin(q, q.c.device_id == d.c.id)
             # The first slot's selection, benchmark and field figures; every slot's in "models".
             .outerjoin(s, and_(s.c.device_id == d.c.id, or_(s.c.model == q.c.model, q.c.model.is_(None))))
-            .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant))
+            .outerjoin(b, and_(b.c.device_id == d.c.id, b.c.variant_id == d.c.active_variant,
+                               b.c.settings_key == "default"))
             .outerjoin(e, e.c.device_id == d.c.id)
             .outerjoin(f, and_(f.c.device_id == d.c.id, f.c.variant_id == d.c.active_variant))
         ).order_by(d.c.id).offset(offset)
@@ -131,7 +132,8 @@ class ViewQueries:
                 select(s.c.device_id, s.c.model, s.c.version, s.c.winner).where(s.c.device_id.in_(in_page)))})
             p50.update({(d, v): ms for d, v, ms in session.execute(
                 select(b.c.device_id, b.c.variant_id, b.c.p50_ms).where(b.c.device_id.in_(in_page),
-                                                                        b.c.variant_id.in_(sorted(running))))})
+                                                                        b.c.variant_id.in_(sorted(running)),
+                                                                        b.c.settings_key == "default"))})
             for row in session.execute(select(f).where(f.c.device_id.in_(in_page))):
                 field[(row.device_id, row.variant_id)] = {
                     "requests": row.requests or 0, "errors": row.errors or 0, "p50_ms": row.p50_ms,
@@ -234,7 +236,8 @@ class ViewQueries:
         with self.db.sessions() as session:
             return [row for chunk in chunks(variant_ids) for row in session.execute(
                 select(b.c.variant_id, b.c.ok, b.c.p50_ms, b.c.runtime, d.c.profile)
-                .join(d, d.c.id == b.c.device_id).where(b.c.variant_id.in_(chunk)))]
+                .join(d, d.c.id == b.c.device_id).where(b.c.variant_id.in_(chunk),
+                                                        b.c.settings_key == "default"))]
 
     def selection_counts(self, model: str, version: int) -> list[tuple[str, str, int]]:
         """(profile, winner, devices) over the devices whose selection for model v version picked one."""
@@ -257,11 +260,11 @@ class ViewQueries:
         b = BenchmarkRow.__table__
         with self.db.sessions() as session:
             rows = session.execute(select(b.c.variant_id, b.c.ok, b.c.p50_ms, b.c.p99_ms, b.c.agreement,
-                                          b.c.peak_rss_mb, b.c.error, b.c.runtime, b.c.at)
+                                          b.c.peak_rss_mb, b.c.error, b.c.runtime, b.c.settings_key, b.c.at)
                                    .where(b.c.device_id == device_id).order_by(b.c.at.desc())).all()
         return [{"variant_id": r.variant_id, "ok": r.ok, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
                  "agreement": r.agreement, "peak_rss_mb": r.peak_rss_mb, "error": r.error, "runtime": r.runtime,
-                 "at": r.at.isoformat()} for r in rows]
+                 "settings": r.settings_key, "at": r.at.isoformat()} for r in rows]
 
     def device_activations(self, device_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The device's newest activation results and errors, newest first (events by device)."""
