@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehub.agent.benchmark import BenchJob, BenchResult
+from edgehub.agent.hardware import emulation
 from edgehub.agent.runtimes import RuntimeUnavailable, Session, runtime_for
 from edgehub.agent.runtimes.base import NotApplicable
 from edgehub.agent.sandbox import claim_stdout, limit_address_space
@@ -194,7 +195,7 @@ def run_job(job: BenchJob, stage: Stage, known: dict) -> BenchResult:
     runtime = runtime_for(job.format)
     runtime.prepare()
     known.update(runtime=runtime.name, runtime_version=runtime.version(), threads=settings.threads,
-                 settings=job.runtime_settings)
+                 settings=job.runtime_settings, emulated=emulation())
     path = Path(job.model_path)
     if not path.is_file():
         raise FileNotFoundError(f"no model file at {path}")

@@ -59,6 +59,7 @@ class Agent:
         self.server = LocalServer(shelf, config.serve_host,
                                   config.serve_port, recorder=self.recorder, rates=self.rates)
         self._runtimes = available_runtimes()
+        self.reconciler.runtimes = self._runtimes  # judged against each candidate's requirements
         self._hardware = hardware()
 
     def device_state(self, online: bool = True) -> DeviceState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from pathlib import Path
 
 from edgehub.protocol.messages import Hardware
@@ -28,6 +29,22 @@ def accelerators() -> list[str]:
     return found
 
 
+def emulation(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    """What emulates this ARM CPU, or None on real hardware: under qemu user-mode emulation the
+    machine says aarch64 while /proc/cpuinfo is the x86 host's (a real ARM CPU lists its
+    implementer and part, never an x86 vendor_id)."""
+    machine = platform.machine().lower()
+    if not machine.startswith(("aarch64", "arm")):
+        return None
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    if re.search(r"^vendor_id\s*:\s*(GenuineIntel|AuthenticAMD)", text, re.MULTILINE):
+        return f"qemu-user ({machine} on x86_64)"
+    return None
+
+
 def hardware() -> Hardware:
     return Hardware(arch=platform.machine() or "unknown", cores=os.cpu_count() or 1,
-                    ram_mb=max(ram_mb(), 1), accelerators=accelerators())
+                    ram_mb=max(ram_mb(), 1), accelerators=accelerators(), emulated=emulation())

@@ -24,6 +24,7 @@ from edgehub.agent.local_state import InstalledVariant, LocalState, StateFile
 from edgehub.agent.runtimes import RuntimeUnavailable, runtime_for
 from edgehub.agent.tls import client_context
 from edgehub.agent.tuning import pair_key, pairs_to_measure
+from edgehub.protocol.compatibility import unmet
 from edgehub.protocol.files import sha256_file
 from edgehub.protocol.formats import suffix_of
 from edgehub.protocol.manifest import SignatureError, verify_manifest
@@ -55,8 +56,9 @@ def verify_artifact_signature(c: Candidate, keys: list[bytes]) -> None:
 
 class Reconciler:
     def __init__(self, config: AgentConfig, store: StateFile, publish_event: Callable[[object], None],
-                 load_rpm: Callable[[str], float] | None = None):
+                 load_rpm: Callable[[str], float] | None = None, runtimes: dict[str, str] | None = None):
         self.config = config
+        self.runtimes = runtimes  # name -> version of this device's runtimes (None: not checked)
         self.load_rpm = load_rpm  # slot -> the other slots' requests per minute now (agent/load.py)
         self.v2 = config.protocol >= 2
         self.store = store
@@ -179,6 +181,12 @@ class Reconciler:
             runtime_for(c.format)
         except RuntimeUnavailable as exc:
             self._report(desired, c, self._failed_report(desired, slot, c, f"cannot run here: {exc}"))
+            return True
+        # The hub checked the manifest's requirements against the runtimes this device reported;
+        # checked again here, before any download (the runtime may have changed since).
+        why = unmet(c.manifest.manifest.requires, self.runtimes) if self.runtimes is not None else None
+        if why is not None:
+            self._report(desired, c, self._failed_report(desired, slot, c, f"cannot run here: {why}"))
             return True
         try:
             installed = self._fetch(c)

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgehub.protocol.compatibility import Requirements
+
 SCHEMA_VERSION = 1
 
 
@@ -44,12 +46,17 @@ class Manifest(BaseModel):
     references_sha256: str | None = None
     recipe: list[dict] = Field(default_factory=list)
     created_at: str
+    # What the device's runtime must offer (protocol/compatibility.py); None in manifests signed
+    # before requirements existed.
+    requires: Requirements | None = None
 
     def canonical_bytes(self) -> bytes:
-        """Deterministic bytes to sign: sorted keys, no whitespace."""
-        return json.dumps(
-            self.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
-        ).encode()
+        """Deterministic bytes to sign: sorted keys, no whitespace. `requires` is left out when
+        unset, so manifests signed before it existed still verify."""
+        body = self.model_dump(mode="json")
+        if body.get("requires") is None:
+            body.pop("requires", None)
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 class SignedManifest(BaseModel):

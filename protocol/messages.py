@@ -75,6 +75,8 @@ class Hardware(BaseModel):
     cores: int = Field(ge=1, le=4096)
     ram_mb: int = Field(ge=1)
     accelerators: list[str] = Field(default_factory=list, max_length=16)
+    # What emulates this CPU (e.g. qemu-user), None on real hardware: its timings mean nothing.
+    emulated: str | None = Field(None, max_length=64)
 
 
 # A slot is named by its model (and served at /predict/<model>): no slash, no control characters.
@@ -246,6 +248,8 @@ class Measurement(BaseModel):
     settings: RuntimeSettings | None = None
     coverage: Coverage | None = None
     not_applicable: bool = False
+    # Set when the CPU is emulated (agent/hardware.py): correctness holds, the timings do not.
+    emulated: str | None = Field(None, max_length=64)
 
 
 class BenchmarkReport(Body, Measurement, Sequenced):

@@ -311,6 +311,9 @@ def explain(device_id, model, home, hub_url, hub_token, hub_ca, as_json):
                       f"{v['p99_ms']:.3f}" if v["p99_ms"] is not None else "-",
                       str(v["size_bytes"] or "-"), f"{mark}{escape(v['reason'])}")
     console.print(table)
+    if selection.get("emulated"):
+        console.print(escape(f"timings measured under emulation ({selection['emulated']}): they say nothing "
+                             "of this hardware's speed; the reference checks stand"), style="yellow")
     pairs = selection["explanation"].get("pairs")
     if pairs:  # the device measured runtime settings: every (variant, settings) pair and its verdict
         tuned = Table(title="runtime settings measured on the device")
@@ -322,6 +325,8 @@ def explain(device_id, model, home, hub_url, hub_token, hub_ca, as_json):
             tuned.add_row(p["variant_id"], settings, f"{p['p50_ms']:.3f}" if p["p50_ms"] is not None else "-",
                           f"{p['coverage']:.0%}" if p["coverage"] is not None else "-", f"{mark}{escape(p['reason'])}")
         console.print(tuned)
+    for refused in selection["explanation"].get("not_sent", []):  # the device's runtime cannot load it
+        console.print(escape(f"not sent: {refused['variant_id']}: {refused['reason']}"), style="red")
     memory = selection["explanation"].get("memory")
     if memory:  # the device's models together were over its memory limit
         console.print(escape(f"memory: {memory['reason']}"))

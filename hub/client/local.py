@@ -79,14 +79,17 @@ class LocalHub:
     def explain(self, device_id: str, model: str | None = None) -> dict:
         """Why the device runs its variant (of `model`; default: its first model slot's): the
         verdict on every candidate, and the device's other models."""
-        self._device_or_fail(device_id)
+        record = self._device_or_fail(device_id)
         found = self.context.fleet.selections_many([device_id]).get(device_id, [])
         selection = self.context.fleet.selection(device_id, model)
         if selection is None or (model is not None and selection.model != model):
             raise FleetError(f"no selection for {device_id}{f' and model {model}' if model else ''} yet: it has "
                              "not reported every candidate" + (f"; it has selections for "
                                                                f"{', '.join(s.model for s in found)}" if found else ""))
-        return {**selection.model_dump(mode="json"), "models": [s.model for s in found]}
+        hardware = record.state.hardware if record.state else None
+        # An emulated CPU (qemu-user): the verdicts on correctness stand, the timings mean nothing.
+        return {**selection.model_dump(mode="json"), "models": [s.model for s in found],
+                "emulated": hardware.emulated if hardware else None}
 
     def device(self, device_id: str) -> dict:
         """One device: its record and reported state (hardware, runtimes), every benchmark it ran,

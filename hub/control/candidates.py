@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgehub.hub.control.selection import CandidateFacts
+from edgehub.protocol.compatibility import unmet
 from edgehub.zoo.records import VariantRecord
 
 
@@ -17,3 +18,16 @@ def reference_accuracy(variants: list[VariantRecord]) -> float | None:
     """The accuracy budgets are measured from: the fp32 parent's (the root of the lineage)."""
     roots = [v for v in variants if v.parent is None]
     return roots[0].metrics.get("accuracy") if roots else None
+
+
+def loadable(variants: list[VariantRecord], runtimes: dict[str, str]) -> tuple[list[VariantRecord], dict[str, str]]:
+    """The variants a device with these runtimes can load, and variant id -> why not for the rest
+    (the requirements in each signed manifest against the runtime versions the device reported)."""
+    ok, refused = [], {}
+    for v in variants:
+        why = unmet(v.signed_manifest.manifest.requires, runtimes) if v.signed_manifest else None
+        if why is None:
+            ok.append(v)
+        else:
+            refused[v.id] = why
+    return ok, refused

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from edgehub.hub.control import cohorts
-from edgehub.hub.control.candidates import facts_of, reference_accuracy
+from edgehub.hub.control.candidates import facts_of, loadable, reference_accuracy
 from edgehub.hub.control.cohort_plan import CohortPlanner, DevicePick
 from edgehub.hub.control.memory_budget import SlotChoice, SlotOption, fit_budget
 from edgehub.hub.control.planner import SlotWant, desired_of_plan, plan_device
@@ -57,6 +57,7 @@ class Work:
     target: Target
     variants: list[VariantRecord]
     member_status: str | None  # its outcome in the rollout that targets it
+    refused: dict[str, str] = field(default_factory=dict)  # variant id -> why the device cannot load it
 
     @property
     def variant_ids(self) -> list[str]:
@@ -185,13 +186,13 @@ class FleetReconciler:
             mine = self._membership(d, memberships.get(d.id, []), writes)
             targets = resolve_targets(d.profile, d.tags, self.production, mine, states)
             for target in targets[:MAX_SLOTS] if d.protocol >= 2 else targets[:1]:
-                variants = self.variants(target.model, target.version, d.profile)
-                if not variants:
+                variants, refused = loadable(self.variants(target.model, target.version, d.profile), d.runtimes)
+                if not variants and not refused:
                     waiting.setdefault(d.id, set()).add(target.model)
                     continue
                 status = next((s for rid, _, s in mine if rid == target.rollout), None)
                 work.setdefault(target.model, {})[d.id] = Work(device=d, target=target, variants=variants,
-                                                               member_status=status)
+                                                               member_status=status, refused=refused)
         return work, waiting
 
     def _reconcile_chunk(self, ids: list[str]) -> list[DesiredState]:
@@ -229,6 +230,10 @@ class FleetReconciler:
             wants, keep = [], set(waiting.get(device_id, ()))
             for w in ws:
                 pick = mine[w.target.model]
+                if pick.selection is not None and w.refused:  # explain names what was never sent, and why
+                    pick.selection = pick.selection.model_copy(update={"explanation": {
+                        **pick.selection.explanation, "not_sent": [{"variant_id": v, "reason": why}
+                                                                   for v, why in sorted(w.refused.items())]}})
                 if pick.selection is not None:
                     new_selections[(device_id, w.target.model)] = pick.selection
                 self._rollout_outcome(w, pick, writes)

@@ -29,6 +29,7 @@ from edgehub.converters.passes.base import (
     pass_formats,
     run_pass,
 )
+from edgehub.converters.requirements import requirements_of
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.eval_child import EvalLimits, EvalRunner
 from edgehub.hub.publish.eval_data import LABEL_KEY, EvalSet, bind_eval_set, bind_training_set, example_batch, load_npz
@@ -274,6 +275,7 @@ def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: 
                 format=b.artifact.format, precision=b.artifact.precision, sha256=sha, size_bytes=size,
                 inputs=b.artifact.inputs, outputs=b.artifact.outputs, references_sha256=ref_sha,
                 recipe=b.recipe, created_at=now.isoformat(),
+                requires=requirements_of(b.artifact.path, b.artifact.format),
             )
             records.append(VariantRecord(
                 id=ids[b.plan.label], model=name, version=version.version,

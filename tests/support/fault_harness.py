@@ -191,18 +191,20 @@ class Crafted:
         self.signer, self.tamper, self.flip_byte = signer, tamper, flip_byte
 
 
-def register_crafted(paths: HubPaths, registry, name: str, crafted: list[Crafted], profile: str = "x86-cpu"):
+def register_crafted(paths: HubPaths, registry, name: str, crafted: list[Crafted], profile: str = "x86-cpu",
+                     inputs: list | None = None, outputs: list | None = None):
     """Register `crafted` as version 1 of model `name` (first entry is the parent of the rest)
     and return the VariantRecords. Bypasses the publish pipeline on purpose: these files are
-    what a compromised store or a broken converter could hand a device."""
+    what a compromised store or a broken converter could hand a device. `inputs`/`outputs`:
+    TensorSpecs (default: the fault models' x [batch, 16] -> logits [batch, 8])."""
     from edgehub.protocol.manifest import Manifest, TensorSpec
     from edgehub.zoo.records import ModelVersionRecord, VariantRecord, utcnow
     from edgehub.zoo.signing import HubKey
     from edgehub.zoo.store import ArtifactStore
 
     store, key = ArtifactStore(paths.artifacts_dir), HubKey.load_or_create(paths.keys_dir)
-    inputs = [TensorSpec(name="x", dtype="float32", shape=["batch", 16])]
-    outputs = [TensorSpec(name="logits", dtype="float32", shape=["batch", 8])]
+    inputs = inputs or [TensorSpec(name="x", dtype="float32", shape=["batch", 16])]
+    outputs = outputs or [TensorSpec(name="logits", dtype="float32", shape=["batch", 8])]
     records, parent = [], None
     for c in crafted:
         sha, size = store.put_file(c.path)

@@ -1,0 +1,97 @@
+"""What a variant needs from the device's runtime, and whether a device has it.
+
+The hub states it in every variant's signed manifest (publish reads it off the file); the hub
+sends a device only candidates whose requirements its reported runtimes meet, and the agent
+checks again before it downloads. Pure: no runtime is imported here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ONNX Runtime release -> (the newest ai.onnx opset it implements, the newest ONNX IR version it
+# reads), from ONNX Runtime's version matrix (docs/reference/compatibility). A release newer than
+# the table is not refused: it implements at least the last row.
+ORT_SUPPORT: dict[tuple[int, int], tuple[int, int]] = {
+    (1, 10): (15, 7), (1, 11): (15, 7), (1, 12): (15, 7), (1, 13): (17, 8), (1, 14): (18, 8),
+    (1, 15): (19, 9), (1, 16): (19, 9), (1, 17): (20, 9), (1, 18): (21, 10), (1, 19): (21, 10),
+    (1, 20): (21, 10), (1, 21): (22, 10), (1, 22): (22, 11), (1, 23): (23, 11),
+}
+
+# LiteRT (ai-edge-litert) releases run the kernels of at least this TensorFlow Lite release; the
+# older tflite-runtime wheels are numbered as TensorFlow itself is.
+LITERT_TF_FLOOR = "2.18.0"
+
+
+class Requirements(BaseModel):
+    """The runtime a variant needs; None fields: no constraint of that kind."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    runtimes: list[str] = Field(default_factory=list, max_length=8)  # any of these loads it
+    onnx_ir: int | None = Field(None, ge=1)
+    onnx_opset: int | None = Field(None, ge=1)  # the newest ai.onnx opset the graph imports
+    tflite_min_runtime: str | None = Field(None, max_length=32)  # the file's min_runtime_version metadata
+
+    def describe(self) -> str:
+        parts = [" or ".join(self.runtimes) or "any runtime"]
+        if self.onnx_opset is not None:
+            parts.append(f"ONNX opset {self.onnx_opset}, IR {self.onnx_ir}")
+        if self.tflite_min_runtime:
+            parts.append(f"TFLite runtime >= {self.tflite_min_runtime}")
+        return ", ".join(parts)
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    """'1.17.3' -> (1, 17, 3); 'v2.14.0rc1' -> (2, 14, 0); unreadable -> ()."""
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def _onnx_unmet(req: Requirements, version: str) -> str | None:
+    v = version_tuple(version)[:2]
+    if req.onnx_opset is None or len(v) < 2 or v > max(ORT_SUPPORT):
+        return None
+    known = [k for k in ORT_SUPPORT if k <= v]
+    if not known:
+        return f"onnxruntime {version} is older than any release edgehub knows (1.10)"
+    opset, ir = ORT_SUPPORT[max(known)]
+    if req.onnx_opset > opset or (req.onnx_ir or 0) > ir:
+        return (f"onnxruntime {version} runs ONNX opset <= {opset} and IR <= {ir}; this variant needs opset "
+                f"{req.onnx_opset}, IR {req.onnx_ir}")
+    return None
+
+
+def _tflite_unmet(req: Requirements, runtime: str, version: str) -> str | None:
+    if not req.tflite_min_runtime:
+        return None
+    need = version_tuple(req.tflite_min_runtime)
+    have = version_tuple(LITERT_TF_FLOOR if runtime == "litert" else version)
+    if need and have and have < need:
+        return f"{runtime} {version} is older than the TFLite runtime {req.tflite_min_runtime} this variant needs"
+    return None
+
+
+def unmet(req: Requirements | None, runtimes: dict[str, str]) -> str | None:
+    """Why a device with these runtimes (name -> version) cannot load the variant, or None.
+
+    Only versions are judged: a device that reports none of the variant's runtimes (or a
+    simulated one) is left to the profile, as before. Of several runtimes that load the format,
+    one that can is enough.
+    """
+    if req is None:
+        return None
+    present = [(name, runtimes[name]) for name in req.runtimes if name in runtimes]
+    reasons = []
+    for name, version in present:
+        if name in ("onnxruntime", "tensorrt"):
+            why = _onnx_unmet(req, version) if name == "onnxruntime" else None
+        elif name in ("litert", "tflite-runtime"):
+            why = _tflite_unmet(req, name, version)
+        else:
+            why = None
+        if why is None:
+            return None
+        reasons.append(why)
+    return "; ".join(reasons) or None
