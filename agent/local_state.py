@@ -44,6 +44,8 @@ class LocalState(BaseModel):
     installed: dict[str, InstalledVariant] = Field(default_factory=dict)  # by variant id
     benchmarked: dict[str, str] = Field(default_factory=dict)  # variant id (or pair key) -> sha256 reported
     default_p50: dict[str, float | None] = Field(default_factory=dict)  # variant id -> p50 at defaults (None: failed)
+    pair_p50: dict[str, float | None] = Field(default_factory=dict)  # pair key -> p50 of its tuning run
+    tuning_spent_s: dict[str, float] = Field(default_factory=dict)  # "model:version" -> seconds spent tuning it
     generation_seen: int = 0
 
     @model_validator(mode="before")

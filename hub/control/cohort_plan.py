@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 from edgehub.hub.control import cohorts
 from edgehub.hub.control.candidates import facts_of, reference_accuracy
 from edgehub.hub.control.selection import select_variant
+from edgehub.hub.control.tuning import pooled_settings
 from edgehub.hub.fleet.records import CohortDecisionRecord, SelectionRecord
 from edgehub.hub.rollout.machine import stage_rank
 from edgehub.protocol.messages import BenchmarkReport
+from edgehub.protocol.runtime_settings import RuntimeSettings
 from edgehub.zoo.records import utcnow
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ class DevicePick:
     nothing_eligible: bool = False
     left_out: bool = False  # the device's memory cannot hold this model beside its others
     settings: object = None  # RuntimeSettings to run the winner with (None: the runtime's defaults)
+    follower: bool = False  # a cohort member that runs the cohort's decision: it does not tune
 
 
 def key_text(key: Key) -> str:
@@ -82,6 +85,13 @@ class CohortPlanner:
         if verdict is None:
             return decision
         explanation = {**verdict.selection.explain(), "cohort": key[0], "samples": verdict.samples_used}
+        if self.r.tune_budget_s > 0 and verdict.selection.winner is not None:
+            # The runtime settings are shared too: pooled from the sampled devices' tuned runs.
+            tuned = self.r.fleet.tuned_reports(list(sample), w0.variant_ids)
+            runs = {s: [*sample_reports[s].values(), *tuned.get(s, [])] for s in sample}
+            settings, pooled = pooled_settings(verdict.selection.winner, runs, self.r.policy_for(w0.device.profile))
+            explanation.update(settings=settings.model_dump(mode="json", exclude_defaults=True) if settings else None,
+                               pooled_pairs=pooled)
         new = CohortDecisionRecord(cohort=key[0], model=key[1], version=key[2], winner=verdict.selection.winner,
                                    reports_used=verdict.reports_used, explanation=explanation, decided_at=utcnow())
         if decision is not None and (decision.winner, decision.explanation) == (new.winner, new.explanation):
@@ -114,16 +124,17 @@ class CohortPlanner:
             winner = decision.winner if mine_ok else (selection.winner if selection.complete else None)
             return DevicePick(candidate_ids=w.variant_ids, winner=winner,
                               selection=self._record(w, key, decision, winner, selection.explain()),
-                              nothing_eligible=selection.complete and winner is None)
+                              nothing_eligible=selection.complete and winner is None,
+                              settings=_settings_of(decision) if winner == decision.winner else None)
         if decision is None:
-            return DevicePick(candidate_ids=None, winner=None, selection=None)
+            return DevicePick(candidate_ids=None, winner=None, selection=None, follower=True)
         if decision.winner is None:
             return DevicePick(candidate_ids=None, winner=None, selection=self._record(w, key, decision, None, None),
-                              nothing_eligible=True)
+                              nothing_eligible=True, follower=True)
         chosen = decision.winner
         report = own.get(chosen)
-        if report is None:
-            return DevicePick(candidate_ids=[chosen], winner=None, selection=None)  # check it here first
+        if report is None:  # check it here first
+            return DevicePick(candidate_ids=[chosen], winner=None, selection=None, follower=True)
         facts = [f for f in self._facts(w) if f.variant_id == chosen]
         mine = select_variant(facts, {chosen: report}, policy, reference_accuracy=self._reference(w))
         pooled = next((v for v in decision.explanation.get("verdicts", []) if v["variant_id"] == chosen), None)
@@ -135,7 +146,8 @@ class CohortPlanner:
             writes.samples.append((key, w.device.id, f"disagreed: {why}"[:300]))
             candidate_ids = w.variant_ids  # benchmark everything: the cohort decides again with it
         return DevicePick(candidate_ids=candidate_ids, winner=winner,
-                          selection=self._record(w, key, decision, winner, mine.explain(), disagreement=why))
+                          selection=self._record(w, key, decision, winner, mine.explain(), disagreement=why),
+                          settings=_settings_of(decision) if winner is not None else None, follower=why is None)
 
     @staticmethod
     def _facts(w: Work):
@@ -150,6 +162,14 @@ class CohortPlanner:
                 disagreement: str | None = None) -> SelectionRecord:
         explanation = {"winner": winner, "complete": True, "verdicts": decision.explanation.get("verdicts", []),
                        "cohort": key[0], "cohort_winner": decision.winner,
+                       "settings": decision.explanation.get("settings") if winner == decision.winner else None,
+                       "pooled_pairs": decision.explanation.get("pooled_pairs"),
                        "samples": decision.explanation.get("samples", []), "own": own, "disagreement": disagreement}
         return SelectionRecord(device_id=w.device.id, model=key[1], version=key[2], winner=winner,
                                explanation=explanation, decided_at=utcnow())
+
+
+def _settings_of(decision: CohortDecisionRecord) -> RuntimeSettings | None:
+    """The runtime settings the cohort runs its winner with (None: the runtime's defaults)."""
+    found = decision.explanation.get("settings")
+    return RuntimeSettings.model_validate(found) if found else None

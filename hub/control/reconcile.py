@@ -244,7 +244,7 @@ class FleetReconciler:
                 else:
                     wants.append(SlotWant(target=w.target.key, candidate_ids=tuple(pick.candidate_ids),
                                           winner=pick.winner, settings=pick.settings,
-                                          tuning=self.tuning_for(w.device)))
+                                          tuning=None if pick.follower else self.tuning_for(w.device)))
             device = ws[0].device
             plan = plan_device(current.get(device_id), wants, keep, self.benchmark, device.protocol)
             if plan is not None:

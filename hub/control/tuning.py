@@ -124,3 +124,33 @@ def choose_pair(selection: Selection, defaults: dict[str, BenchmarkReport], tune
             v.reason = f"{policy.objective} {score:.3f} ms is {score / best:.2f}x the best"
     settings = None if chosen.settings.is_default() else chosen.settings
     return PairChoice(variant_id=chosen.variant_id, settings=settings, pairs=[v for _, v in pairs])
+
+
+def pooled_settings(winner: str, sampled: dict[str, list[BenchmarkReport]], policy: Policy
+                    ) -> tuple[RuntimeSettings | None, list[dict]]:
+    """The settings a cohort runs its winner with, from its sampled devices' runs of it (each
+    device's default run and tuned pairs): per setting the median p50 over the devices that
+    measured it, kept when at least half of the devices that tuned measured it; the lowest wins,
+    ties (the policy's tolerance) to fewer threads, then the runtime's defaults. The followers then
+    run it without tuning, as they run the cohort's variant without benchmarking every candidate."""
+    by_key: dict[str, tuple[RuntimeSettings, list[float]]] = {}
+    tuned_devices = 0
+    for reports in sampled.values():
+        mine = [r for r in reports if r.variant_id == winner]
+        tuned_devices += any(r.settings is not None and not r.settings.is_default() for r in mine)
+        for r in mine:
+            if _pair_problem(r, policy) is None:
+                settings = r.settings or DEFAULT_SETTINGS
+                by_key.setdefault(settings.key(), (settings, []))[1].append(r.latency.p50_ms)
+    rows = [{"settings": s.model_dump(mode="json", exclude_defaults=True), "devices": len(p50s),
+             "median_p50_ms": float(sorted(p50s)[(len(p50s) - 1) // 2])}
+            for s, p50s in by_key.values() if len(p50s) * 2 >= max(tuned_devices, 1)]
+    if not rows:
+        return None, []
+    best = min(r["median_p50_ms"] for r in rows)
+    tied = [r for r in rows if r["median_p50_ms"] <= best * (1 + policy.tie_tolerance)]
+    chosen = min(tied, key=lambda r: (r["settings"].get("threads") or 10**6, bool(r["settings"]), r["median_p50_ms"]))
+    for r in rows:
+        r["selected"] = r is chosen
+    settings = RuntimeSettings.model_validate(chosen["settings"])
+    return (None if settings.is_default() else settings), sorted(rows, key=lambda r: r["median_p50_ms"])

@@ -14,7 +14,7 @@ from fault_models import good_mlp
 from edgehub.agent.benchmark import run_benchmark
 from edgehub.agent.runtimes import runtime_for
 from edgehub.agent.runtimes.base import NotApplicable
-from edgehub.agent.tuning import leaders, pair_key, pairs_to_measure
+from edgehub.agent.tuning import contenders, leaders, median_index, pair_key, pairs_to_measure, split_key
 from edgehub.protocol.messages import BenchmarkSettings
 from edgehub.protocol.runtime_settings import RuntimeSettings, TuningPlan
 
@@ -27,6 +27,17 @@ def test_only_the_leaders_are_tuned_and_nothing_twice():
     plan = TuningPlan(settings=[RuntimeSettings(), RuntimeSettings(threads=1), RuntimeSettings(threads=2)])
     pairs = pairs_to_measure(plan, p50, done={pair_key("int8", RuntimeSettings(threads=1))})
     assert [(v, s.key()) for v, s in pairs] == [("int8", "threads=2"), ("fp16", "threads=1"), ("fp16", "threads=2")]
+
+
+def test_the_contending_pairs_are_measured_again():
+    p50s = {"a@default": 1.00, "a@threads=1": 0.95, "b@default": 1.10, "b@threads=1": 1.30, "c@default": None}
+    assert contenders(p50s) == ["a@threads=1", "a@default", "b@default"]  # within 20% of 0.95, best first
+    assert contenders(p50s, most=2) == ["a@threads=1", "a@default"]
+    assert contenders({"a@default": 1.0, "b@default": 2.0}) == []  # a clear winner: nothing to decide
+    assert median_index([1.0, 3.0, 2.0]) == 2 and median_index([5.0, 1.0, 3.0]) == 2 and median_index([2.0]) == 0
+    for settings in (RuntimeSettings(), RuntimeSettings(threads=2, optimization="basic"),
+                     RuntimeSettings(provider="XnnpackExecutionProvider")):
+        assert split_key(pair_key("m-v1-int8-static", settings)) == ("m-v1-int8-static", settings)
 
 
 def test_onnxruntime_settings_are_applied_and_coverage_comes_from_its_profile(tmp_path):
