@@ -11,8 +11,8 @@ process per run, the same warm-up, time budget and reference check):
    hub's choice (hub.control.tuning.choose_pair);
 3. exhaustive: every variant under every setting of the plan.
 
-Printed per model, all p50s from the exhaustive run (every pair measured twice, alternating, the
-median kept, so the figures compared share one set of conditions): the default winner's, the
+Printed per model, all p50s from the exhaustive run (every pair measured three times, alternating,
+the median kept, so the figures compared share one set of conditions): the default winner's, the
 chosen pair's (the gain), the best pair's (the choice should be within 5% of it); and the
 measuring time of the cheap search against the exhaustive one. Then agent fidelity for the chosen
 pair: the agent's p50 over a direct ONNX Runtime / LiteRT loop with the same settings in this
@@ -167,14 +167,14 @@ def bench_model(name: str, fp32: Path, x: np.ndarray, work: Path) -> dict:
     choice = choose_pair(selection, defaults, tuned, sizes, policy)
     chosen = next(pv for pv in choice.pairs if pv.selected)
 
-    # Every pair, twice, alternating, the median kept: the figures compared below all come from here.
+    # Every pair, three times, alternating, the median kept: the figures compared below all come from here.
     runs: dict[tuple[str, str], list[float]] = {}
     seconds_all = 0.0
-    for _ in range(2):
+    for _ in range(3):
         for variant_id, (p, f, r) in by_id.items():
             for settings in [RuntimeSettings(), *plan.settings]:
                 report, spent = measure(p, f, r, settings)
-                seconds_all += spent / 2
+                seconds_all += spent / 3  # the time of one exhaustive pass
                 if report.ok and report.latency:
                     runs.setdefault((variant_id, settings.key()), []).append(report.latency.p50_ms)
     exhaustive = {k: statistics.median(v) for k, v in runs.items()}

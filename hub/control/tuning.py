@@ -17,6 +17,12 @@ from edgehub.hub.control.selection import Policy, Selection
 from edgehub.protocol.messages import BenchmarkReport
 from edgehub.protocol.runtime_settings import DEFAULT_SETTINGS, RuntimeSettings, TuningPlan
 
+# A non-default setting is run only when it beats the best default run by this much: on a busy
+# 2-vCPU machine two runs of one configuration differed by up to 40% for sub-millisecond models
+# (bench/RESULTS.md), so a smaller "gain" is as likely noise as real, and a setting chosen on noise
+# can be the slower one in the field.
+MIN_GAIN = 0.10
+
 # ONNX Runtime execution providers a profile's devices may offer beside the CPU one; the agent
 # reports a provider its build lacks as not applicable.
 PROFILE_PROVIDERS = {
@@ -109,6 +115,13 @@ def choose_pair(selection: Selection, defaults: dict[str, BenchmarkReport], tune
             score = verdict.p50_ms if policy.objective == "p50" else verdict.p99_ms
         pairs.append(((score, sizes.get(r.variant_id, 0), settings.threads or 10**6), verdict))
     scored = [(k, v) for k, v in pairs if k[0] is not None]
+    default_best = min((k[0] for k, v in scored if v.settings.is_default()), default=None)
+    if default_best is not None:
+        for k, v in scored:
+            if not v.settings.is_default() and k[0] * (1 + MIN_GAIN) > default_best:
+                v.reason = (f"{k[0]:.3f} ms is not {MIN_GAIN:.0%} faster than the defaults' best "
+                            f"({default_best:.3f} ms): within the timing noise, the defaults stay")
+        scored = [(k, v) for k, v in scored if v.settings.is_default() or k[0] * (1 + MIN_GAIN) <= default_best]
     if not scored:
         return PairChoice(variant_id=selection.winner, settings=None, pairs=[v for _, v in pairs])
     best = min(k[0] for k, _ in scored)
@@ -130,8 +143,9 @@ def pooled_settings(winner: str, sampled: dict[str, list[BenchmarkReport]], poli
                     ) -> tuple[RuntimeSettings | None, list[dict]]:
     """The settings a cohort runs its winner with, from its sampled devices' runs of it (each
     device's default run and tuned pairs): per setting the median p50 over the devices that
-    measured it, kept when at least half of the devices that tuned measured it; the lowest wins,
-    ties (the policy's tolerance) to fewer threads, then the runtime's defaults. The followers then
+    measured it, kept when at least half of the devices that tuned measured it; the lowest wins
+    (a setting only when it beats the defaults by MIN_GAIN), ties (the policy's tolerance) to
+    fewer threads, then the runtime's defaults. The followers then
     run it without tuning, as they run the cohort's variant without benchmarking every candidate."""
     by_key: dict[str, tuple[RuntimeSettings, list[float]]] = {}
     tuned_devices = 0
@@ -147,8 +161,13 @@ def pooled_settings(winner: str, sampled: dict[str, list[BenchmarkReport]], poli
             for s, p50s in by_key.values() if len(p50s) * 2 >= max(tuned_devices, 1)]
     if not rows:
         return None, []
-    best = min(r["median_p50_ms"] for r in rows)
-    tied = [r for r in rows if r["median_p50_ms"] <= best * (1 + policy.tie_tolerance)]
+    default = next((r["median_p50_ms"] for r in rows if not r["settings"]), None)
+    if default is not None:  # as in choose_pair: a setting must beat the defaults by MIN_GAIN
+        rows = [r for r in rows if not r["settings"] or r["median_p50_ms"] * (1 + MIN_GAIN) <= default] + \
+            [{**r, "noise": True} for r in rows if r["settings"] and r["median_p50_ms"] * (1 + MIN_GAIN) > default]
+    candidates = [r for r in rows if not r.get("noise")]
+    best = min(r["median_p50_ms"] for r in candidates)
+    tied = [r for r in candidates if r["median_p50_ms"] <= best * (1 + policy.tie_tolerance)]
     chosen = min(tied, key=lambda r: (r["settings"].get("threads") or 10**6, bool(r["settings"]), r["median_p50_ms"]))
     for r in rows:
         r["selected"] = r is chosen

@@ -69,3 +69,15 @@ def test_defaults_stay_when_no_tuned_pair_beats_them_and_coverage_floors_flag_a_
     pair = next(p for p in flagged.pairs if p.settings == trt)
     assert "ran 10% of the graph" in pair.reason and pair.coverage == 0.1
     assert choose_pair(selection, defaults, partial, {"fp32": 400}, Policy()).settings == trt
+
+
+def test_a_gain_within_the_timing_noise_keeps_the_defaults():
+    facts = [CandidateFacts(variant_id="fp32", size_bytes=400)]
+    defaults = {"fp32": report("fp32", 1.0)}
+    selection = select_variant(facts, defaults, Policy())
+    one = RuntimeSettings(threads=1)
+    choice = choose_pair(selection, defaults, [report("fp32", 0.95, one)], {"fp32": 400}, Policy())
+    assert choice.settings is None
+    [pair] = [p for p in choice.pairs if p.settings == one]
+    assert not pair.selected and "not 10% faster than the defaults' best" in pair.reason
+    assert choose_pair(selection, defaults, [report("fp32", 0.85, one)], {"fp32": 400}, Policy()).settings == one
