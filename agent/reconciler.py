@@ -36,7 +36,7 @@ from edgehub.protocol.messages import (
     DesiredState,
     ModelSlot,
 )
-from edgehub.protocol.runtime_settings import DEFAULT_SETTINGS
+from edgehub.protocol.runtime_settings import DEFAULT_SETTINGS, RuntimeSettings
 
 log = logging.getLogger("edgehub.agent")
 
@@ -169,13 +169,10 @@ class Reconciler:
                              plan.budget_s)
                 break
             c = by_id[variant_id]
-            try:
-                installed = self._fetch(c)
-            except (VerificationError, SignatureError, DownloadError) as exc:
-                log.warning("cannot tune %s: %s", variant_id, exc)
-                continue
             log.info("tuning %s with %s", variant_id, settings.key())
-            report = self._measure(desired, slot, c, installed, settings)
+            report = self._run_pair(desired, slot, c, settings)
+            if report is None:
+                continue
             self.publish_event(report)
             key = pair_key(variant_id, settings)
             self.state.benchmarked[key] = c.sha256
@@ -204,13 +201,9 @@ class Reconciler:
                 if time.monotonic() - started > plan.budget_s:
                     break
                 variant_id, settings = split_key(key)
-                c = by_id[variant_id]
-                try:
-                    installed = self._fetch(c)
-                except (VerificationError, SignatureError, DownloadError) as exc:
-                    log.warning("cannot confirm %s: %s", key, exc)
-                    continue
-                runs[key].append(self._measure(desired, slot, c, installed, None if settings.is_default() else settings))
+                report = self._run_pair(desired, slot, by_id[variant_id], settings)
+                if report is not None:
+                    runs[key].append(report)
         for key, reports in runs.items():
             ok = [r for r in reports if r.ok and r.latency]
             if not ok:
@@ -222,6 +215,17 @@ class Reconciler:
                 self.publish_event(ok[pick - 1])
         self.state.benchmarked[marker] = "1"
         return True
+
+    def _run_pair(self, desired: DesiredState, slot: ModelSlot, c: Candidate,
+                  settings: RuntimeSettings) -> BenchmarkReport | None:
+        """One candidate measured under `settings` (the cached file, verified again); None, logged,
+        when it cannot be fetched."""
+        try:
+            installed = self._fetch(c)
+        except (VerificationError, SignatureError, DownloadError) as exc:
+            log.warning("cannot measure %s with %s: %s", c.variant_id, settings.key(), exc)
+            return None
+        return self._measure(desired, slot, c, installed, None if settings.is_default() else settings)
 
     def _benchmark(self, desired: DesiredState, slot: ModelSlot, c: Candidate) -> bool:
         """Benchmark one candidate and report it; False if it should be retried later."""

@@ -85,11 +85,11 @@ def unmet(req: Requirements | None, runtimes: dict[str, str]) -> str | None:
     present = [(name, runtimes[name]) for name in req.runtimes if name in runtimes]
     reasons = []
     for name, version in present:
-        if name in ("onnxruntime", "tensorrt"):
-            why = _onnx_unmet(req, version) if name == "onnxruntime" else None
+        if name == "onnxruntime":
+            why = _onnx_unmet(req, version)
         elif name in ("litert", "tflite-runtime"):
             why = _tflite_unmet(req, name, version)
-        else:
+        else:  # TensorRT, Edge TPU, Core ML: no version table here; the device's load decides
             why = None
         if why is None:
             return None

@@ -92,9 +92,14 @@ def _reject_reason(c: CandidateFacts, r: BenchmarkReport | None, policy: Policy,
             return f"agreement with fp32 {c.agreement:.4f} is under {policy.min_agreement}"
     elif c.cosine is not None and c.cosine < policy.min_cosine:
         return f"cosine with fp32 outputs {c.cosine:.4f} is under {policy.min_cosine}"
+    return resource_problem(r, policy)
+
+
+def resource_problem(r: BenchmarkReport, policy: Policy) -> str | None:
+    """A measured run over the policy's memory limit or p99 SLO (a variant's, or a settings pair's)."""
     if policy.memory_limit_mb is not None and r.peak_rss_mb is not None and r.peak_rss_mb > policy.memory_limit_mb:
         return f"peak memory {r.peak_rss_mb:.0f} MB is over the limit of {policy.memory_limit_mb:.0f} MB"
-    if policy.slo_p99_ms is not None and r.latency.p99_ms > policy.slo_p99_ms:
+    if policy.slo_p99_ms is not None and r.latency is not None and r.latency.p99_ms > policy.slo_p99_ms:
         return f"p99 {r.latency.p99_ms:.3f} ms is over the SLO of {policy.slo_p99_ms} ms"
     return None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, field_serializer
 
-from edgehub.hub.control.selection import Policy, Selection
+from edgehub.hub.control.selection import Policy, Selection, resource_problem
 from edgehub.protocol.messages import BenchmarkReport
 from edgehub.protocol.runtime_settings import DEFAULT_SETTINGS, RuntimeSettings, TuningPlan
 
@@ -89,11 +89,7 @@ def _pair_problem(r: BenchmarkReport, policy: Policy) -> str | None:
         return f"outputs disagree with the references under these settings (agreement {r.agreement:.3f})"
     if r.agreement is None and r.cosine is not None and r.cosine < policy.min_device_cosine:
         return f"outputs differ from the references under these settings (cosine {r.cosine:.4f})"
-    if policy.memory_limit_mb is not None and r.peak_rss_mb is not None and r.peak_rss_mb > policy.memory_limit_mb:
-        return f"peak memory {r.peak_rss_mb:.0f} MB is over the limit"
-    if policy.slo_p99_ms is not None and r.latency.p99_ms > policy.slo_p99_ms:
-        return f"p99 {r.latency.p99_ms:.3f} ms is over the SLO"
-    return None
+    return resource_problem(r, policy)
 
 
 def choose_pair(selection: Selection, defaults: dict[str, BenchmarkReport], tuned: list[BenchmarkReport],
@@ -162,10 +158,9 @@ def pooled_settings(winner: str, sampled: dict[str, list[BenchmarkReport]], poli
     if not rows:
         return None, []
     default = next((r["median_p50_ms"] for r in rows if not r["settings"]), None)
-    if default is not None:  # as in choose_pair: a setting must beat the defaults by MIN_GAIN
-        rows = [r for r in rows if not r["settings"] or r["median_p50_ms"] * (1 + MIN_GAIN) <= default] + \
-            [{**r, "noise": True} for r in rows if r["settings"] and r["median_p50_ms"] * (1 + MIN_GAIN) > default]
-    candidates = [r for r in rows if not r.get("noise")]
+    for r in rows:  # as in choose_pair: a setting must beat the defaults by MIN_GAIN
+        r["noise"] = bool(r["settings"]) and default is not None and r["median_p50_ms"] * (1 + MIN_GAIN) > default
+    candidates = [r for r in rows if not r["noise"]]
     best = min(r["median_p50_ms"] for r in candidates)
     tied = [r for r in candidates if r["median_p50_ms"] <= best * (1 + policy.tie_tolerance)]
     chosen = min(tied, key=lambda r: (r["settings"].get("threads") or 10**6, bool(r["settings"]), r["median_p50_ms"]))
