@@ -97,11 +97,16 @@ class LocalHub:
         fleet = self.context.fleet
         record = self._device_or_fail(device_id)
         selection = fleet.selection(device_id)
+        from edgehub.hub.fleet.views import StatusFilter
+
+        [row] = fleet.status_rows(StatusFilter(device=device_id)) or [{}]
         return {"device": record.model_dump(mode="json", exclude={"state"}),
                 "state": record.state.model_dump(mode="json") if record.state else None,
                 "benchmarks": fleet.device_benchmarks(device_id),
                 "selection": selection.model_dump(mode="json") if selection else None,
                 "selections": [s.model_dump(mode="json") for s in fleet.selections_many([device_id]).get(device_id, [])],
+                # One entry per model slot: variant, selection, benchmark p50, settings, newest field interval.
+                "models": row.get("models", []),
                 "activations": fleet.device_activations(device_id)}
 
     def tag(self, request: TagRequest) -> dict:

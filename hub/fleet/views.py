@@ -41,8 +41,11 @@ class StatusFilter(BaseModel):
     rollout: int | None = None
     simulated: bool | None = None
     cohort: str | None = None
+    device: str | None = None  # one device (its page)
 
     def apply(self, query, d=DeviceRow.__table__):
+        if self.device:
+            query = query.where(d.c.id == self.device)
         if self.profile:
             query = query.where(d.c.profile == self.profile)
         if self.online is not None:

@@ -84,6 +84,11 @@ def test_a_device_page_shows_benchmarks_verdicts_and_hostile_text_as_text(browse
     assert page.inner_text("#device-id") == "sim-00001"
     benchmarks = page.inner_text("#benchmarks")
     assert "digits-v1-" in benchmarks and "selected" in benchmarks
+    # One row per model slot: what runs, what the hub selected, its benchmark p50.
+    [row] = page.locator("#models tr").all()[1:]
+    cells = [c.inner_text() for c in row.locator("td").all()]
+    assert cells[0] == "digits" and cells[2].startswith("digits-v1-") and cells[2] == cells[3], cells
+    assert float(cells[5]) > 0
     activations = page.inner_text("#activations")
     assert HOSTILE in activations  # shown literally ...
     assert page.locator("#activations b#bold").count() == 0 and page.locator("#activations img").count() == 0
