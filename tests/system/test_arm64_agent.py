@@ -59,6 +59,28 @@ def _tflite_twin(source: Path, out: Path) -> Path:
     return out
 
 
+def _litert_variants(work: Path) -> tuple[list[Crafted], list, list]:
+    """The digits CNN's LiteRT variants (fp32, full int8 with int8 I/O, dynamic-range int8), each
+    with references computed here on x86 by LiteRT itself, as the hub computes them at publish."""
+    from digits_models import shared_digits
+
+    from edgehub.agent.runtimes import runtime_for
+
+    shared = shared_digits()
+    x = shared["x"][1400:1408]
+    crafted = []
+    for label, artifact in (("fp32", shared["tflite"]["none"]), ("int8", shared["tflite"]["int8"]),
+                            ("dynamic-int8", shared["tflite"]["dynamic_int8"])):
+        session = runtime_for("tflite").load(artifact.path, threads=1)
+        name = session.inputs[0].name
+        outputs = np.concatenate([session.run({name: x[i:i + 1]})[0] for i in range(len(x))])
+        refs = work / f"litert-{label}.refs.npz"
+        np.savez(refs, **{f"input.{name}": x, f"output.{artifact.outputs[0].name}": outputs})
+        crafted.append(Crafted(label, artifact.path, format="tflite", references=refs))
+    fp32 = shared["tflite"]["none"]
+    return crafted, fp32.inputs, fp32.outputs
+
+
 def _explain(hub: ApiHub, device: str, model: str) -> dict:
     result = CliRunner().invoke(cli, ["fleet", "explain", device, "--model", model, "--home", str(hub.paths.root),
                                       "--json"])
@@ -86,8 +108,13 @@ def test_the_agent_on_emulated_arm64_checks_references_and_reports(tmp_path, tin
             Crafted("litert", _tflite_twin(Path(tiny_mlp["onnx"]), work / "twin.tflite"), format="tflite",
                     references=refs)],
             profile=PROFILE, inputs=fp32.inputs, outputs=fp32.outputs)
+        # A third model: LiteRT's fp32, full-int8 and dynamic-range int8 files of a digits CNN.
+        litert, litert_in, litert_out = _litert_variants(work)
+        lite = register_crafted(hub.paths, hub.registry, "digits-litert", litert, profile=PROFILE,
+                                inputs=litert_in, outputs=litert_out)
         hub.fleet.deploy("digits", outcome.version.version, [PROFILE])
         hub.fleet.deploy("digits-check", 1, [PROFILE])
+        hub.fleet.deploy("digits-litert", 1, [PROFILE])
 
         # The device says what it is: an aarch64 CPU, emulated, with the aarch64 runtimes.
         wait_until(lambda: (hub.fleet.get_device("pi-emulated") or None) and hub.fleet.get_device("pi-emulated").state,
@@ -100,7 +127,7 @@ def test_the_agent_on_emulated_arm64_checks_references_and_reports(tmp_path, tin
             return {b["variant_id"]: b for b in hub.fleet.device_benchmarks("pi-emulated")
                     if b["settings"] == "default"}
 
-        wanted = set(published) | {v.id for v in broken}
+        wanted = set(published) | {v.id for v in broken} | {v.id for v in lite}
         wait_until(lambda: wanted <= set(reports()), 900, "every variant benchmarked on the emulated device",
                    interval=1)
         found = reports()
@@ -113,9 +140,12 @@ def test_the_agent_on_emulated_arm64_checks_references_and_reports(tmp_path, tin
             assert events[variant_id]["emulated"].startswith("qemu-user")
             if variant.precision == "fp32":
                 assert report["agreement"] == 1.0
-        # LiteRT's aarch64 kernels pass the same check.
+        # LiteRT's aarch64 kernels (XNNPACK's fp32 and int8 ones) pass the same check.
         twin = found["digits-check-v1-litert"]
         assert twin["ok"] and twin["runtime"] == "litert" and twin["agreement"] >= 0.99, twin
+        for v in lite:
+            report = found[v.id]
+            assert report["ok"] and report["runtime"] == "litert" and report["agreement"] >= 0.99, (v.id, report)
         # Catches what it should: the broken file loads and runs, and is rejected on its outputs.
         bad = found["digits-check-v1-broken"]
         assert bad["ok"] and bad["agreement"] < 0.5, bad
