@@ -35,14 +35,6 @@ class Requirements(BaseModel):
     onnx_opset: int | None = Field(None, ge=1)  # the newest ai.onnx opset the graph imports
     tflite_min_runtime: str | None = Field(None, max_length=32)  # the file's min_runtime_version metadata
 
-    def describe(self) -> str:
-        parts = [" or ".join(self.runtimes) or "any runtime"]
-        if self.onnx_opset is not None:
-            parts.append(f"ONNX opset {self.onnx_opset}, IR {self.onnx_ir}")
-        if self.tflite_min_runtime:
-            parts.append(f"TFLite runtime >= {self.tflite_min_runtime}")
-        return ", ".join(parts)
-
 
 def version_tuple(text: str) -> tuple[int, ...]:
     """'1.17.3' -> (1, 17, 3); 'v2.14.0rc1' -> (2, 14, 0); unreadable -> ()."""
