@@ -8,7 +8,8 @@ Method (the same on every device, so numbers compare):
   latency    back-to-back runs of one batch-1 input, timed each with perf_counter_ns, until
              `time_budget_s` has passed and at least `min_runs` were made;
   peak RSS   high-water mark after timing (load + serving batch 1, not the reference batches);
-  agreement  top-1 of the first output vs the references, all samples, for class scores
+  agreement  top-1 of the first output vs the references, all samples, for class scores; a flip
+             between classes the reference scores within 2% of its range counts as agreeing
              (protocol/metrics.py: what is a classifier); cosine for every output.
 The timing input is the first reference sample, else a deterministic random one (dynamic dims 1).
 """
@@ -30,8 +31,8 @@ from edgehub.agent.runtimes.base import NotApplicable
 from edgehub.agent.sandbox import claim_stdout, limit_address_space
 from edgehub.protocol.manifest import TensorSpec
 from edgehub.protocol.messages import Latency
+from edgehub.protocol.metrics import DEVICE_TIE, cosine, is_classifier
 from edgehub.protocol.metrics import agreement as metrics_agreement
-from edgehub.protocol.metrics import cosine, is_classifier
 
 REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
 _MAX_ERROR_CHARS = 500
@@ -180,7 +181,7 @@ def _compare(session: Session, refs: References) -> tuple[float | None, float | 
     if want.ndim < 2:  # one value per sample (a label or a score): no axis to take a top-1 along
         agreement: float | None = float(np.mean(np.isclose(got, want, rtol=1e-3, atol=1e-5)))
     else:
-        agreement = metrics_agreement(got, want) if is_classifier(want, refs.output_name) else None
+        agreement = metrics_agreement(got, want, tie=DEVICE_TIE) if is_classifier(want, refs.output_name) else None
     diff = float(np.max(np.abs(got - want))) if got.size else 0.0
     if similar is not None and not np.isfinite(similar):
         similar = -1.0

@@ -20,9 +20,25 @@ def top1(output: np.ndarray) -> np.ndarray:
     return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
 
 
-def agreement(out: np.ndarray, ref: np.ndarray) -> float:
-    """Share of samples whose top-1 class is the reference's."""
-    return float((top1(out) == top1(ref)).mean())
+# The on-device reference check forgives a top-1 flip between classes whose reference scores lie
+# within 2% of that sample's score range: an ARM int8 kernel rounds differently from the x86 one
+# the references came from (logits moved by up to 0.24 on the arm64 test, about one output step),
+# which can swap a near-tie, while a runtime that computes wrongly flips clear decisions too.
+DEVICE_TIE = 0.02
+
+
+def agreement(out: np.ndarray, ref: np.ndarray, tie: float = 0.0) -> float:
+    """Share of samples whose top-1 class is the reference's. With `tie` > 0, a sample also agrees
+    when the reference scores the chosen class within `tie` times its own score range of its top."""
+    same = top1(out) == top1(ref)
+    if tie <= 0:
+        return float(same.mean())
+    classes = ref.shape[-1]
+    r = ref.reshape(-1, classes).astype(np.float64)
+    chosen = top1(out).reshape(-1)
+    scores = r[np.arange(len(r)), chosen]
+    near = scores >= r.max(1) - tie * (r.max(1) - r.min(1))
+    return float((same.reshape(-1) | near).mean())
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -36,6 +36,10 @@ class Int8StaticConfig(PassConfig):
     rounding: Literal["auto", "nearest", "optimized"] = "auto"
     rounding_time_budget_s: float = Field(600.0, gt=0)
     rounding_samples: int = Field(64, ge=1)
+    # "auto": small layers (the first convolution, ...) kept float where the held-back score says
+    # so, within `small_layers_share` of the int8 weights' bytes (converters/int8/small_layers.py).
+    small_layers: Literal["auto", "off"] = "auto"
+    small_layers_share: float = Field(0.02, ge=0, le=1)
     # The drop against fp32 that counts as good enough: the selection gate's default budgets
     # (1 point of accuracy; agreement or cosine 0.99).
     max_drop: float = Field(0.01, ge=0, le=1)
@@ -84,7 +88,8 @@ def _settings(config: Int8StaticConfig, op_types: list[str] | None) -> Settings:
                     rounding_samples=config.rounding_samples, rounding_time_budget_s=config.rounding_time_budget_s,
                     per_channel=config.per_channel,
                     nodes_to_exclude=list(config.nodes_to_exclude), op_types=op_types, num_bins=config.num_bins,
-                    percentile=config.percentile)
+                    percentile=config.percentile, small_layers=config.small_layers,
+                    small_layers_share=config.small_layers_share)
 
 
 @register
@@ -118,6 +123,7 @@ class Int8Static(Pass[Int8StaticConfig]):
             best = search.choose_calibration()
             nearest = search.try_equalization(best)
             best = search.try_bias_correction(nearest)
+            best = search.try_small_float_layers(best, search.notes.setdefault("small_layers_float", {}))
             best = search.try_rounding(best, nearest, self._misses_budget(artifact, best, config, ctx, search))
         out = copy_chosen(best, ctx.new_path(f"int8-{best.scheme}", ".onnx"))
         if config.compact:

@@ -28,7 +28,28 @@ if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
   cat /usr/lib/binfmt.d/qemu-aarch64.conf > /proc/sys/fs/binfmt_misc/register
 fi
 
+in_root() {  # run a shell command inside root file system $1 (private mounts, clean environment)
+  unshare --mount --fork --pid --mount-proc="$1/proc" chroot "$1" /usr/bin/env -i \
+    PATH=/usr/bin:/bin HOME=/root PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt /bin/sh -c "$2"
+}
+
+# An older board's stack beside the main one: tflite-runtime 2.14 (needs numpy < 2), the agent's
+# fallback for .tflite files where ai-edge-litert is absent, in its own venv without LiteRT or
+# ONNX Runtime. It computes some dynamic-range models wrongly; the reference check must catch it.
+tflite_venv() {
+  python3 - "$REPO/pyproject.toml" > "$1/tmp/tflite-requirements.txt" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+agent = [r for r in project["optional-dependencies"]["agent"] if not r.startswith(("onnxruntime", "ai-edge-litert"))]
+print("\n".join([r for r in project["dependencies"] if not r.startswith("numpy")] + agent
+                + ["numpy<2", "tflite-runtime==2.14.0"]))
+EOF
+  in_root "$1" 'python3 -m venv /opt/edgehub-tflite && /opt/edgehub-tflite/bin/pip install -q -r /tmp/tflite-requirements.txt'
+}
+
 if [ -x "$ROOT/opt/edgehub/bin/python" ]; then
+  [ -x "$ROOT/opt/edgehub-tflite/bin/python" ] || tflite_venv "$ROOT"
   echo "arm64 root file system ready at $ROOT"
   exit 0
 fi
@@ -44,9 +65,7 @@ import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print("\n".join(project["dependencies"] + project["optional-dependencies"]["agent"]))
 EOF
-unshare --mount --fork --pid --mount-proc="$ROOT.partial/proc" chroot "$ROOT.partial" /usr/bin/env -i \
-  PATH=/usr/bin:/bin HOME=/root PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 \
-  PIP_CERT=/etc/ssl/certs/ca-certificates.crt /bin/sh -c \
-  'python3 -m venv /opt/edgehub && /opt/edgehub/bin/pip install -q -r /tmp/agent-requirements.txt'
+in_root "$ROOT.partial" 'python3 -m venv /opt/edgehub && /opt/edgehub/bin/pip install -q -r /tmp/agent-requirements.txt'
+tflite_venv "$ROOT.partial"
 mv "$ROOT.partial" "$ROOT"
 echo "arm64 root file system ready at $ROOT"

@@ -18,12 +18,14 @@ from paths import REPO_ROOT
 
 ROOT = Path(os.environ.get("EDGEHUB_ARM64_ROOT", "/var/tmp/edgehub-arm64"))
 PYTHON = "/opt/edgehub/bin/python"
+# tflite-runtime 2.14 with numpy < 2, no LiteRT or ONNX Runtime: an older board's stack (rootfs.sh).
+TFLITE_PYTHON = "/opt/edgehub-tflite/bin/python"
 PARTS = ("agent", "converters", "hub", "protocol", "zoo")
 
 
-def unavailable() -> str | None:
-    """Why the emulated arm64 runs cannot happen here, or None."""
-    if not (ROOT / PYTHON.lstrip("/")).exists():
+def unavailable(python: str = PYTHON) -> str | None:
+    """Why the emulated arm64 runs (with `python`) cannot happen here, or None."""
+    if not (ROOT / python.lstrip("/")).exists():
         return f"no arm64 root file system at {ROOT} (build it with deploy/arm64/rootfs.sh)"
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
         return "qemu-aarch64 is not registered with binfmt_misc (deploy/arm64/rootfs.sh registers it)"
@@ -43,7 +45,7 @@ def source_tree(workdir: Path) -> Path:
     return ns
 
 
-def command(args: list[str], workdir: Path, env: dict[str, str] | None = None) -> list[str]:
+def command(args: list[str], workdir: Path, env: dict[str, str] | None = None, python: str = PYTHON) -> list[str]:
     """argv that runs `python args...` on aarch64 with the live source and `workdir` visible.
 
     --kill-child: when this process is killed, the emulated one (PID 1 of its own PID namespace)
@@ -62,7 +64,7 @@ def command(args: list[str], workdir: Path, env: dict[str, str] | None = None) -
                  "PATH": "/usr/local/bin:/usr/bin:/bin", **(env or {})}
     inner = " ".join(["exec chroot", shlex.quote(str(ROOT)), "/usr/bin/env", "-i",
                       *(shlex.quote(f"{k}={v}") for k, v in variables.items()),
-                      PYTHON, *map(shlex.quote, args)])
+                      python, *map(shlex.quote, args)])
     script = " && ".join([*mounts, inner])
     return ["unshare", "--mount", "--propagation", "private", "--fork", "--pid", f"--mount-proc={ROOT}/proc",
             "--kill-child", "sh", "-c", script]

@@ -30,6 +30,7 @@ from edgehub.converters.int8.rounding import (
     optimise_rounding,
     round_weights,
 )
+from edgehub.converters.int8.small_layers import SmallLayer, candidates, choose, layer_weights
 from edgehub.converters.onnx_model import onnx_artifact
 from edgehub.converters.passes.base import PassContext, run_pass
 from edgehub.converters.passes.onnx_guarded_int8 import fewest_float_layers
@@ -215,6 +216,26 @@ def test_keeping_a_layer_float_brings_the_output_closer_and_removes_its_int8_wei
     onnx.checker.check_model(one)
 
 
+def test_small_layers_are_chosen_by_gain_per_byte_within_the_budget():
+    layers = [SmallLayer("stem", 100), SmallLayer("dw", 1000), SmallLayer("pw", 10_000), SmallLayer("tiny", 10)]
+    assert [layer.node for layer in candidates(layers, budget_bytes=3_000)] == ["stem", "dw", "tiny"]
+    gains = {"stem": 1e-3, "dw": 2e-3, "tiny": 1e-6, "pw": 5e-3}
+    # stem: 1e-3 per 300 bytes beats dw's 2e-3 per 3000; tiny is under the noise floor; pw does not fit.
+    assert choose(gains, layers, budget_bytes=3_300) == ["stem", "dw"]
+    assert choose(gains, layers, budget_bytes=3_000) == ["stem"]
+    assert choose({"stem": -1e-3}, layers, budget_bytes=1e9) == []
+
+
+def test_layer_weights_reads_the_quantized_layers_of_the_network(net, tmp_path):
+    _, pre, x, _ = net
+    qdq, _ = _quantize(pre, x[:128], tmp_path, "w")
+    network, fp32 = onnx.load(str(qdq)), onnx.load(str(pre))
+    found = {layer.node: layer.weights for layer in layer_weights(network, fp32)}
+    inits = {i.name: numpy_helper.to_array(i) for i in fp32.graph.initializer}
+    convs = [n for n in fp32.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert found == {n.name: inits[n.input[1]].size for n in convs}
+
+
 def test_fewest_float_layers_bisects_to_the_shortest_prefix():
     calls = []
 
@@ -320,6 +341,28 @@ def test_int8_static_records_every_trial_and_why_each_step_was_kept(net, tmp_pat
                                                if t["scheme"] != "u8u8" or t["cosine"] == notes["held_back"]["cosine"])
     reference = _run(pre, x[1400:])
     assert cosine(_run(q.path, x[1400:]), reference) > 0.99
+
+
+def test_int8_static_keeps_small_layers_float_only_when_they_score_better(net, tmp_path):
+    artifact, pre, x, _ = net
+    config = {"calibrate_method": "minmax", "scheme": "u8s8", "rounding": "nearest"}
+    q = run_pass("int8_static", artifact, {**config, "small_layers_share": 0.5}, _ctx(tmp_path, x))
+    notes = q.notes["small_layers_float"]
+    assert notes["scanned"] >= 2 and notes["budget_bytes"] > 0
+    before = [t for t in q.notes["trials"] if "small layers float" not in t["steps"]][-1]
+    if notes["kept"]:
+        assert q.notes["steps"][-1] == "small layers float" and notes["layers"]
+        assert notes["cosine"] > before["cosine"] and set(notes["layers"]) == set(notes["gains"])
+        graph = onnx.load(str(q.path)).graph
+        float_weights = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+        floats = {n.name for n in graph.node if n.name in notes["layers"] and n.input[1] in float_weights}
+        assert floats == set(notes["layers"])  # their weights are float initializers, not dequantized int8
+    else:
+        assert "small layers float" not in q.notes["steps"] and notes["why"]
+    off = run_pass("int8_static", artifact, {**config, "small_layers": "off"}, _ctx(tmp_path / "off", x))
+    assert off.notes["small_layers_float"] == {"kept": False, "why": "small_layers off"}
+    none = run_pass("int8_static", artifact, {**config, "small_layers_share": 0.0}, _ctx(tmp_path / "none", x))
+    assert none.notes["small_layers_float"] == {"kept": False, "why": "no layer small enough"}
 
 
 def test_int8_static_skips_rounding_when_the_cheap_steps_are_within_budget(net, tmp_path):
