@@ -32,13 +32,17 @@ def _tflite(path: Path) -> dict:
     return {}
 
 
-def requirements_of(path: Path, format: str) -> Requirements:
+def requirements_of(path: Path, format: str, notes: dict | None = None) -> Requirements:
     """What a device's runtime must offer to load this file (the device's load and reference
-    check remain the last word)."""
+    check remain the last word). `notes`: the pass's notes (an Edge TPU file's target runtime)."""
     known = FORMATS.get(format)
     fields: dict = {"runtimes": list(known.runtimes) if known else []}
     if format in ("onnx", "tensorrt"):
         fields.update(_onnx(path))
-    elif format == "tflite":  # an Edge TPU file is judged by its compiler's runtime, not here
+    elif format == "tflite":
         fields.update(_tflite(path))
+    elif format == "edgetpu" and (notes or {}).get("min_runtime_version"):
+        # The runtime the compiler was told to target (-m); without it the compiler's own default
+        # applies, which edgehub does not guess: the device's load decides.
+        fields["edgetpu_min_runtime"] = int(notes["min_runtime_version"])
     return Requirements(**fields)

@@ -20,6 +20,14 @@ ORT_SUPPORT: dict[tuple[int, int], tuple[int, int]] = {
     (1, 20): (21, 10), (1, 21): (22, 10), (1, 22): (22, 11), (1, 23): (23, 11),
 }
 
+# TensorRT release -> the newest ai.onnx opset its ONNX parser reads, from onnx-tensorrt's
+# operators.md of each release (8.0: 13, 8.5 and 8.6: 17, 9.2: 19, 10.0: 20) and NVIDIA's opset
+# guide for 11.x (25). A release between rows is judged by the row below it (conservative); one
+# newer than the table is not refused. Explicit Q/DQ int8 (what edgehub's TensorRT-ready int8
+# files are) arrived with 8.0, the table's first row: older releases are refused.
+TENSORRT_OPSET: dict[tuple[int, int], int] = {(8, 0): 13, (8, 5): 17, (8, 6): 17, (9, 2): 19, (10, 0): 20,
+                                              (11, 0): 25}
+
 # LiteRT (ai-edge-litert) releases run the kernels of at least this TensorFlow Lite release; the
 # older tflite-runtime wheels are numbered as TensorFlow itself is.
 LITERT_TF_FLOOR = "2.18.0"
@@ -34,6 +42,7 @@ class Requirements(BaseModel):
     onnx_ir: int | None = Field(None, ge=1)
     onnx_opset: int | None = Field(None, ge=1)  # the newest ai.onnx opset the graph imports
     tflite_min_runtime: str | None = Field(None, max_length=32)  # the file's min_runtime_version metadata
+    edgetpu_min_runtime: int | None = Field(None, ge=1)  # the Edge TPU runtime the compiler targeted (-m)
 
 
 def version_tuple(text: str) -> tuple[int, ...]:
@@ -53,6 +62,33 @@ def _onnx_unmet(req: Requirements, version: str) -> str | None:
         return (f"onnxruntime {version} runs ONNX opset <= {opset} and IR <= {ir}; this variant needs opset "
                 f"{req.onnx_opset}, IR {req.onnx_ir}")
     return None
+
+
+def _tensorrt_unmet(req: Requirements, version: str) -> str | None:
+    v = version_tuple(version)[:2]
+    if req.onnx_opset is None or len(v) < 2 or v > max(TENSORRT_OPSET):
+        return None
+    known = [k for k in TENSORRT_OPSET if k <= v]
+    if not known:
+        return f"TensorRT {version} is older than any release edgehub knows (8.0, the first with Q/DQ int8)"
+    opset = TENSORRT_OPSET[max(known)]
+    if req.onnx_opset > opset:
+        return f"TensorRT {version} parses ONNX opset <= {opset}; this variant needs opset {req.onnx_opset}"
+    return None
+
+
+def edgetpu_runtime_version(version: str) -> int | None:
+    """The runtime number in libedgetpu's version string ('BuildLabel(...), RuntimeVersion(14)')."""
+    match = re.search(r"RuntimeVersion\((\d+)\)", version)
+    return int(match.group(1)) if match else None
+
+
+def _edgetpu_unmet(req: Requirements, version: str) -> str | None:
+    have = edgetpu_runtime_version(version)
+    if req.edgetpu_min_runtime is None or have is None or have >= req.edgetpu_min_runtime:
+        return None
+    return (f"the Edge TPU runtime is version {have}; this variant was compiled for runtime "
+            f">= {req.edgetpu_min_runtime}")
 
 
 def _tflite_unmet(req: Requirements, runtime: str, version: str) -> str | None:
@@ -81,7 +117,11 @@ def unmet(req: Requirements | None, runtimes: dict[str, str]) -> str | None:
             why = _onnx_unmet(req, version)
         elif name in ("litert", "tflite-runtime"):
             why = _tflite_unmet(req, name, version)
-        else:  # TensorRT, Edge TPU, Core ML: no version table here; the device's load decides
+        elif name == "tensorrt":
+            why = _tensorrt_unmet(req, version)
+        elif name == "edgetpu":
+            why = _edgetpu_unmet(req, version)
+        else:  # Core ML: no version table here (the OS decides what an mlprogram needs); the device's load decides
             why = None
         if why is None:
             return None

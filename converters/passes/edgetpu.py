@@ -62,6 +62,7 @@ class EdgetpuCompile(Pass[EdgetpuCompileConfig]):
                                      min_runtime_version=config.min_runtime_version)
         notes = {
             "compiler": str(compiler.name), "compiler_version": result.compiler_version,
+            "min_runtime_version": config.min_runtime_version,
             "tpu_ops": result.tpu_ops, "cpu_ops": result.cpu_ops, "edgetpu_subgraphs": result.subgraphs,
             "compiler_operations": result.operations, "compiler_log": result.log_text,
             "compiler_log_file": result.log_path.name, "op_report": summary,

@@ -275,7 +275,7 @@ def _commit(name: str, version: ModelVersionRecord, built: list[_Built], paths: 
                 format=b.artifact.format, precision=b.artifact.precision, sha256=sha, size_bytes=size,
                 inputs=b.artifact.inputs, outputs=b.artifact.outputs, references_sha256=ref_sha,
                 recipe=b.recipe, created_at=now.isoformat(),
-                requires=requirements_of(b.artifact.path, b.artifact.format),
+                requires=requirements_of(b.artifact.path, b.artifact.format, b.artifact.notes),
             )
             records.append(VariantRecord(
                 id=ids[b.plan.label], model=name, version=version.version,

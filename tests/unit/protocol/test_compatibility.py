@@ -49,6 +49,39 @@ def test_tflite_min_runtime_against_tflite_runtime_and_litert():
     assert unmet(Requirements(runtimes=["litert"], tflite_min_runtime="2.99.0"), {"litert": "2.3.0"}) is not None
 
 
+@pytest.mark.parametrize("version, refused", [
+    ("8.6.1", True),    # opset <= 17
+    ("10.0.1", False),  # opset <= 20
+    ("10.3.0", False),  # between rows: judged by 10.0's
+    ("12.0.0", False),  # newer than the table
+    ("7.1.3", True),    # before Q/DQ int8
+])
+def test_tensorrt_parser_opset_against_the_tensorrt_version(version, refused):
+    req = Requirements(runtimes=["tensorrt"], onnx_ir=9, onnx_opset=19)
+    why = unmet(req, {"tensorrt": version})
+    assert (why is not None) == refused
+    if refused:
+        assert f"TensorRT {version}" in why
+
+
+def test_edgetpu_runtime_version_against_the_compilers_target():
+    req = Requirements(runtimes=["edgetpu"], edgetpu_min_runtime=14)
+    old = "BuildLabel(COMPILER=6.2.1 20200217,DATE=redacted,TIME=redacted), RuntimeVersion(13)"
+    assert "version 13" in unmet(req, {"edgetpu": old})
+    assert unmet(req, {"edgetpu": old.replace("(13)", "(14)")}) is None
+    assert unmet(req, {"edgetpu": "libedgetpu.so.1.0"}) is None  # unreadable: the device's load decides
+    assert unmet(Requirements(runtimes=["edgetpu"]), {"edgetpu": old}) is None
+
+
+def test_edgetpu_requirement_comes_from_the_compiler_target(tmp_path):
+    from edgehub.converters.requirements import requirements_of
+
+    path = tmp_path / "m_edgetpu.tflite"
+    path.write_bytes(b"")
+    assert requirements_of(path, "edgetpu", {"min_runtime_version": 13}).edgetpu_min_runtime == 13
+    assert requirements_of(path, "edgetpu", {"min_runtime_version": None}).edgetpu_min_runtime is None
+
+
 def test_absent_runtimes_and_no_requirements_are_left_to_the_profile():
     assert unmet(OPSET21, {"simulated": "0.1.0"}) is None
     assert unmet(None, {"onnxruntime": "1.10.0"}) is None
