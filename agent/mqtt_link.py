@@ -38,8 +38,9 @@ from edgehub.agent.config import AgentConfig
 from edgehub.agent.outbox import Outbox
 from edgehub.agent.tls import client_context, describe
 from edgehub.protocol.base import MessageError
-from edgehub.protocol.messages import DesiredState, DeviceState, encode, parse_body
+from edgehub.protocol.messages import DesiredState, DeviceState
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode, parse_body
 
 log = logging.getLogger("edgehub.agent.mqtt")
 

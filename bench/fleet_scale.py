@@ -347,8 +347,9 @@ def replay(home: Path, per_device: int = FLOOD_PER_DEVICE) -> dict:
     from edgehub.hub.control.worker import FleetService
     from edgehub.hub.fleet.store import FleetStore
     from edgehub.hub.home import HubPaths
-    from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, encode
+    from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings
     from edgehub.protocol.topics import Topics
+    from edgehub.protocol.wire import encode
     from edgehub.zoo.profiles import load_profiles
     from edgehub.zoo.registry import Registry
 

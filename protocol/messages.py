@@ -6,30 +6,21 @@ the version it speaks in its DeviceState's `schema_version`; the hub sends a v1 
 has not heard from) a v1 desired state with one model, so an agent upgrade never breaks a device.
 A v2 agent also accepts a v1 desired state (one slot, named by its model).
 
-Topic root: edgehub/v1/<fleet>/ (the topic layout did not change). Every body is JSON validated by these models; a body that
-does not validate, is over MAX_BODY_BYTES, or names another device than its topic is rejected
-by `parse_body` with a MessageError (callers log it and go on).
+Topic root: edgehub/v1/<fleet>/ (the topic layout did not change). Every body is JSON validated
+by these models; protocol/wire.py turns bytes into them and back (`parse_body`, `encode`).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import math
 from datetime import datetime, timezone
-from typing import Annotated, Literal, TypeVar, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from edgehub.protocol.base import ID_PATTERN, MessageError
+from edgehub.protocol.base import ID_PATTERN
 from edgehub.protocol.manifest import SCHEMA_VERSION, SignedManifest
 from edgehub.protocol.runtime_settings import Coverage, RuntimeSettings, TuningPlan
 from edgehub.protocol.telemetry import FieldStats, TelemetrySettings
-
-B = TypeVar("B", bound=BaseModel)
-
-MAX_BODY_BYTES = 256 * 1024
-MAX_DEPTH = 32  # JSON nesting; real bodies use under 10
 
 
 def now_utc() -> datetime:
@@ -318,105 +309,9 @@ class FieldTelemetry(Body, Sequenced):
 Event = Annotated[Union[BenchmarkReport, ActivationResult, AgentError, FieldTelemetry], Field(discriminator="kind")]
 
 
-_EVENT_ADAPTER: TypeAdapter = TypeAdapter(Event)
-
 
 class HubState(Body):
     online: bool
     version: str = Field(max_length=32)
     public_key: str | None = Field(None, max_length=128)
     at: UtcTime = Field(default_factory=now_utc)
-
-
-# ---- parsing --------------------------------------------------------------------------------
-
-def encode(body: BaseModel) -> bytes:
-    return body.model_dump_json().encode()
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999
-        raise ValueError("non-finite number")
-    return value
-
-
-def _check_structure(data: object) -> None:
-    # PostgreSQL text columns cannot hold NUL: a "\u0000" in an id would fail the hub's INSERT.
-    # Deep nesting (only a manifest's recipe may nest at all) would parse but not re-encode.
-    stack = [(data, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            raise MessageError(f"body nests deeper than {MAX_DEPTH} levels")
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise MessageError("body contains a NUL character")
-        elif isinstance(item, dict):
-            stack.extend((k, depth + 1) for k in item)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-
-
-def _load(payload: bytes) -> object:
-    if isinstance(payload, str):
-        payload = payload.encode()
-    if len(payload) > MAX_BODY_BYTES:
-        raise MessageError(f"body of {len(payload)} bytes is over the {MAX_BODY_BYTES}-byte limit")
-    try:
-        # Decode as UTF-8 ourselves: json.loads(bytes) would also guess UTF-16/32.
-        # ValueError covers JSONDecodeError, UnicodeDecodeError, non-finite numbers (NaN,
-        # Infinity, 1e999: not JSON, and PostgreSQL's json type refuses them) and integers of
-        # over 4300 digits; RecursionError is deeply nested arrays or objects.
-        data = json.loads(bytes(payload).decode("utf-8"), parse_constant=_reject_constant,
-                          parse_float=_finite_float)
-    except (ValueError, RecursionError) as exc:
-        raise MessageError(f"body is not JSON ({exc.__class__.__name__})") from None
-    _check_structure(data)
-    return data
-
-
-def _validate(adapter: TypeAdapter, data: object, what: str):
-    try:
-        return adapter.validate_python(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise MessageError(f"invalid {what}: {_one_line(where)}: {_one_line(first['msg'])}") from None
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    """Text from a body (a key name, a value in a message) made safe to log: escapes instead of
-    newlines and control characters, so a device cannot write lines into the hub's log."""
-    return text.encode("unicode_escape").decode("ascii")[:limit]
-
-
-def _check_device(body: BaseModel, device: str | None) -> None:
-    named = getattr(body, "device_id", None)
-    if device is not None and named != device:
-        raise MessageError(f"body names device {named!r} but came on the topic of {device!r}")
-
-
-@functools.cache
-def _adapter(model: type[BaseModel]) -> TypeAdapter:
-    # Building an adapter compiles a validator: once per body type, not once per message.
-    return TypeAdapter(model)
-
-
-def parse_body(payload: bytes, model: type[B], *, device: str | None = None) -> B:
-    """Validate a payload as `model`; if `device` is given, the body must name that device."""
-    body = _validate(_adapter(model), _load(payload), model.__name__)
-    _check_device(body, device)
-    return body
-
-
-def parse_event(payload: bytes, *, device: str) -> BenchmarkReport | ActivationResult | AgentError | FieldTelemetry:
-    """Validate an event body from `device`'s events topic."""
-    event = _validate(_EVENT_ADAPTER, _load(payload), "event")
-    _check_device(event, device)
-    return event

@@ -39,7 +39,7 @@ class BrokerSettings:
     # every change rewrites the whole database per message, which does not scale with the queue.)
     autosave_interval: int = 1
     autosave_on_changes: bool = False
-    # A body is at most 256 KiB (protocol.messages.MAX_BODY_BYTES); leave room for topic and properties.
+    # A body is at most 256 KiB (protocol.wire.MAX_BODY_BYTES); leave room for topic and properties.
     max_packet_size: int = 1024 * 1024
     # None: Mosquitto's default (65535). A lower value makes Mosquitto refuse MQTT 3.1.1 clients
     # that ask for a longer keepalive (or none), so it is left alone unless asked for.

@@ -48,17 +48,9 @@ from edgehub.hub.control.url_signing import sign_artifact_url
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.rollout.ops import step_rollouts
 from edgehub.protocol.base import MessageError
-from edgehub.protocol.messages import (
-    Candidate,
-    DesiredState,
-    DeviceState,
-    HubState,
-    encode,
-    now_utc,
-    parse_body,
-    parse_event,
-)
+from edgehub.protocol.messages import Candidate, DesiredState, DeviceState, HubState, now_utc
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode, parse_body, parse_event
 from edgehub.zoo.profiles import Profile
 from edgehub.zoo.records import VariantRecord, utcnow
 from edgehub.zoo.registry import Registry

@@ -32,16 +32,9 @@ from edgehub.agent.mqtt_link import NO_MATCHING_SUBSCRIBERS
 from edgehub.hub.sim.model import DeviceSpec, ProcessSpec, SyntheticDistribution
 from edgehub.protocol.base import MessageError
 from edgehub.protocol.manifest import SignatureError, verify_manifest
-from edgehub.protocol.messages import (
-    ActivationResult,
-    BenchmarkReport,
-    DesiredState,
-    DeviceState,
-    FieldTelemetry,
-    encode,
-    parse_body,
-)
+from edgehub.protocol.messages import ActivationResult, BenchmarkReport, DesiredState, DeviceState, FieldTelemetry
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode, parse_body
 
 log = logging.getLogger("edgehub.hub.simulate")
 

@@ -11,7 +11,8 @@ import pytest
 from edgehub.agent.outbox import Outbox
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.fleet.traffic import StreamCount, count_stream
-from edgehub.protocol.messages import AgentError, encode, parse_event
+from edgehub.protocol.messages import AgentError
+from edgehub.protocol.wire import encode, parse_event
 
 
 def test_count_stream_counts_gaps_not_order_or_resends():

@@ -117,9 +117,10 @@ def test_a_device_flooding_telemetry_is_limited_and_the_others_are_not(tmp_path,
 
     from edgehub.hub.control.telemetry_limit import BURST
     from edgehub.hub.sim.run import enroll_simulated
-    from edgehub.protocol.messages import FieldTelemetry, encode
+    from edgehub.protocol.messages import FieldTelemetry
     from edgehub.protocol.telemetry import FieldStats
     from edgehub.protocol.topics import Topics
+    from edgehub.protocol.wire import encode
 
     steady = SyntheticDistribution(field_requests_per_min=600)
     with ApiHub(tmp_path / "home", telemetry_interval_s=1.0) as hub:

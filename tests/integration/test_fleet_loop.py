@@ -22,8 +22,9 @@ from edgehub.hub.publish.pipeline import PublishOptions, publish
 from edgehub.hub.publish.release import deploy
 from edgehub.hub.serve.enrollment import enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService
-from edgehub.protocol.messages import BenchmarkSettings, DeviceState, encode
+from edgehub.protocol.messages import BenchmarkSettings, DeviceState
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode
 from edgehub.zoo.store import ArtifactStore
 
 FAST_BENCH = BenchmarkSettings(time_budget_s=0.3, warmup_runs=2, min_runs=10, threads=1, timeout_s=60)

@@ -24,8 +24,9 @@ from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.fleet.views import StatusFilter
 from edgehub.hub.home import HubPaths
 from edgehub.hub.publish.pipeline import PublishOptions, publish
-from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, DeviceState, Hardware, Latency, encode
+from edgehub.protocol.messages import BenchmarkReport, BenchmarkSettings, DeviceState, Hardware, Latency
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode
 from edgehub.zoo.profiles import load_profiles
 from edgehub.zoo.registry import Registry
 

@@ -18,9 +18,8 @@ from edgehub.protocol.messages import (
     DeviceState,
     Hardware,
     Latency,
-    encode,
-    parse_event,
 )
+from edgehub.protocol.wire import encode, parse_event
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
 

@@ -15,8 +15,9 @@ from edgehub.hub.control.worker import FleetService
 from edgehub.hub.fleet.store import FleetStore
 from edgehub.hub.serve.worker_retire import retire_session
 from edgehub.hub.serve.workers import WorkerError, worker_user
-from edgehub.protocol.messages import AgentError, BenchmarkSettings, encode
+from edgehub.protocol.messages import AgentError, BenchmarkSettings
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode
 from edgehub.zoo.profiles import load_profiles
 from edgehub.zoo.registry import Registry
 

@@ -338,7 +338,8 @@ class MiniHub:
                 benchmark=None) -> None:
         from mqtt_helpers import publish
 
-        from edgehub.protocol.messages import BenchmarkSettings, DesiredState, encode
+        from edgehub.protocol.messages import BenchmarkSettings, DesiredState
+        from edgehub.protocol.wire import encode
 
         body = DesiredState(device_id=device_id, generation=generation, model="m", version=1,
                             candidates=candidates, activate=activate,
@@ -351,7 +352,8 @@ class MiniHub:
         """A protocol v2 desired state: model -> (candidates, variant to activate)."""
         from mqtt_helpers import publish
 
-        from edgehub.protocol.messages import BenchmarkSettings, DesiredState, ModelSlot, encode
+        from edgehub.protocol.messages import BenchmarkSettings, DesiredState, ModelSlot
+        from edgehub.protocol.wire import encode
 
         body = DesiredState(schema_version=2, device_id=device_id, generation=generation, slots=[
             ModelSlot(model=m, version=1, candidates=c, activate=a) for m, (c, a) in slots.items()],

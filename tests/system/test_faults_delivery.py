@@ -215,8 +215,9 @@ def test_messages_held_but_not_stored_come_back_only_with_ack_after_commit(tmp_p
     from mqtt_helpers import close, connect, publish
 
     from edgehub.hub.broker.managed import ManagedBroker
-    from edgehub.protocol.messages import AgentError, encode
+    from edgehub.protocol.messages import AgentError
     from edgehub.protocol.topics import Topics
+    from edgehub.protocol.wire import encode
 
     broker = ManagedBroker(tmp_path / "broker", "default", share_group="edgehub")  # the group _hub_client joins
     password = broker.files.hub_password()

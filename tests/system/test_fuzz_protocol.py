@@ -33,11 +33,9 @@ from edgehub.protocol.messages import (
     Hardware,
     HubState,
     Latency,
-    encode,
-    parse_body,
-    parse_event,
 )
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode, parse_body, parse_event
 from edgehub.zoo.signing import HubKey
 
 T = Topics("default")

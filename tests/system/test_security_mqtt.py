@@ -21,8 +21,9 @@ from edgehub.hub.control.url_signing import sign_artifact_url
 from edgehub.hub.home import HubPaths
 from edgehub.hub.serve.enrollment import enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService
-from edgehub.protocol.messages import AgentError, BenchmarkSettings, DeviceState, encode
+from edgehub.protocol.messages import AgentError, BenchmarkSettings, DeviceState
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode
 
 T = Topics("default")
 ACCEPTED = (0, 16)

@@ -34,8 +34,9 @@ from edgehub.hub.home import HubPaths
 from edgehub.hub.serve.enrollment import enroll_device
 from edgehub.hub.serve.service import HubOptions, HubService, share_group
 from edgehub.hub.serve.settings import HubSettings
-from edgehub.protocol.messages import AgentError, BenchmarkSettings, encode
+from edgehub.protocol.messages import AgentError, BenchmarkSettings
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import encode
 
 T = Topics("default")
 ACCEPTED = (0, 16)

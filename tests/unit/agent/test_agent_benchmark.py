@@ -12,7 +12,8 @@ import pytest
 
 from edgehub.agent import benchmark
 from edgehub.agent.benchmark import BenchResult, effective_memory_limit_mb, run_benchmark, to_report
-from edgehub.protocol.messages import BenchmarkSettings, encode, parse_event
+from edgehub.protocol.messages import BenchmarkSettings
+from edgehub.protocol.wire import encode, parse_event
 
 FAST = dict(time_budget_s=0.3, warmup_runs=3, min_runs=20)
 

@@ -124,7 +124,7 @@ def test_generation_continues_from_current():
 
 
 def test_result_is_a_valid_wire_body():
-    from edgehub.protocol.messages import encode, parse_body
+    from edgehub.protocol.wire import encode, parse_body
 
     d = next_desired(DEV, first(), ("mnist", 1), V1, "m-v1-int8", SETTINGS)
     assert parse_body(encode(d), DesiredState, device=DEV) == d

@@ -13,15 +13,8 @@ from edgehub.hub.control.planner import SlotWant, desired_of_plan, plan_device
 from edgehub.hub.control.targets import resolve_target, resolve_targets
 from edgehub.hub.fleet.records import AliasRecord, DesiredSummary
 from edgehub.protocol.base import MessageError
-from edgehub.protocol.messages import (
-    BenchmarkSettings,
-    DesiredState,
-    DeviceState,
-    ModelSlot,
-    SlotState,
-    encode,
-    parse_body,
-)
+from edgehub.protocol.messages import BenchmarkSettings, DesiredState, DeviceState, ModelSlot, SlotState
+from edgehub.protocol.wire import encode, parse_body
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SETTINGS = BenchmarkSettings()

@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from edgehub.protocol.base import MessageError
 from edgehub.protocol.manifest import Manifest, SignedManifest, TensorSpec
 from edgehub.protocol.messages import (
-    MAX_BODY_BYTES,
     ActivationResult,
     AgentError,
     BenchmarkReport,
@@ -25,11 +24,9 @@ from edgehub.protocol.messages import (
     Hardware,
     HubState,
     Latency,
-    encode,
-    parse_body,
-    parse_event,
 )
 from edgehub.protocol.topics import Topics
+from edgehub.protocol.wire import MAX_BODY_BYTES, encode, parse_body, parse_event
 
 DEV = "dev-1"
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
@@ -422,7 +419,7 @@ def test_property_arbitrary_json_values(data):
 
 
 def test_deep_nesting_rejected_shallow_recipe_accepted():
-    from edgehub.protocol.messages import MAX_DEPTH
+    from edgehub.protocol.wire import MAX_DEPTH
 
     def with_recipe(levels: int) -> bytes:
         nested: object = 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgehub.protocol.base import MessageError
-from edgehub.protocol.messages import FieldTelemetry, encode, parse_event
+from edgehub.protocol.messages import FieldTelemetry
 from edgehub.protocol.telemetry import (
     LATENCY_EDGES_MS,
     FieldStats,
@@ -22,6 +22,7 @@ from edgehub.protocol.telemetry import (
     percentile,
     psi,
 )
+from edgehub.protocol.wire import encode, parse_event
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
