@@ -124,11 +124,12 @@ class FleetReconciler:
         reference = self.field_reference(variants[0].id) if variants else None
         return TelemetrySettings(interval_s=self.telemetry_interval_s, reference=reference)
 
-    def tuning_for(self, d: DeviceFacts) -> TuningPlan | None:
-        """The runtime settings a v2 device measures on its leading variants (None: tuning is off)."""
+    def tuning_for(self, d: DeviceFacts, slots: int = 1) -> TuningPlan | None:
+        """The runtime settings a v2 device measures on its leading variants (None: tuning is off).
+        The budget is the device's: `slots` models that tune share it equally."""
         if self.tune_budget_s <= 0 or d.protocol < 2:
             return None
-        return tuning_plan(d.profile, d.cores, d.runtimes, self.tune_budget_s)
+        return tuning_plan(d.profile, d.cores, d.runtimes, self.tune_budget_s / max(1, slots))
 
     def policy_for(self, profile_name: str) -> Policy:
         profile = self.profiles.get(profile_name)
@@ -228,6 +229,7 @@ class FleetReconciler:
             if len(ws) > 1:
                 mine = self._within_memory(ws, mine, reports.get(device_id, {}))
             wants, keep = [], set(waiting.get(device_id, ()))
+            tuning_slots = sum(1 for p in mine.values() if not (p.follower or p.left_out or p.candidate_ids is None))
             for w in ws:
                 pick = mine[w.target.model]
                 if pick.selection is not None and w.refused:  # explain names what was never sent, and why
@@ -244,7 +246,7 @@ class FleetReconciler:
                 else:
                     wants.append(SlotWant(target=w.target.key, candidate_ids=tuple(pick.candidate_ids),
                                           winner=pick.winner, settings=pick.settings,
-                                          tuning=None if pick.follower else self.tuning_for(w.device)))
+                                          tuning=None if pick.follower else self.tuning_for(w.device, tuning_slots)))
             device = ws[0].device
             plan = plan_device(current.get(device_id), wants, keep, self.benchmark, device.protocol)
             if plan is not None:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from edgehub.hub.cli import cli
 from edgehub.hub.cli.fleet_views import status_table
+from edgehub.hub.serve.settings import HubSettings
 
 
 def edgehub(hub, *args, json_out: bool = True):
@@ -32,7 +33,8 @@ def settled_models(row: dict) -> list[str]:
 
 
 def test_a_v2_agent_runs_two_models_beside_a_v1_agent_with_one(tmp_path, tiny_mlp, fmnist_cnn):
-    hub = ApiHub(tmp_path / "home", telemetry_interval_s=2.0)
+    # A tuning budget of 6 s per device: the v2 agent's two models share it.
+    hub = ApiHub(tmp_path / "home", settings=HubSettings(tune_budget_s=6), telemetry_interval_s=2.0)
     devices = []
     try:
         _, new_config = enroll(hub.paths, "new-01", tmp_path / "agents" / "new-01")
@@ -45,6 +47,7 @@ def test_a_v2_agent_runs_two_models_beside_a_v1_agent_with_one(tmp_path, tiny_ml
 
         new, old = hub.fleet.desired("new-01"), hub.fleet.desired("old-01")
         assert new.schema_version == 2 and [s.model for s in new.slots] == ["digits", "fmnist"]
+        assert [s.tuning.budget_s for s in new.slots if s.tuning] == [3.0, 3.0]  # the device's budget, shared
         assert old.schema_version == 1 and old.slots is None and old.model == "fmnist"  # the newest decision
         assert hub.fleet.get_device("new-01").state.schema_version == 2
         assert len(hub.fleet.get_device("new-01").state.active_variants) == 2
