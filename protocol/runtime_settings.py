@@ -59,4 +59,8 @@ class Coverage(BaseModel):
     nodes: int = Field(ge=0)
     by: dict[str, int] = Field(default_factory=dict, max_length=32)
     accelerated: float = Field(ge=0, le=1)
+    # Share of the run's kernel time in those nodes, where the runtime times each node (ONNX
+    # Runtime's profile): weighted by work, as a share of MACs would be, which the device cannot
+    # count without the graph's shapes. None where the runtime does not say (LiteRT).
+    time_share: float | None = Field(None, ge=0, le=1)
     source: str = Field(max_length=64)  # how it was read: "onnxruntime profile", "litert delegate"

@@ -90,19 +90,25 @@ def _options(ort, threads: int, settings: RuntimeSettings | None) -> tuple[objec
 
 def coverage_of_profile(events: list[dict]) -> Coverage:
     """Nodes per execution provider from ONNX Runtime's profile of a run (its "Node" events carry
-    the provider that ran each node of the optimised graph)."""
+    the provider that ran each node of the optimised graph), and the share of kernel time (the
+    "..._kernel_time" events' durations) spent off the plain CPU kernels."""
     by_node: dict[str, str] = {}
+    time_by: dict[str, float] = {}
     for e in events:
         args = e.get("args") or {}
         if e.get("cat") == "Node" and "provider" in args:
             by_node[str(args.get("node_index", e.get("name")))] = args["provider"]
+            if str(e.get("name", "")).endswith("_kernel_time"):
+                time_by[args["provider"]] = time_by.get(args["provider"], 0.0) + float(e.get("dur") or 0)
     by: dict[str, int] = {}
     for provider in by_node.values():
         by[provider] = by.get(provider, 0) + 1
     nodes = len(by_node)
     accelerated = sum(n for p, n in by.items() if p != CPU_PROVIDER)
+    total = sum(time_by.values())
+    time_share = sum(t for p, t in time_by.items() if p != CPU_PROVIDER) / total if total > 0 else None
     return Coverage(nodes=nodes, by=by, accelerated=accelerated / nodes if nodes else 0.0,
-                    source="onnxruntime profile")
+                    time_share=time_share, source="onnxruntime profile")
 
 
 class OrtSession(Session):

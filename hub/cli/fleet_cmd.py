@@ -322,8 +322,11 @@ def explain(device_id, model, home, hub_url, hub_token, hub_ca, as_json):
         for p in sorted(pairs, key=lambda p: (p["p50_ms"] is None, p["p50_ms"] or 0)):
             settings = ",".join(f"{k}={v}" for k, v in p["settings"].items() if v not in (None, 0)) or "default"
             mark = "[green]" if p["selected"] else ""
+            covered = f"{p['coverage']:.0%}" if p["coverage"] is not None else "-"
+            if p.get("coverage_time") is not None:
+                covered += f" ({p['coverage_time']:.0%} of the time)"
             tuned.add_row(p["variant_id"], settings, f"{p['p50_ms']:.3f}" if p["p50_ms"] is not None else "-",
-                          f"{p['coverage']:.0%}" if p["coverage"] is not None else "-", f"{mark}{escape(p['reason'])}")
+                          covered, f"{mark}{escape(p['reason'])}")
         console.print(tuned)
     for refused in selection["explanation"].get("not_sent", []):  # the device's runtime cannot load it
         console.print(escape(f"not sent: {refused['variant_id']}: {refused['reason']}"), style="red")

@@ -63,6 +63,7 @@ class PairVerdict(BaseModel):
     p50_ms: float | None = None
     p99_ms: float | None = None
     coverage: float | None = None  # share of nodes an accelerator or optimised provider ran
+    coverage_time: float | None = None  # share of the kernel time in those nodes, where the runtime says
     selected: bool = False
     reason: str
 
@@ -103,7 +104,9 @@ def choose_pair(selection: Selection, defaults: dict[str, BenchmarkReport], tune
         coverage = r.coverage.accelerated if r.coverage is not None else None
         if problem is None and min_coverage is not None and settings.provider and (coverage or 0) < min_coverage:
             problem = f"the accelerator ran {coverage or 0:.0%} of the graph, under the profile's {min_coverage:.0%}"
-        verdict = PairVerdict(variant_id=r.variant_id, settings=settings, coverage=coverage, reason=problem or "",
+        verdict = PairVerdict(variant_id=r.variant_id, settings=settings, coverage=coverage,
+                              coverage_time=r.coverage.time_share if r.coverage is not None else None,
+                              reason=problem or "",
                               p50_ms=r.latency.p50_ms if r.latency else None,
                               p99_ms=r.latency.p99_ms if r.latency else None)
         score = None

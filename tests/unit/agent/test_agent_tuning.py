@@ -47,8 +47,25 @@ def test_onnxruntime_settings_are_applied_and_coverage_comes_from_its_profile(tm
     assert result.ok and result.settings == settings and result.threads == 1 and result.agreement == 1.0
     assert result.coverage.source == "onnxruntime profile" and result.coverage.nodes == 3
     assert result.coverage.by == {"CPUExecutionProvider": 3} and result.coverage.accelerated == 0.0
+    assert result.coverage.time_share == 0.0  # the profile timed every kernel, all on the CPU
     default = run_benchmark(model, "onnx", refs, FAST)
     assert default.ok and default.settings is None and default.coverage.nodes >= 1
+
+
+def test_coverage_weighs_the_accelerated_nodes_by_their_kernel_time():
+    from edgehub.agent.runtimes.onnxruntime_rt import coverage_of_profile
+
+    def node(index, provider, dur, suffix="_kernel_time"):
+        return {"cat": "Node", "name": f"n{index}{suffix}", "dur": dur,
+                "args": {"node_index": str(index), "provider": provider, "op_name": "Conv"}}
+
+    events = [node(0, "XnnpackExecutionProvider", 30), node(0, "XnnpackExecutionProvider", 1, "_fence_before"),
+              node(1, "CPUExecutionProvider", 10), node(2, "CPUExecutionProvider", 0),
+              {"cat": "Session", "name": "model_run", "dur": 99}]
+    coverage = coverage_of_profile(events)
+    assert coverage.nodes == 3 and coverage.by == {"XnnpackExecutionProvider": 1, "CPUExecutionProvider": 2}
+    assert coverage.accelerated == pytest.approx(1 / 3) and coverage.time_share == pytest.approx(0.75)
+    assert coverage_of_profile([node(0, "CPUExecutionProvider", 0)]).time_share is None  # nothing timed
 
 
 @pytest.mark.parametrize("settings, why", [
