@@ -50,14 +50,26 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
-def _onnx_unmet(req: Requirements, version: str) -> str | None:
+OLDER = "older"  # _release_row: the release predates the table
+
+
+def _release_row(table: dict, version: str):
+    """The table's row for a release (the newest row at or below it), OLDER for one before the
+    table, None where nothing is judged (unreadable, or newer than the table)."""
     v = version_tuple(version)[:2]
-    if req.onnx_opset is None or len(v) < 2 or v > max(ORT_SUPPORT):
+    if len(v) < 2 or v > max(table):
         return None
-    known = [k for k in ORT_SUPPORT if k <= v]
-    if not known:
+    known = [k for k in table if k <= v]
+    return table[max(known)] if known else OLDER
+
+
+def _onnx_unmet(req: Requirements, version: str) -> str | None:
+    row = _release_row(ORT_SUPPORT, version) if req.onnx_opset is not None else None
+    if row is None:
+        return None
+    if row == OLDER:
         return f"onnxruntime {version} is older than any release edgehub knows (1.10)"
-    opset, ir = ORT_SUPPORT[max(known)]
+    opset, ir = row
     if req.onnx_opset > opset or (req.onnx_ir or 0) > ir:
         return (f"onnxruntime {version} runs ONNX opset <= {opset} and IR <= {ir}; this variant needs opset "
                 f"{req.onnx_opset}, IR {req.onnx_ir}")
@@ -65,13 +77,11 @@ def _onnx_unmet(req: Requirements, version: str) -> str | None:
 
 
 def _tensorrt_unmet(req: Requirements, version: str) -> str | None:
-    v = version_tuple(version)[:2]
-    if req.onnx_opset is None or len(v) < 2 or v > max(TENSORRT_OPSET):
+    opset = _release_row(TENSORRT_OPSET, version) if req.onnx_opset is not None else None
+    if opset is None:
         return None
-    known = [k for k in TENSORRT_OPSET if k <= v]
-    if not known:
+    if opset == OLDER:
         return f"TensorRT {version} is older than any release edgehub knows (8.0, the first with Q/DQ int8)"
-    opset = TENSORRT_OPSET[max(known)]
     if req.onnx_opset > opset:
         return f"TensorRT {version} parses ONNX opset <= {opset}; this variant needs opset {req.onnx_opset}"
     return None
