@@ -4,7 +4,7 @@
 # wheels of ONNX Runtime and LiteRT execute ARM code (ARM kernels, ARM rounding), before any
 # hardware is bought. Timings under emulation mean nothing; correctness is the point.
 #
-#   sudo deploy/arm64/rootfs.sh [ROOT]      (default /var/tmp/edgehub-arm64; about 4 minutes, 510 MB)
+#   sudo deploy/arm64/rootfs.sh [ROOT]      (default /var/tmp/edgehub-arm64; about 5 minutes, 640 MB)
 #   sudo unshare --mount --fork --pid --mount-proc=ROOT/proc chroot ROOT /opt/edgehub/bin/python -c \
 #        'import platform, onnxruntime; print(platform.machine(), onnxruntime.__version__)'
 #
