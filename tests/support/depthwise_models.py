@@ -11,11 +11,17 @@ import numpy as np
 
 def depthwise_net(work: Path):
     """(ONNX artifact, x, y): digits upsampled to 3x16x16."""
+    from edgehub.converters.torch_export import export_onnx
+
+    model, x, y = depthwise_module()
+    return export_onnx(model, {"x": x[:2]}, work / "depthwise.onnx"), x, y
+
+
+def depthwise_module():
+    """(trained PyTorch module in eval mode, x, y): digits upsampled to 3x16x16."""
     import torch
     from sklearn.datasets import load_digits
     from torch import nn
-
-    from edgehub.converters.torch_export import export_onnx
 
     digits = load_digits()
     x = ((digits.data / 16.0 - 0.5) / 0.5).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -44,4 +50,4 @@ def depthwise_net(work: Path):
         model[7].weight[5] *= 40.0
         model[7].bias[5] *= 40.0
         model[9].weight[:, 5] /= 40.0
-    return export_onnx(model, {"x": x[:2]}, work / "depthwise.onnx"), x, y
+    return model, x, y

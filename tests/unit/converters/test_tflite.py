@@ -63,7 +63,7 @@ def test_full_int8_has_int8_io_and_keeps_accuracy(cnn):
     assert [t.dtype for t in graph.inputs] == ["int8"] and [t.dtype for t in graph.outputs] == ["int8"]
     assert int8.inputs[0].dtype == "float32"  # presented as float: quantized at the boundary
     assert int8.notes["io_quantization"]["x"]["dtype"] == "int8"
-    assert int8.notes["calibration_samples"] == 256
+    assert int8.notes["calibration_samples"] == 192 and int8.notes["int8_search"]["held_back"] == 64
     assert int8.size_bytes < cnn["built"]["none"].size_bytes / 3
 
     outputs = run_tflite(int8.path, {"x": cnn["x"]})[0]
