@@ -31,7 +31,7 @@ from edgehub.agent.runtimes.base import NotApplicable
 from edgehub.agent.sandbox import claim_stdout, limit_address_space
 from edgehub.protocol.manifest import TensorSpec
 from edgehub.protocol.messages import Latency
-from edgehub.protocol.metrics import DEVICE_TIE, cosine, is_classifier
+from edgehub.protocol.metrics import NEAR_TIE, cosine, is_classifier
 from edgehub.protocol.metrics import agreement as metrics_agreement
 
 REFERENCE_CHUNK = 32  # samples per run when checking references (bounds memory on small devices)
@@ -181,7 +181,7 @@ def _compare(session: Session, refs: References) -> tuple[float | None, float | 
     if want.ndim < 2:  # one value per sample (a label or a score): no axis to take a top-1 along
         agreement: float | None = float(np.mean(np.isclose(got, want, rtol=1e-3, atol=1e-5)))
     else:
-        agreement = metrics_agreement(got, want, tie=DEVICE_TIE) if is_classifier(want, refs.output_name) else None
+        agreement = metrics_agreement(got, want, tie=NEAR_TIE) if is_classifier(want, refs.output_name) else None
     diff = float(np.max(np.abs(got - want))) if got.size else 0.0
     if similar is not None and not np.isfinite(similar):
         similar = -1.0

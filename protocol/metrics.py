@@ -20,11 +20,15 @@ def top1(output: np.ndarray) -> np.ndarray:
     return output.reshape(len(output), -1, output.shape[-1]).argmax(-1) if output.ndim > 2 else output.argmax(-1)
 
 
-# The on-device reference check forgives a top-1 flip between classes whose reference scores lie
-# within 2% of that sample's score range: an ARM int8 kernel rounds differently from the x86 one
-# the references came from (logits moved by up to 0.24 on the arm64 test, about one output step),
-# which can swap a near-tie, while a runtime that computes wrongly flips clear decisions too.
-DEVICE_TIE = 0.02
+# A top-1 flip between classes whose reference scores lie within 2% of that sample's score range
+# is a near-tie: any rounding flips some of those. An ARM int8 kernel rounds differently from the
+# x86 one the references came from (logits moved by up to 0.24 on the arm64 test), and on
+# EfficientNet-Lite1 with photo crops, where 19% of the crops have their top two within 2%, fp32
+# itself fed the crops moved by one 8-bit pixel step agrees with its own answers on only 0.970
+# (0.997 counting near-ties). A variant that computes wrongly flips clear decisions too: ONNX
+# Runtime's per-channel int8 of that net scores 0.93 even counting near-ties, litert-torch's
+# default int8 0.83. Used by the on-device check and, as `near_tie_agreement`, by the hub's gate.
+NEAR_TIE = 0.02
 
 
 def agreement(out: np.ndarray, ref: np.ndarray, tie: float = 0.0) -> float:

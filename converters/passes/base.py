@@ -80,7 +80,8 @@ class PassContext:
     `calibration` maps input names to arrays (first axis = samples) for passes that calibrate.
     `score` rates a candidate artifact against the parent (higher is better, e.g. agreement or
     accuracy on the eval set); passes that choose between settings use it to measure, not guess.
-    `score_unit` says what that score is ("accuracy" or "agreement"), for notes and budgets.
+    `score_unit` says what that score is ("task", "accuracy", "near_tie_agreement" or "cosine"), for
+    notes and budgets.
     """
 
     workdir: Path

@@ -5,7 +5,7 @@ Sensitivity is cheap: each layer alone is put back into float in the int8 networ
 graph (converters/int8/float_layers.py) and the cosine it recovers on the held-back calibration
 samples (run unfused) is its score; no labels needed. Layers are then kept float in that order, and the number
 kept is found by bisection on the eval set in the gate's own terms (accuracy with labels, else
-top-1 agreement for class scores, else cosine), so only a few evaluations run. The result names
+top-1 agreement counting near-ties for class scores, else cosine), so only a few evaluations run. The result names
 the layers kept float and what they cost in size.
 """
 

@@ -10,6 +10,7 @@ from edgehub.zoo.records import VariantRecord
 def facts_of(variants: list[VariantRecord]) -> list[CandidateFacts]:
     return [CandidateFacts(variant_id=v.id, size_bytes=v.size_bytes, accuracy=v.metrics.get("accuracy"),
                            agreement=v.metrics.get("agreement"), cosine=v.metrics.get("cosine"),
+                           near_tie_agreement=v.metrics.get("near_tie_agreement"),
                            task_drop=v.metrics.get("task_drop"))
             for v in variants]
 

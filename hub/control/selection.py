@@ -1,11 +1,12 @@
 """Selection policy: which measured variant a device should run. Pure; no I/O.
 
-Rules: reject a variant that failed on the device, whose outputs disagree with its
-reference outputs on the device (a runtime computing wrong numbers), whose accuracy drop is over
-the budget (the publisher's task metric where one was given; without labels, whose agreement with
-fp32 is under the minimum; for outputs that are not class scores, whose cosine with fp32 is), or whose peak
-memory is over the device's limit or p99 over the SLO; pick the lowest p50 (or p99); among
-variants within `tie_tolerance` of the best, the smallest file wins. Every variant gets a reason.
+Rules: reject a variant that failed on the device, whose outputs disagree with its reference
+outputs on the device (a runtime computing wrong numbers), whose accuracy drop is over the budget
+(the publisher's task metric where one was given; without labels, whose top-1 agreement with fp32
+is under the minimum, a flip between near-tied classes counted as agreeing; for outputs that are
+not class scores, whose cosine with fp32 is), or whose peak memory is over the device's limit or
+p99 over the SLO; pick the lowest p50 (or p99); among variants within `tie_tolerance` of the best,
+the smallest file wins. Every variant gets a reason.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class CandidateFacts(BaseModel):
     size_bytes: int
     accuracy: float | None = None
     agreement: float | None = None  # only for class-score outputs
+    # The same, a flip between near-tied classes counted as agreeing (protocol/metrics.py:
+    # NEAR_TIE); what the gate reads when present (variants published before it have none).
+    near_tie_agreement: float | None = None
     cosine: float | None = None
     task_drop: float | None = None  # the publisher's task metric (--metric): fp32's minus this variant's
 
@@ -87,6 +91,11 @@ def _reject_reason(c: CandidateFacts, r: BenchmarkReport | None, policy: Policy,
         drop = ref - c.accuracy
         if drop > policy.accuracy_budget + 1e-9:
             return f"accuracy drop {drop * 100:.2f} points is over the budget of {policy.accuracy_budget * 100:.2f}"
+    elif c.near_tie_agreement is not None:
+        if c.near_tie_agreement < policy.min_agreement:
+            exact = f", {c.agreement:.4f} exact" if c.agreement is not None else ""
+            return (f"agreement with fp32 {c.near_tie_agreement:.4f} (near-ties counted as agreeing{exact}) "
+                    f"is under {policy.min_agreement}")
     elif c.agreement is not None:
         if c.agreement < policy.min_agreement:
             return f"agreement with fp32 {c.agreement:.4f} is under {policy.min_agreement}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgehub.protocol.formats import ONNX, TENSORRT, TFLITE
-from edgehub.protocol.metrics import agreement, cosine, is_classifier
+from edgehub.protocol.metrics import NEAR_TIE, agreement, cosine, is_classifier
 
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
@@ -96,6 +96,8 @@ def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels
     diff = np.abs(out.astype(np.float64) - ref)
     metrics: dict[str, float | None] = {
         "agreement": round(agreement(out, ref), 6) if classifier else None,
+        # what the selection gate reads for unlabeled classifiers (protocol/metrics.py: NEAR_TIE)
+        "near_tie_agreement": round(agreement(out, ref, tie=NEAR_TIE), 6) if classifier else None,
         "cosine": round(cosine(out, ref), 6),
         "max_abs_error": round(float(diff.max()), 6) if diff.size else 0.0,
         "mean_abs_error": round(float(diff.mean()), 6) if diff.size else 0.0,
@@ -108,8 +110,8 @@ def score_outputs(outputs: list[np.ndarray], reference: list[np.ndarray], labels
 
 def primary_score(metrics: dict) -> tuple[float, str]:
     """The score passes optimise and budgets measure: the publisher's task metric (--metric), else
-    accuracy, else agreement, else cosine."""
-    for unit in ("task", "accuracy", "agreement", "cosine"):
+    accuracy, else top-1 agreement counting near-ties (the selection gate's), else cosine."""
+    for unit in ("task", "accuracy", "near_tie_agreement", "agreement", "cosine"):
         if metrics.get(unit) is not None:
             return float(metrics[unit]), unit
     raise ValueError("no metric to score with")

@@ -81,3 +81,20 @@ def test_example_batch_for_export(digits):
     assert batch["image"].shape == (2, 1, 8, 8) and batch["image"].dtype == np.float32
     with pytest.raises(EvalSetError, match="missing key.*forward"):
         example_batch({"x": x}, ["a", "b"], "eval.npz")
+
+
+def test_scores_count_near_ties_for_the_gate_and_keep_the_exact_agreement():
+    import numpy as np
+
+    from edgehub.hub.publish.evaluate import primary_score, score_outputs
+
+    ref = np.array([[5.0, 4.95, 0.0], [5.0, 0.0, 1.0], [0.0, 3.0, 9.0]], dtype=np.float32)
+    out = np.array([[4.9, 5.0, 0.0], [5.0, 0.0, 1.0], [9.0, 3.0, 0.0]], dtype=np.float32)  # a near-tie, a clear flip
+    metrics = score_outputs([out], [ref], labels=None)
+    assert metrics["agreement"] == round(1 / 3, 6) and metrics["near_tie_agreement"] == round(2 / 3, 6)
+    assert primary_score(metrics) == (round(2 / 3, 6), "near_tie_agreement")
+    labelled = score_outputs([out], [ref], labels=np.array([0, 0, 2]))
+    assert primary_score(labelled) == (round(1 / 3, 6), "accuracy")  # labels win over agreement
+    embedding = score_outputs([out], [ref], labels=None, output_name="sentence_embedding")
+    assert embedding["agreement"] is None and embedding["near_tie_agreement"] is None
+    assert primary_score(embedding)[1] == "cosine"

@@ -181,6 +181,21 @@ def test_no_labels_agreement_under_minimum_rejected():
     assert verdict(sel, "fp16").eligible  # exactly at the minimum
 
 
+def test_no_labels_gate_counts_near_ties_as_agreeing_when_measured():
+    # EfficientNet-Lite1's int8 on photo crops: 0.957 exact, 0.997 counting near-ties (fp32 itself
+    # under one 8-bit pixel step of noise: 0.970 / 0.997); a badly quantized one: 0.86 / 0.93.
+    facts = [CandidateFacts(variant_id="fp32", size_bytes=4000, agreement=1.0, near_tie_agreement=1.0),
+             CandidateFacts(variant_id="int8", size_bytes=1000, agreement=0.957, near_tie_agreement=0.997),
+             CandidateFacts(variant_id="int8-bad", size_bytes=900, agreement=0.86, near_tie_agreement=0.93),
+             CandidateFacts(variant_id="old", size_bytes=800, agreement=0.985)]  # published before: exact only
+    reports = {v.variant_id: report(v.variant_id, p50) for v, p50 in zip(facts, (10.0, 4.0, 3.0, 2.0))}
+    sel = select_variant(facts, reports, Policy())
+    assert sel.winner == "int8"
+    bad = verdict(sel, "int8-bad")
+    assert not bad.eligible and "0.9300 (near-ties counted as agreeing, 0.8600 exact)" in bad.reason
+    assert not verdict(sel, "old").eligible and "agreement with fp32 0.9850 is under 0.99" in verdict(sel, "old").reason
+
+
 def test_on_device_disagreement_rejected_as_wrong_runtime():
     cs = [cand("fp32", 4000), cand("int8", 1000)]
     reports = {"fp32": report("fp32", 10.0, agreement=1.0), "int8": report("int8", 2.0, agreement=0.95)}

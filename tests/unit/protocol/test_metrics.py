@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgehub.protocol.metrics import DEVICE_TIE, agreement, cosine, is_classifier
+from edgehub.protocol.metrics import NEAR_TIE, agreement, cosine, is_classifier
 
 
 def test_strict_agreement_counts_every_flip():
@@ -16,15 +16,15 @@ def test_the_device_check_forgives_near_ties_but_not_clear_flips():
     ref = np.array([[0.0, 10.0, 9.9], [0.0, 10.0, 5.0], [3.0, 1.0, 0.0]])
     near = np.array([[0.0, 9.9, 10.0], [0.0, 10.0, 5.0], [3.0, 1.0, 0.0]])  # 9.9 is within 2% of 10's range
     clear = np.array([[0.0, 10.0, 9.9], [0.0, 5.0, 10.0], [3.0, 1.0, 0.0]])  # 5.0 is half the range away
-    assert agreement(near, ref, tie=DEVICE_TIE) == 1.0 and agreement(near, ref) == pytest.approx(2 / 3)
-    assert agreement(clear, ref, tie=DEVICE_TIE) == pytest.approx(2 / 3)
+    assert agreement(near, ref, tie=NEAR_TIE) == 1.0 and agreement(near, ref) == pytest.approx(2 / 3)
+    assert agreement(clear, ref, tie=NEAR_TIE) == pytest.approx(2 / 3)
 
 
 def test_a_permuted_output_fails_the_device_check():
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(64, 10))
     wrong = ref[:, rng.permutation(10)]
-    assert agreement(wrong, ref, tie=DEVICE_TIE) == agreement(wrong, ref) < 0.5 and cosine(wrong, ref) < 0.5
+    assert agreement(wrong, ref, tie=NEAR_TIE) == agreement(wrong, ref) < 0.5 and cosine(wrong, ref) < 0.5
 
 
 def test_near_ties_per_position_for_outputs_with_positions():
@@ -33,7 +33,7 @@ def test_near_ties_per_position_for_outputs_with_positions():
     ref[0, 0, 1] = 0.995  # a near-tie at one position of the first sample
     out = ref.copy()
     out[0, 0, 1] = 1.5
-    assert agreement(out, ref) == pytest.approx(5 / 6) and agreement(out, ref, tie=DEVICE_TIE) == 1.0
+    assert agreement(out, ref) == pytest.approx(5 / 6) and agreement(out, ref, tie=NEAR_TIE) == 1.0
 
 
 def test_classifier_outputs_are_told_from_embeddings():
