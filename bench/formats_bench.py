@@ -28,7 +28,7 @@ os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
 from edgehub.agent.benchmark import run_benchmark
 from edgehub.protocol.messages import BenchmarkSettings
 
-STAND_IN = Path(__file__).resolve().parents[1] / "tests" / "fake_edgetpu_compiler"
+STAND_IN = Path(__file__).resolve().parents[1] / "tests" / "support" / "fake_edgetpu_compiler"
 
 
 def train(n_train: int, n_eval: int, work: Path):

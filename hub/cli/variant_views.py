@@ -25,16 +25,19 @@ def _root_size(variants: list[VariantRecord]) -> int | None:
 
 def variants_table(variants: list[VariantRecord], title: str | None = None) -> Table:
     table = Table(title=title, title_justify="left")
-    for column, justify in (("variant", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
-                            ("vs fp32", "right"), ("accuracy", "right"), ("agreement", "right")):
+    # Without labels the gate reads agreement counting near-ties: shown beside the exact figure.
+    near_ties = any(v.metrics.get("near_tie_agreement") is not None and v.metrics.get("accuracy") is None
+                    for v in variants)
+    columns = [("variant", "left"), ("format", "left"), ("precision", "left"), ("size", "right"),
+               ("vs fp32", "right"), ("accuracy", "right"), ("agreement", "right")]
+    for column, justify in columns + ([("with near-ties", "right")] if near_ties else []):
         table.add_column(column, justify=justify)
     base = _root_size(variants)
     for v in variants:
-        table.add_row(
-            v.label, v.format, v.precision, human_size(v.size_bytes),
-            f"{v.size_bytes / base:.2f}x" if base else "-",
-            percent(v.metrics.get("accuracy")), percent(v.metrics.get("agreement")),
-        )
+        cells = [v.label, v.format, v.precision, human_size(v.size_bytes),
+                 f"{v.size_bytes / base:.2f}x" if base else "-",
+                 percent(v.metrics.get("accuracy")), percent(v.metrics.get("agreement"))]
+        table.add_row(*cells, *([percent(v.metrics.get("near_tie_agreement"))] if near_ties else []))
     return table
 
 

@@ -1,0 +1,34 @@
+"""The publish / zoo variant table: the near-tie agreement the gate reads is shown when it matters."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from edgehub.hub.cli.variant_views import variants_table
+from edgehub.zoo.records import VariantRecord
+
+
+def _variant(label: str, size: int, parent: str | None = None, **metrics: float | None) -> VariantRecord:
+    return VariantRecord(id=f"m-1-{label}", model="m", version=1, parent=parent, label=label, profiles=["x86-cpu"],
+                         recipe=[], format="onnx", precision="fp32" if parent is None else "int8", size_bytes=size,
+                         sha256="0" * 64, inputs=[], outputs=[], metrics=metrics)
+
+
+def _render(variants: list[VariantRecord]) -> str:
+    console = Console(width=200, record=True)
+    console.print(variants_table(variants))
+    return console.export_text()
+
+
+def test_unlabeled_classifier_shows_agreement_with_and_without_near_ties():
+    text = _render([_variant("fp32", 4000, agreement=1.0, near_tie_agreement=1.0),
+                    _variant("int8-static", 1000, "m-1-fp32", agreement=0.9567, near_tie_agreement=0.9967)])
+    assert "with near-ties" in text
+    row = next(line for line in text.splitlines() if "int8-static" in line)
+    assert "95.67%" in row and "99.67%" in row and "0.25x" in row
+
+
+def test_labelled_eval_sets_keep_the_plain_columns():
+    text = _render([_variant("fp32", 4000, accuracy=0.9, agreement=1.0, near_tie_agreement=1.0),
+                    _variant("int8-static", 1000, "m-1-fp32", accuracy=0.89, agreement=0.98, near_tie_agreement=0.99)])
+    assert "with near-ties" not in text and "89.00%" in text
