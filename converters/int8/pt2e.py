@@ -6,8 +6,7 @@ Where the ideas of the ONNX search (converters/int8/search.py) apply to PyTorch'
 2. Calibration: the activation observer (HistogramObserver, which minimises the L2 error of the
    int8 grid, or MinMaxObserver) chosen by the cosine on held-back calibration samples.
 3. Bias correction: each layer's mean output shift from rounding its (BatchNorm-folded) weights
-   to the int8 grid, taken off its bias before calibration; then, on the calibrated network, the
-   shift its int8 activations add against the float network's layer means; kept when it scores
+   to the int8 grid, measured on calibration samples and taken off its bias; kept when it scores
    better.
 Candidates are scored in PyTorch (PT2E's simulated int8: the same grids the TFLite file gets), so
 only the chosen one goes through the slow litert-torch conversion. Cross-layer equalization and
@@ -40,7 +39,6 @@ class Pt2eSettings:
     per_channel: bool = True
     held_back_share: float = 0.25
     bias_samples: int = 64
-    output_shift_rounds: int = 2  # empirical correction of the int8 network after calibration (0: off)
 
 
 @dataclass
@@ -101,7 +99,7 @@ class _ShiftRecorder:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
-def correctable_layers(graph: Any) -> list[Any]:
+def _correctable(graph: Any) -> list[Any]:
     """Layers whose weight and bias are graph attributes (after prepare_pt2e folded BatchNorm)."""
     out = []
     for node in graph.nodes:
@@ -119,7 +117,7 @@ def correct_biases(prepared: Any, feed: Callable[[Any], None], per_channel: bool
     `feed(module)` runs the calibration samples through a module. Returns the layers corrected."""
     import torch
 
-    layers = correctable_layers(prepared.graph)
+    layers = _correctable(prepared.graph)
     if not layers:
         return 0
     probe = copy.deepcopy(prepared)
@@ -144,61 +142,6 @@ def correct_biases(prepared: Any, feed: Callable[[Any], None], per_channel: bool
         bias.data -= shift.to(bias.dtype)
         corrected += 1
     return corrected
-
-
-class _MeanRecorder:
-    """Called in the graph after each layer with its output: accumulates the per-channel mean."""
-
-    def __init__(self):
-        self.sums: dict[str, Any] = {}
-        self.counts: dict[str, int] = {}
-
-    def record(self, key: str, kind: str, out: Any) -> None:
-        import torch
-
-        with torch.no_grad():
-            if kind == "linear.default":
-                mean = out.reshape(-1, out.shape[-1]).mean(0)
-            else:
-                mean = out.transpose(0, 1).reshape(out.shape[1], -1).mean(1)
-        self.sums[key] = self.sums.get(key, 0) + mean.detach()
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-
-def layer_output_means(module: Any, names: list[str], feed: Callable[[Any], None]) -> dict[str, Any]:
-    """Per-channel mean output of the named layers of a copy of `module` over what `feed` runs."""
-    import torch
-
-    probe = copy.deepcopy(module)
-    recorder = _MeanRecorder()
-    by_name = {n.name: n for n in probe.graph.nodes}
-    for name in names:
-        node = by_name.get(name)
-        if node is not None:
-            with probe.graph.inserting_after(node):
-                probe.graph.call_function(recorder.record, (name, str(node.target.__name__), node))
-    probe.recompile()
-    with torch.no_grad():
-        feed(probe)
-    return {k: recorder.sums[k] / recorder.counts[k] for k in recorder.sums}
-
-
-def correct_output_shift(converted: Any, float_means: dict[str, Any], feed: Callable[[Any], None],
-                         rounds: int = 2) -> int:
-    """Empirical bias correction of the simulated int8 network: each layer's bias loses the shift
-    of its mean output from the float network's (`float_means`), which the activations' int8 grids
-    and clipping add on top of the weights'. All layers at once, `rounds` times: a layer's shift
-    depends on the corrections before it, and two rounds settle it (one pass of the samples each,
-    instead of one per layer). Returns the layers corrected."""
-    layers = [n for n in correctable_layers(converted.graph) if n.name in float_means]
-    for _ in range(rounds):
-        means = layer_output_means(converted, [n.name for n in layers], feed)
-        for layer in layers:
-            bias = reduce(getattr, layer.args[2].target.split("."), converted)
-            shift = means[layer.name] - float_means[layer.name]
-            if shift.shape == bias.shape:
-                bias.data -= shift.to(bias.dtype)
-    return len(layers)
 
 
 def _flat(out: Any) -> np.ndarray:
@@ -252,20 +195,13 @@ def _search(exported: Any, call: Callable[[int], tuple[tuple, dict]], count: int
         started = time.monotonic()
         prepared = prepare_pt2e(copy.deepcopy(exported), quantizer)
         trial: dict = {"fused_activations": quantizer.fused}
-        subset = range(min(settings.bias_samples, len(calibrate_on)))
-        float_means: dict = {}
         if bias_correction:
             on_progress(f"bias correction ({observer})")
-            float_means = layer_output_means(prepared, [n.name for n in correctable_layers(prepared.graph)],
-                                             lambda m: run(m, subset))
+            subset = range(min(settings.bias_samples, len(calibrate_on)))
             trial["biases_corrected"] = correct_biases(prepared, lambda m: run(m, subset), settings.per_channel)
         on_progress(f"calibrating ({observer}) on {len(calibrate_on)} samples")
         run(prepared, calibrate_on)
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
-        if bias_correction and settings.output_shift_rounds:
-            on_progress(f"bias correction of the int8 network ({observer})")
-            trial["output_shift_corrected"] = correct_output_shift(converted, float_means, lambda m: run(m, subset),
-                                                                   settings.output_shift_rounds)
         score = _cosine(_flat_all(run(converted, held_back)), reference) if held else None
         trial.update(cosine=None if score is None else round(score, 6), seconds=round(time.monotonic() - started, 1))
         return converted, quantizer, score, trial
