@@ -7,7 +7,9 @@ Where the ideas of the ONNX search (converters/int8/search.py) apply to PyTorch'
    int8 grid, or MinMaxObserver) chosen by the cosine on held-back calibration samples.
 3. Bias correction: each layer's mean output shift from rounding its (BatchNorm-folded) weights
    to the int8 grid, measured on calibration samples and taken off its bias; kept when it scores
-   better.
+   better. Correcting also the shift the int8 activations add (measured on the calibrated network
+   against the float one) was tried and measured worse on EfficientNet-Lite1: held-back cosine
+   0.9946 layer by layer (216 s), 0.978 all layers at once, against 0.9959 for the weights' alone.
 Candidates are scored in PyTorch (PT2E's simulated int8: the same grids the TFLite file gets), so
 only the chosen one goes through the slow litert-torch conversion. Cross-layer equalization and
 rounding by optimisation are not applied here: PT2E folds BatchNorm inside `prepare_pt2e`, after
@@ -99,7 +101,7 @@ class _ShiftRecorder:
         self.counts[key] = self.counts.get(key, 0) + 1
 
 
-def _correctable(graph: Any) -> list[Any]:
+def correctable_layers(graph: Any) -> list[Any]:
     """Layers whose weight and bias are graph attributes (after prepare_pt2e folded BatchNorm)."""
     out = []
     for node in graph.nodes:
@@ -117,7 +119,7 @@ def correct_biases(prepared: Any, feed: Callable[[Any], None], per_channel: bool
     `feed(module)` runs the calibration samples through a module. Returns the layers corrected."""
     import torch
 
-    layers = _correctable(prepared.graph)
+    layers = correctable_layers(prepared.graph)
     if not layers:
         return 0
     probe = copy.deepcopy(prepared)
