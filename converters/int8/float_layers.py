@@ -77,11 +77,9 @@ class _Editor:
         return renamed
 
 
-def keep_float(qdq, fp32, layers, float_weights: bool = True) -> object:
+def keep_float(qdq, fp32, layers) -> object:
     """A copy of `qdq` (onnx.ModelProto) in which the nodes named in `layers` compute in float,
-    on float inputs. With `float_weights` False only their activation inputs go back to float:
-    the weights stay int8 in the file (dequantized at load), so the layer costs no size.
-    Run it unfused (see the module's docstring)."""
+    on float inputs. Run it unfused (see the module's docstring)."""
     import onnx
 
     model = onnx.ModelProto()
@@ -101,8 +99,7 @@ def keep_float(qdq, fp32, layers, float_weights: bool = True) -> object:
                 continue
             source = original.input[k] if k < len(original.input) else ""
             if source in edit.float_inits:  # a weight or bias: the fp32 initializer (renamed: the old name may be taken)
-                if float_weights:
-                    node.input[k] = edit.initializer(source)
+                node.input[k] = edit.initializer(source)
                 continue
             q = producers.get(dq.input[0])
             if q is None or q.op_type != "QuantizeLinear" or q.input[0] != source:
