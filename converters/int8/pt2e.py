@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgehub.converters.int8.pt2e_quantizer import LAYERS, fused_quantizer
+from edgehub.protocol.metrics import cosine
 
 Observer = Literal["histogram", "minmax"]
 MIN_HELD_BACK = 8  # fewer held-back samples than this cannot rank candidates
@@ -153,11 +154,6 @@ def _flat(out: Any) -> np.ndarray:
     return np.concatenate([t.detach().float().reshape(len(t), -1).numpy() for t in leaves], axis=1)
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
-
-
 def search(exported: Any, call: Callable[[int], tuple[tuple, dict]], count: int, settings: Pt2eSettings,
            on_progress: Callable[[str], None]) -> Pt2eResult:
     """The best PT2E int8 module for the exported float module `exported` (torch.export(...).module()).
@@ -204,7 +200,7 @@ def _search(exported: Any, call: Callable[[int], tuple[tuple, dict]], count: int
         on_progress(f"calibrating ({observer}) on {len(calibrate_on)} samples")
         run(prepared, calibrate_on)
         converted = move_exported_model_to_eval(convert_pt2e(prepared, fold_quantize=False))
-        score = _cosine(_flat_all(run(converted, held_back)), reference) if held else None
+        score = cosine(_flat_all(run(converted, held_back)), reference) if held else None
         trial.update(cosine=None if score is None else round(score, 6), seconds=round(time.monotonic() - started, 1))
         return converted, quantizer, score, trial
 
