@@ -246,6 +246,11 @@ def describe(notes: dict) -> str:
         fused = next(iter(trials.values())).get("fused_activations", 0)
         parts.append(f"{search['observer']} observer, {fused} activations fused, bias correction "
                      f"{'kept' if search['bias_correction']['kept'] else 'not kept'}")
+        rounding = search.get("rounding") or {}
+        if "layers" in rounding:
+            seconds = trials.get(f"{search['observer']}+rounding", {}).get("seconds", 0)
+            parts.append(f"rounding by optimisation ({rounding['layers']} layers, {seconds:.0f} s) "
+                         f"{'kept' if rounding['kept'] else 'not kept'}")
     if "scheme" in notes and "calibrate_method" in notes:
         parts.append(f"{notes['scheme']}/{notes['calibrate_method']}")
         parts += notes.get("steps", [])

@@ -88,6 +88,8 @@ class TfliteConfig(PassConfig):
     # Full int8 only: "auto" tries each on held-back calibration samples (converters/int8/pt2e.py).
     observer: Literal["auto", "histogram", "minmax"] = "auto"
     bias_correction: Literal["auto", "on", "off"] = "auto"
+    # "optimized": weights rounded by optimisation, kept even if it scores worse; "nearest": not tried.
+    rounding: Literal["auto", "optimized", "nearest"] = "auto"
 
 
 def _call(sample: dict[str, np.ndarray], positional: bool) -> tuple[tuple, dict]:
@@ -130,7 +132,7 @@ def _convert_int8(module: Any, sample: dict[str, np.ndarray], calibration: dict[
     exported = torch.export.export(module, args, kwargs).module()
     count = min(config.calibration_samples, len(calibration[names[0]]))
     settings = Pt2eSettings(observer=config.observer, bias_correction=config.bias_correction,
-                            per_channel=config.per_channel)
+                            rounding=config.rounding, per_channel=config.per_channel)
     # batch 1: the graph was exported with static shapes
     result = search(exported, lambda i: _call({n: calibration[n][i:i + 1] for n in names}, positional), count,
                     settings, ctx.on_progress)

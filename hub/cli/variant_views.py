@@ -66,6 +66,10 @@ def step_summary(step: dict) -> str:
     if name == "int8_static" and "scheme" in notes:
         steps = ", ".join(notes.get("steps", []))
         return f"{notes['scheme']}/{notes.get('calibrate_method', '?')}" + (f", {steps}" if steps else "")
+    if name == "tflite" and notes.get("int8_search"):
+        search = notes["int8_search"]
+        kept = [step.replace("_", " ") for step in ("bias_correction", "rounding") if (search.get(step) or {}).get("kept")]
+        return f"full int8, {search.get('observer', '?')} observer" + "".join(f", {k}" for k in kept)
     if name == "int4_weight":
         return f"4-bit {notes.get('quantized_layers', 0)}/{notes.get('eligible_layers', 0)} MatMul/Gemm"
     return ""

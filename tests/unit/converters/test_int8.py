@@ -138,6 +138,25 @@ def test_round_weights_stays_on_the_grid_and_lowers_the_layer_error():
     assert err(rounded.weights.reshape(8, -1)) < err(nearest)
 
 
+
+def test_a_5x5_depthwise_kernel_is_rounded_by_greedy_descent_per_channel():
+    # 25 weights per channel are too many to try every subset (2^25): each channel descends on its
+    # own second moment instead (EfficientNet's 5x5 depthwise layers used to keep nearest rounding).
+    rng = np.random.default_rng(1)
+    shape = LayerShape("dw", "x", "w", "depthwise", kernel=(5, 5), pads=(2, 2, 2, 2), channels=6)
+    base = rng.normal(size=(16, 6, 12, 12))
+    x = (base + np.roll(base, 1, axis=3)).astype(np.float32)  # neighbouring pixels correlated
+    moments: dict[str, Moments] = {}
+    accumulate(moments, shape, x)
+    w = rng.normal(size=(6, 1, 5, 5)).astype(np.float32)
+    rounded = round_weights(w, shape, moments["dw"], qmax=127)
+    scale = np.abs(w).reshape(6, -1).max(1) / 127
+    steps = rounded.weights.reshape(6, -1) / scale[:, None]
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.abs(steps - w.reshape(6, -1) / scale[:, None]).max() <= 1.0 + 1e-6  # one step at most
+    assert rounded.after < rounded.before
+    assert not np.allclose(rounded.weights.reshape(6, -1), np.round(w.reshape(6, -1) / scale[:, None]) * scale[:, None])
+
 def test_the_quantizer_reproduces_rounded_weights_exactly(net, tmp_path):
     _, pre, x, _ = net
     model = onnx.load(str(pre))

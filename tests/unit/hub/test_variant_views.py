@@ -1,10 +1,11 @@
-"""The publish / zoo variant table: the near-tie agreement the gate reads is shown when it matters."""
+"""The publish / zoo variant table: the near-tie agreement the gate reads is shown when it matters;
+the lineage line of each variant says what its last step chose."""
 
 from __future__ import annotations
 
 from rich.console import Console
 
-from edgehub.hub.cli.variant_views import variants_table
+from edgehub.hub.cli.variant_views import step_summary, variants_table
 from edgehub.zoo.records import VariantRecord
 
 
@@ -32,3 +33,13 @@ def test_labelled_eval_sets_keep_the_plain_columns():
     text = _render([_variant("fp32", 4000, accuracy=0.9, agreement=1.0, near_tie_agreement=1.0),
                     _variant("int8-static", 1000, "m-1-fp32", accuracy=0.89, agreement=0.98, near_tie_agreement=0.99)])
     assert "with near-ties" not in text and "89.00%" in text
+
+
+def test_the_tflite_int8_step_says_what_its_search_kept():
+    search = {"observer": "minmax", "bias_correction": {"kept": True, "layers": 65},
+              "rounding": {"kept": True, "layers": 65}}
+    summary = step_summary({"pass": "tflite", "notes": {"int8_search": search}})
+    assert summary == "full int8, minmax observer, bias correction, rounding"
+    search["rounding"] = {"kept": False, "why": "no held-back samples to measure it on"}
+    assert step_summary({"pass": "tflite", "notes": {"int8_search": search}}).endswith("bias correction")
+    assert step_summary({"pass": "tflite", "notes": {}}) == ""  # fp32 / fp16 TFLite: nothing to say
