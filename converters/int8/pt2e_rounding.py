@@ -104,13 +104,12 @@ class _InputRecorder:
         second, total, rows = moments_of(shape, x)
         second, total = second.double().numpy(), total.double().numpy()
         old = self.moments.get(key)
-        if old is None:
+        if old is None:  # x~ = x: sum_q is the same array as sum_x, and stays so (in-place sums)
             self.moments[key] = Moments(second, None, total, total, rows)
         else:
             old.second += second
             old.sum_x += total
             old.rows += rows
-        self.moments[key].sum_q = self.moments[key].sum_x  # x~ = x
 
 
 def _instrument(module: Any, layers: list[str]) -> tuple[Any, _InputRecorder]:
