@@ -125,6 +125,21 @@ def correctable_layers(graph: Any) -> list[Any]:
     return out
 
 
+def probe_layers(module: Any, layers: list[str], record: Callable[..., None]) -> Any:
+    """A copy of `module` that calls `record(name, kind, *layer args)` right after each of the
+    named layers (kind: 'conv2d.default', ...), with the arguments the layer gets."""
+    with warnings.catch_warnings():  # torch's pytree warns of its own deprecations on every deep copy
+        warnings.simplefilter("ignore", FutureWarning)
+        probe = copy.deepcopy(module)
+    wanted = set(layers)
+    for node in list(probe.graph.nodes):
+        if node.op == "call_function" and node.name in wanted:
+            with probe.graph.inserting_after(node):
+                probe.graph.call_function(record, (node.name, str(node.target.__name__), *node.args))
+    probe.recompile()
+    return probe
+
+
 def correct_biases(prepared: Any, feed: Callable[[Any], None], per_channel: bool) -> int:
     """Take each layer's weight-rounding shift off its bias in `prepared` (before calibration);
     `feed(module)` runs the calibration samples through a module. Returns the layers corrected."""
@@ -133,15 +148,8 @@ def correct_biases(prepared: Any, feed: Callable[[Any], None], per_channel: bool
     layers = correctable_layers(prepared.graph)
     if not layers:
         return 0
-    probe = copy.deepcopy(prepared)
     recorder = _ShiftRecorder(per_channel)
-    by_name = {n.name: n for n in probe.graph.nodes}
-    for layer in layers:
-        node = by_name[layer.name]
-        kind = str(node.target.__name__)
-        with probe.graph.inserting_after(node):
-            probe.graph.call_function(recorder.record, (node.name, kind, *node.args))
-    probe.recompile()
+    probe = probe_layers(prepared, [n.name for n in layers], recorder.record)
     with torch.no_grad():
         feed(probe)
     corrected = 0

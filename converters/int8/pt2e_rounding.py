@@ -112,33 +112,16 @@ class _InputRecorder:
             old.rows += rows
 
 
-def _instrument(module: Any, layers: list[str]) -> tuple[Any, _InputRecorder]:
-    import copy
-    import warnings
-
-    from edgehub.converters.int8.pt2e_quantizer import LAYERS
-
-    with warnings.catch_warnings():  # torch's pytree warns of its own deprecations on every deep copy
-        warnings.simplefilter("ignore", FutureWarning)
-        probe = copy.deepcopy(module)
-    recorder = _InputRecorder()
-    wanted = set(layers)
-    for node in list(probe.graph.nodes):
-        name = str(getattr(node.target, "__name__", node.target))
-        if node.op == "call_function" and name in LAYERS and node.name in wanted:
-            with probe.graph.inserting_after(node):
-                probe.graph.call_function(recorder.record, (node.name, name, *node.args))
-    probe.recompile()
-    return probe, recorder
-
-
 def round_layers(prepared: Any, layers: list[Any], feed: Callable[[Any, int], None], samples: int,
                  on_progress: Callable[[str], None]) -> dict:
     """Round the weights of `layers` (nodes of `prepared`, before calibration) by optimisation and
     shift their biases; `feed(module, i)` runs sample i. Returns what it did (for the notes)."""
     import torch
 
-    probe, recorder = _instrument(prepared, [n.name for n in layers])
+    from edgehub.converters.int8.pt2e import probe_layers
+
+    recorder = _InputRecorder()
+    probe = probe_layers(prepared, [n.name for n in layers], recorder.record)
     with torch.no_grad():
         for i in range(samples):
             on_progress(f"rounding: input statistics {i + 1}/{samples}")
